@@ -1,0 +1,5 @@
+//! AMD SVM backend: feature detection, VMCB programming, world switch and exit decoding.
+//!
+//! Knows nothing of KVM objects: it takes and returns guest state as `kvm_abi` types and
+//! reports normalized exits to the core. See `../shared/DESIGN.md` §1.
+#![cfg_attr(not(test), no_std)]

@@ -110,15 +110,24 @@ fn assert_same(leaves: &[CLeaf], runs: &BTreeMap<u64, Run>) {
     assert_eq!(total, model.pages(), "page count");
 }
 
+/// A GPA: absolute, or the `n`-th page of the reference's mappings (to hit mapped pages often).
+#[derive(Clone, Copy, Debug)]
+enum At {
+    Abs(u64),
+    Mapped(u64),
+    /// A few pages after the last accessed page.
+    Recent(u8),
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Map { gpa: u64, pages: u64, hpa: u64, perms: Perms, mt: MemType, ipat: bool, max: PageSize },
-    Unmap { gpa: u64, pages: u64 },
-    Protect { gpa: u64, pages: u64, clear: Perms },
-    Grant { gpa: u64, pages: u64, set: Perms },
-    Lookup { gpa: u64 },
-    Harvest { gpa: u64, pages: u64 },
-    Access { gpa: u64, write: bool },
+    Unmap { gpa: At, pages: u64 },
+    Protect { gpa: At, pages: u64, clear: Perms },
+    Grant { gpa: At, pages: u64, set: Perms },
+    Lookup { gpa: At },
+    Harvest { gpa: At, pages: u64 },
+    Access { gpa: At, write: bool },
     Flush,
 }
 
@@ -138,13 +147,18 @@ struct Setup {
 }
 
 fn addr(limit: u64) -> impl Strategy<Value = u64> {
-    let base = prop_oneof![Just(0u64), Just(G1), Just(3 * G1), Just(limit - G1)];
+    let base = prop_oneof![Just(0u64), (1u64..8).prop_map(|k| k * G1), Just(limit - G1)];
     let off = prop_oneof![
+        Just(0u64),
         (0u64..1024).prop_map(|p| p * PAGE),
         (0u64..512).prop_map(|k| k * M2),
         (1u64..4, 0u64..3).prop_map(|(k, p)| k * M2 - p * PAGE),
     ];
     (base, off).prop_map(|(b, o)| b + o)
+}
+
+fn at(limit: u64) -> impl Strategy<Value = At> {
+    prop_oneof![2 => addr(limit).prop_map(At::Abs), 4 => any::<u64>().prop_map(At::Mapped), 1 => any::<u8>().prop_map(At::Recent)]
 }
 
 fn npages() -> impl Strategy<Value = u64> {
@@ -187,7 +201,13 @@ fn op(limit: u64, small: bool) -> impl Strategy<Value = Op> {
         prop_oneof![Just(PageSize::Size4K), Just(PageSize::Size2M), Just(PageSize::Size1G), Just(PageSize::Size1G)].boxed()
     };
     let hpa_delta = prop_oneof![Just(0u64), (0u64..4).prop_map(|k| k * G1), (0u64..8).prop_map(|k| k * M2), (0u64..8).prop_map(|k| k * PAGE)];
-    let map = (addr(limit), npages(), hpa_delta, perms(), mem_type(), prop::bool::weighted(0.1), max).prop_map(
+    // Large-page configurations map whole 2 MiB / 1 GiB multiples more often.
+    let map_pages = if small {
+        npages().boxed()
+    } else {
+        prop_oneof![2 => npages(), 1 => (1u64..=8).prop_map(|k| k * 512), 1 => (1u64..=2).prop_map(|k| k * 262_144)].boxed()
+    };
+    let map = (addr(limit), map_pages, hpa_delta, perms(), mem_type(), prop::bool::weighted(0.1), max).prop_map(
         |(gpa, pages, d, perms, mt, ipat, max)| {
             // Keep 4 KiB-only mappings to a few table pages: a 1 GiB range of 4 KiB leaves would
             // make every full walk slow without testing anything more.
@@ -197,12 +217,12 @@ fn op(limit: u64, small: bool) -> impl Strategy<Value = Op> {
     );
     prop_oneof![
         6 => map,
-        3 => (addr(limit), npages()).prop_map(|(gpa, pages)| Op::Unmap { gpa, pages }),
-        2 => (addr(limit), npages(), perms()).prop_map(|(gpa, pages, clear)| Op::Protect { gpa, pages, clear }),
-        1 => (addr(limit), npages(), perms()).prop_map(|(gpa, pages, set)| Op::Grant { gpa, pages, set }),
-        2 => addr(limit).prop_map(|gpa| Op::Lookup { gpa }),
-        2 => (addr(limit), npages()).prop_map(|(gpa, pages)| Op::Harvest { gpa, pages }),
-        4 => (addr(limit), any::<bool>()).prop_map(|(gpa, write)| Op::Access { gpa, write }),
+        3 => (at(limit), npages()).prop_map(|(gpa, pages)| Op::Unmap { gpa, pages }),
+        2 => (at(limit), npages(), perms()).prop_map(|(gpa, pages, clear)| Op::Protect { gpa, pages, clear }),
+        1 => (at(limit), npages(), perms()).prop_map(|(gpa, pages, set)| Op::Grant { gpa, pages, set }),
+        2 => at(limit).prop_map(|gpa| Op::Lookup { gpa }),
+        2 => (at(limit), npages()).prop_map(|(gpa, pages)| Op::Harvest { gpa, pages }),
+        6 => (at(limit), any::<bool>()).prop_map(|(gpa, write)| Op::Access { gpa, write }),
         1 => Just(Op::Flush),
     ]
 }
@@ -249,12 +269,27 @@ struct Harness {
     limit: u64,
     /// The test knows an invalidation is owed.
     owed: bool,
+    /// Last page accessed by the simulated processor.
+    recent: u64,
 }
 
 impl Harness {
     fn new(setup: Setup) -> Self {
         let cfg = Config { format: setup.format, gpa_bits: setup.gpa_bits, phys_bits: PHYS_BITS };
-        Harness { setup, t: Table::new(FakeMem::new(), cfg).unwrap(), m: Model::default(), limit: 1 << setup.gpa_bits, owed: false }
+        Harness { setup, t: Table::new(FakeMem::new(), cfg).unwrap(), m: Model::default(), limit: 1 << setup.gpa_bits, owed: false, recent: 0 }
+    }
+
+    fn resolve(&self, a: At) -> u64 {
+        match a {
+            At::Abs(g) => g,
+            At::Mapped(n) if !self.m.runs.is_empty() => {
+                let runs = self.m.runs.len() as u64;
+                let (s, r) = self.m.runs.iter().nth((n % runs) as usize).unwrap();
+                s + (n / runs) % r.pages * PAGE
+            }
+            At::Mapped(n) => (n % 1024) * PAGE,
+            At::Recent(k) => (self.recent + PAGE + u64::from(k % 4) * PAGE).min(self.limit - PAGE),
+        }
     }
 
     fn range(&self, gpa: u64, pages: u64) -> Option<u64> {
@@ -307,6 +342,7 @@ impl Harness {
                 }
             }
             Op::Unmap { gpa, pages } => {
+                let gpa = self.resolve(gpa);
                 let mut removed: Vec<RemovedLeaf> = Vec::new();
                 let r = self.t.unmap(gpa, pages * PAGE, |l| removed.push(l));
                 let expected = self.range(gpa, pages).is_none().then_some(Error::InvalidGpaRange);
@@ -344,6 +380,7 @@ impl Harness {
             }
             Op::Protect { gpa, pages, clear } | Op::Grant { gpa, pages, set: clear } => {
                 let grant = matches!(s.op, Op::Grant { .. });
+                let gpa = self.resolve(gpa);
                 let r = if grant { self.t.grant(gpa, pages * PAGE, clear) } else { self.t.protect(gpa, pages * PAGE, clear) };
                 let no_nx = matches!(self.setup.format, Format::Npt { nx: false, .. });
                 let expected = if self.range(gpa, pages).is_none() {
@@ -364,6 +401,7 @@ impl Harness {
                 }
             }
             Op::Lookup { gpa } => {
+                let gpa = self.resolve(gpa);
                 let r = self.t.lookup(gpa).unwrap();
                 match (r, self.m.find(gpa)) {
                     (None, None) => {}
@@ -376,6 +414,7 @@ impl Harness {
                 }
             }
             Op::Harvest { gpa, pages } => {
+                let gpa = self.resolve(gpa);
                 let mut bitmap = vec![0u64; pages.div_ceil(64) as usize];
                 let r = self.t.harvest_dirty(gpa, pages * PAGE, &mut bitmap);
                 let expected = if self.range(gpa, pages).is_none() {
@@ -417,8 +456,10 @@ impl Harness {
                 }
             }
             Op::Access { gpa, write } => {
+                let gpa = self.resolve(gpa);
                 let root = self.t.root_pa().unwrap();
                 let l = cpu_access(self.t.memory(), root, self.setup.format, gpa, write);
+                self.recent = gpa & !(PAGE - 1);
                 let allowed = self.m.find(gpa).is_some_and(|(_, r)| !write || r.perms.contains(Perms::WRITE));
                 assert_eq!(l.is_some(), allowed, "access {gpa:#x} write {write}");
                 if let (Some(l), true) = (l, write) {
@@ -466,7 +507,7 @@ fn run(setup: Setup, steps: &[Step]) {
 }
 
 fn setups(format: Format) -> impl Strategy<Value = (Setup, Vec<Step>)> {
-    (prop_oneof![Just(39u8), Just(48u8)], any::<bool>()).prop_flat_map(move |(gpa_bits, small)| {
+    (prop_oneof![Just(39u8), Just(48u8)], prop::bool::weighted(0.25)).prop_flat_map(move |(gpa_bits, small)| {
         (Just(Setup { format, gpa_bits, small }), steps(1 << gpa_bits, small))
     })
 }
@@ -492,5 +533,29 @@ proptest! {
     #[test]
     fn npt_no_nx_openbsd_pat((setup, steps) in setups(Format::Npt { nx: false, host_pat: OPENBSD_PAT })) {
         run(setup, &steps);
+    }
+}
+
+/// Directed: a dirty 1 GiB leaf split by a partial protect keeps every page dirty.
+#[test]
+fn split_keeps_dirty_flags() {
+    let rw = Perms::READ | Perms::WRITE;
+    for format in [Format::Ept { accessed_dirty: true }, Format::Npt { nx: true, host_pat: LINUX_PAT }] {
+        let setup = Setup { format, gpa_bits: 48, small: false };
+        let map = Op::Map { gpa: G1, pages: G1 / PAGE, hpa: 2 * G1, perms: rw, mt: MemType::WriteBack, ipat: false, max: PageSize::Size1G };
+        let ops = [
+            map,
+            Op::Access { gpa: At::Abs(G1 + 5 * PAGE), write: true },
+            Op::Protect { gpa: At::Abs(G1 + 3 * PAGE), pages: 1, clear: Perms::WRITE },
+            Op::Lookup { gpa: At::Abs(G1 + 5 * PAGE) },
+        ];
+        let mut h = Harness::new(setup);
+        for op in ops {
+            h.step(&Step { op, budget: None });
+        }
+        let tr = h.t.lookup(G1 + 5 * PAGE).unwrap().unwrap();
+        assert_eq!(tr.size, PageSize::Size4K);
+        assert!(tr.leaf.dirty);
+        h.finish();
     }
 }

@@ -513,7 +513,7 @@ fn setups(format: Format) -> impl Strategy<Value = (Setup, Vec<Step>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn ept_with_dirty_flags((setup, steps) in setups(Format::Ept { accessed_dirty: true })) {

@@ -1,0 +1,1 @@
+//! Host tests of the core (fake host + soft backend as the fake backend).

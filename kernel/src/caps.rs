@@ -11,33 +11,33 @@ pub const KVM_COALESCED_MMIO_PAGE_OFFSET: i64 = 2;
 /// `KVM_PIO_PAGE_OFFSET` (x86).
 pub const KVM_PIO_PAGE_OFFSET: u64 = 1;
 
-// Capability numbers from <linux/kvm.h> (the ones answered nonzero; checked by a test against
-// kvm_abi's constants).
-const KVM_CAP_USER_MEMORY: u64 = 3;
-const KVM_CAP_SET_TSS_ADDR: u64 = 4;
-const KVM_CAP_EXT_CPUID: u64 = 7;
-const KVM_CAP_NR_VCPUS: u64 = 9;
-const KVM_CAP_NR_MEMSLOTS: u64 = 10;
-const KVM_CAP_MP_STATE: u64 = 14;
-const KVM_CAP_COALESCED_MMIO: u64 = 15;
-const KVM_CAP_DESTROY_MEMORY_REGION_WORKS: u64 = 21;
-const KVM_CAP_USER_NMI: u64 = 22;
-const KVM_CAP_JOIN_MEMORY_REGIONS_WORKS: u64 = 30;
-const KVM_CAP_SET_IDENTITY_MAP_ADDR: u64 = 37;
-const KVM_CAP_INTERNAL_ERROR_DATA: u64 = 40;
-const KVM_CAP_VCPU_EVENTS: u64 = 41;
-const KVM_CAP_DEBUGREGS: u64 = 50;
-const KVM_CAP_XSAVE: u64 = 55;
-const KVM_CAP_XCRS: u64 = 56;
-const KVM_CAP_MAX_VCPUS: u64 = 66;
-const KVM_CAP_READONLY_MEM: u64 = 81;
-const KVM_CAP_CHECK_EXTENSION_VM: u64 = 105;
-const KVM_CAP_MAX_VCPU_ID: u64 = 128;
-const KVM_CAP_IMMEDIATE_EXIT: u64 = 136;
-const KVM_CAP_GET_MSR_FEATURES: u64 = 153;
+// The capabilities answered nonzero (numbers from kvm_abi, i.e. <linux/kvm.h>).
+const KVM_CAP_USER_MEMORY: u64 = kvm_abi::KVM_CAP_USER_MEMORY as u64;
+const KVM_CAP_SET_TSS_ADDR: u64 = kvm_abi::KVM_CAP_SET_TSS_ADDR as u64;
+const KVM_CAP_EXT_CPUID: u64 = kvm_abi::KVM_CAP_EXT_CPUID as u64;
+const KVM_CAP_NR_VCPUS: u64 = kvm_abi::KVM_CAP_NR_VCPUS as u64;
+const KVM_CAP_NR_MEMSLOTS: u64 = kvm_abi::KVM_CAP_NR_MEMSLOTS as u64;
+const KVM_CAP_MP_STATE: u64 = kvm_abi::KVM_CAP_MP_STATE as u64;
+const KVM_CAP_COALESCED_MMIO: u64 = kvm_abi::KVM_CAP_COALESCED_MMIO as u64;
+const KVM_CAP_DESTROY_MEMORY_REGION_WORKS: u64 = kvm_abi::KVM_CAP_DESTROY_MEMORY_REGION_WORKS as u64;
+const KVM_CAP_USER_NMI: u64 = kvm_abi::KVM_CAP_USER_NMI as u64;
+const KVM_CAP_JOIN_MEMORY_REGIONS_WORKS: u64 = kvm_abi::KVM_CAP_JOIN_MEMORY_REGIONS_WORKS as u64;
+const KVM_CAP_SET_IDENTITY_MAP_ADDR: u64 = kvm_abi::KVM_CAP_SET_IDENTITY_MAP_ADDR as u64;
+const KVM_CAP_INTERNAL_ERROR_DATA: u64 = kvm_abi::KVM_CAP_INTERNAL_ERROR_DATA as u64;
+const KVM_CAP_VCPU_EVENTS: u64 = kvm_abi::KVM_CAP_VCPU_EVENTS as u64;
+const KVM_CAP_DEBUGREGS: u64 = kvm_abi::KVM_CAP_DEBUGREGS as u64;
+const KVM_CAP_XSAVE: u64 = kvm_abi::KVM_CAP_XSAVE as u64;
+const KVM_CAP_XCRS: u64 = kvm_abi::KVM_CAP_XCRS as u64;
+const KVM_CAP_MAX_VCPUS: u64 = kvm_abi::KVM_CAP_MAX_VCPUS as u64;
+const KVM_CAP_READONLY_MEM: u64 = kvm_abi::KVM_CAP_READONLY_MEM as u64;
+const KVM_CAP_CHECK_EXTENSION_VM: u64 = kvm_abi::KVM_CAP_CHECK_EXTENSION_VM as u64;
+const KVM_CAP_MAX_VCPU_ID: u64 = kvm_abi::KVM_CAP_MAX_VCPU_ID as u64;
+const KVM_CAP_IMMEDIATE_EXIT: u64 = kvm_abi::KVM_CAP_IMMEDIATE_EXIT as u64;
+const KVM_CAP_GET_MSR_FEATURES: u64 = kvm_abi::KVM_CAP_GET_MSR_FEATURES as u64;
+const KVM_CAP_GET_TSC_KHZ: u64 = kvm_abi::KVM_CAP_GET_TSC_KHZ as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 22] = [
+pub const SUPPORTED: [u64; 23] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -60,6 +60,7 @@ pub const SUPPORTED: [u64; 22] = [
     KVM_CAP_MAX_VCPU_ID,
     KVM_CAP_IMMEDIATE_EXIT,
     KVM_CAP_GET_MSR_FEATURES,
+    KVM_CAP_GET_TSC_KHZ,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.

@@ -1,3 +1,4 @@
-//! Test doubles: the fake host (std) and helpers to drive the core like a VMM would.
+//! Test doubles: the fake host (std) and a tiny VMM that drives the core like a glue would.
 
 pub mod host;
+pub mod vmm;

@@ -1,1 +1,4 @@
 //! Host tests of the core (fake host + soft backend as the fake backend).
+
+mod header;
+mod qemu;

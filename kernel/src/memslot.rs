@@ -289,7 +289,9 @@ impl<H: Host> Memslots<H> {
 
     /// `KVM_GET_DIRTY_LOG`: copies the slot's bitmap to `uaddr` and clears it (Linux's
     /// non-manual-protect mode). `EINVAL` for a bad slot id, `ENOENT` without a bitmap.
-    pub fn get_dirty_log(&mut self, slot: u32, uaddr: u64) -> KResult<()> {
+    /// Returns the slot's guest range, whose mappings the caller drops so that the next
+    /// write to each page faults and is logged again.
+    pub fn get_dirty_log(&mut self, slot: u32, uaddr: u64) -> KResult<(u64, u64)> {
         let as_id = slot >> 16;
         let id = (slot & 0xffff) as usize;
         if as_id != 0 || id >= KVM_USER_MEM_SLOTS {
@@ -300,6 +302,7 @@ impl<H: Host> Memslots<H> {
         if s.npages == 0 {
             return Err(ENOENT);
         }
+        let range = (s.base_gfn, s.npages);
         let b = s.dirty.as_mut().ok_or(ENOENT)?;
         // Snapshot-and-clear in chunks so the stack copy stays small.
         let mut chunk = [0u64; 64];
@@ -316,6 +319,6 @@ impl<H: Host> Memslots<H> {
             }
             off += n * 8;
         }
-        res
+        res.map(|()| range)
     }
 }

@@ -198,7 +198,12 @@ impl<H: Host, B: Backend> Vm<H, B> {
             KVM_GET_DIRTY_LOG => {
                 let log: kvm_dirty_log = user::read(host, arg)?;
                 let mut st = self.st.lock();
-                st.slots.get_dirty_log(log.slot, log.dirty_bitmap).map(|()| 0)
+                let r = st.slots.get_dirty_log(log.slot, log.dirty_bitmap);
+                r.map(|(gfn, npages)| {
+                    // Like Linux (which also flushes on a failed copy-out), write-protect again.
+                    self.sys.backend.unmap_gfns(&self.bvm, gfn, npages);
+                    0
+                })
             }
             KVM_SET_TSS_ADDR => {
                 if arg > u64::from(u32::MAX - 3 * 4096 + 1) {

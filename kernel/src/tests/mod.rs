@@ -3,3 +3,5 @@
 mod header;
 mod qemu;
 mod exits;
+mod memslots;
+mod badinput;

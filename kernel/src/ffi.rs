@@ -60,7 +60,7 @@ pub extern "C" fn okvm_attach() -> i32 {
     }
     CHOST.log(LogLevel::Info, "okvm: core attached (soft backend: KVM_RUN reports KVM_EXIT_FAIL_ENTRY)");
     // SAFETY: not attached, and the glue runs nothing concurrently with attach.
-    unsafe { (*SYSTEM.0.get()).write(System::new(&CHOST, SoftBackend::new(&CHOST, hw_cpuid))) };
+    unsafe { System::init_in_place((*SYSTEM.0.get()).as_mut_ptr(), &CHOST, SoftBackend::new(&CHOST, hw_cpuid)) };
     ATTACHED.store(true, Ordering::Release);
     0
 }

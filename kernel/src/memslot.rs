@@ -103,6 +103,7 @@ pub fn dirty_bitmap_bytes(npages: u64) -> u64 {
 
 impl<H: Host> Memslots<H> {
     /// Empty slots.
+    #[inline(never)]
     pub fn new(host: &'static H) -> KResult<Self> {
         let slots = HSlice::new_with(host, KVM_USER_MEM_SLOTS, |_| Slot {
             base_gfn: 0,

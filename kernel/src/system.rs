@@ -63,11 +63,31 @@ pub struct System<H: Host, B: Backend> {
 }
 
 impl<H: Host, B: Backend> System<H, B> {
-    /// Sets up the core over `host` and `backend` (`okvm_attach`).
+    /// Sets up the core over `host` and `backend` (host tests; the value passes the stack).
     pub fn new(host: &'static H, backend: B) -> Self {
         let mut cpuid = [kvm_cpuid_entry2::new_zeroed(); 32];
         let ncpuid = cpuid::supported(&backend, &mut cpuid);
         Self { head: Head { magic: Magic::System as u32 }, host, backend, cpuid, ncpuid, nr_vms: AtomicUsize::new(0) }
+    }
+
+    /// Sets up the core in place at `this` (`okvm_attach`: no large value on the kernel stack).
+    ///
+    /// # Safety
+    /// `this` is valid for writes of a `System` and not in use.
+    pub unsafe fn init_in_place(this: *mut Self, host: &'static H, backend: B) {
+        // SAFETY: every field is written exactly once through valid raw field pointers.
+        unsafe {
+            core::ptr::addr_of_mut!((*this).head).write(Head { magic: Magic::System as u32 });
+            core::ptr::addr_of_mut!((*this).host).write(host);
+            core::ptr::addr_of_mut!((*this).backend).write(backend);
+            core::ptr::addr_of_mut!((*this).nr_vms).write(AtomicUsize::new(0));
+            let table = core::ptr::addr_of_mut!((*this).cpuid);
+            for i in 0..32 {
+                table.cast::<kvm_cpuid_entry2>().add(i).write(kvm_cpuid_entry2::new_zeroed());
+            }
+            let n = cpuid::supported(&(*this).backend, &mut *table);
+            core::ptr::addr_of_mut!((*this).ncpuid).write(n);
+        }
     }
 
     /// The handle of `/dev/kvm` (`okvm_open`).

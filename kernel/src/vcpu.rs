@@ -71,6 +71,7 @@ pub struct Vcpu<H: Host, B: Backend> {
 
 impl<H: Host, B: Backend> Vcpu<H, B> {
     /// Creates vCPU `id` of `vm` (the caller holds the VM lock).
+    #[inline(never)]
     pub fn new(vm: &Vm<H, B>, id: u32) -> KResult<HBox<Self, H>> {
         let host = vm.sys.host;
         let b = vm.sys.backend.vcpu_create(&vm.bvm, id)?;

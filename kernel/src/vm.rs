@@ -28,7 +28,7 @@ use crate::vcpu::Vcpu;
 pub const MAX_COALESCED_ZONES: usize = 64;
 
 /// A registered coalesced zone.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, zerocopy::FromZeros)]
 pub struct Zone {
     /// Start address (guest physical or port).
     pub addr: u64,
@@ -48,8 +48,8 @@ pub struct VmState<H: Host> {
     pub tss_addr: u64,
     /// `KVM_SET_IDENTITY_MAP_ADDR`.
     pub identity_map_addr: u64,
-    /// Coalesced zones.
-    pub zones: [Zone; MAX_COALESCED_ZONES],
+    /// Coalesced zones (heap: keeps the VM small enough to build on a kernel stack).
+    pub zones: HSlice<Zone, H>,
     /// Number of valid `zones`.
     pub nzones: usize,
 }
@@ -78,6 +78,7 @@ pub struct Vm<H: Host, B: Backend> {
 
 impl<H: Host, B: Backend> Vm<H, B> {
     /// `KVM_CREATE_VM`: type 0 only; returns the new descriptor.
+    #[inline(never)]
     pub fn create(sys: &'static System<H, B>, ty: u64) -> KResult<i64> {
         if ty != 0 {
             return Err(EINVAL);
@@ -103,6 +104,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
         }
     }
 
+    #[inline(never)]
     fn alloc(sys: &'static System<H, B>, mm: MmRef) -> KResult<HBox<Self, H>> {
         let host = sys.host;
         let st = VmState {
@@ -110,7 +112,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
             created_vcpus: 0,
             tss_addr: 0,
             identity_map_addr: 0xfeff_c000,
-            zones: [Zone::default(); MAX_COALESCED_ZONES],
+            zones: HSlice::new_zeroed(host, MAX_COALESCED_ZONES)?,
             nzones: 0,
         };
         let vm = Vm {
@@ -298,6 +300,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
 
     /// `KVM_CREATE_VCPU`: Linux's checks (id below `KVM_MAX_VCPU_IDS`, at most `KVM_MAX_VCPUS`,
     /// unique id: `EEXIST`); returns the new vCPU descriptor.
+    #[inline(never)]
     fn create_vcpu(&self, arg: u64) -> KResult<i64> {
         if arg >= u64::from(KVM_MAX_VCPU_IDS) {
             return Err(EINVAL);

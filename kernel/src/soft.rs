@@ -55,6 +55,15 @@ pub struct SoftBackend<H: Host> {
     #[cfg(test)]
     /// Scripted exits (tests only).
     pub script: std::sync::Mutex<std::collections::VecDeque<Step>>,
+    #[cfg(test)]
+    /// Tests only: while set, `run` of vCPU [`SoftBackend::hold_id`] stays "in the guest".
+    pub hold: std::sync::atomic::AtomicBool,
+    #[cfg(test)]
+    /// Tests only: the vCPU id `hold` applies to.
+    pub hold_id: std::sync::atomic::AtomicU32,
+    #[cfg(test)]
+    /// Tests only: set once the held vCPU entered `run`.
+    pub holding: std::sync::atomic::AtomicBool,
 }
 
 impl<H: Host> SoftBackend<H> {
@@ -65,6 +74,12 @@ impl<H: Host> SoftBackend<H> {
             cpuid,
             #[cfg(test)]
             script: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            #[cfg(test)]
+            hold: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            hold_id: std::sync::atomic::AtomicU32::new(u32::MAX),
+            #[cfg(test)]
+            holding: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -352,6 +367,16 @@ impl<H: Host> Backend for SoftBackend<H> {
         }
         if v.irq_window != 0 && self.interrupt_allowed(v) {
             return Exit::IrqWindow;
+        }
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.hold_id.load(SeqCst) == v.id {
+                self.holding.store(true, SeqCst);
+                while self.hold.load(SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
         }
         match self.next_step(v.id) {
             None => Exit::FailEntry { reason: 0 },

@@ -257,7 +257,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     #[inline(never)]
     fn set_xcrs(&self, st: &mut VcpuState<H, B>, arg: u64) -> KResult<i64> {
         let x: kvm_xcrs = user::read(self.host(), arg)?;
-        if x.nr_xcrs > kvm_abi::KVM_MAX_XCRS as u32 || x.flags != 0 {
+        if x.nr_xcrs > kvm_abi::KVM_MAX_XCRS || x.flags != 0 {
             return Err(EINVAL);
         }
         self.backend().set_xcrs(&mut st.b, &x).map(|()| 0)

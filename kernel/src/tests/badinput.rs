@@ -195,14 +195,14 @@ fn fuzz_dispatcher_bounded() {
     let mut calls = 0u64;
     while calls < 200_000 && start.elapsed() < std::time::Duration::from_secs(3) {
         calls += 1;
-        let cmd = if rng.next() % 8 == 0 { rng.next() as u32 } else { cmds[(rng.next() % cmds.len() as u64) as usize] };
+        let cmd = if rng.next().is_multiple_of(8) { rng.next() as u32 } else { cmds[(rng.next() % cmds.len() as u64) as usize] };
         // Random bytes in the argument buffer, but keep `nent`/`nmsrs`-like headers plausible
         // sometimes so that deep paths run.
         let mut bytes = [0u8; 64];
         for b in bytes.chunks_mut(8) {
             b.copy_from_slice(&rng.next().to_le_bytes());
         }
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             bytes[0..4].copy_from_slice(&((rng.next() % 40) as u32).to_le_bytes());
         }
         v.host.user_write(buf, &bytes);
@@ -216,7 +216,7 @@ fn fuzz_dispatcher_bounded() {
         let run = v.run_page(cpu);
         // SAFETY: live run page.
         unsafe {
-            if rng.next() % 4 != 0 {
+            if !rng.next().is_multiple_of(4) {
                 (*run).kvm_valid_regs = 0;
                 (*run).kvm_dirty_regs = 0;
                 (*run).cr8 = 0;

@@ -259,3 +259,35 @@ fn soft_backend_without_script_fails_entry_like_the_kernel_object() {
     assert_eq!(f.r().exit_reason, KVM_EXIT_FAIL_ENTRY);
     f.done();
 }
+
+#[test]
+fn a_running_vcpu_blocks_neither_the_vm_nor_other_vcpus() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = Fix::new();
+    let other = f.v.create_vcpu(f.vm, 1);
+    let b = &f.v.sys.backend;
+    b.hold_id.store(0, SeqCst);
+    b.hold.store(true, SeqCst);
+    f.v.script(0, &[(Exit::Hlt, 1)]);
+    let (sys, h0) = (f.v.sys as *const _ as usize, f.v.h(f.cpu) as usize);
+    let t = std::thread::spawn(move || {
+        // SAFETY: the system is leaked ('static) and the handle stays live until joined.
+        let sys = unsafe { &*(sys as *const crate::fake::vmm::TSystem) };
+        unsafe { sys.ioctl(h0 as *mut std::ffi::c_void, KVM_RUN, 0) }
+    });
+    while !b.holding.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    // vCPU 0 is "in the guest" holding its own lock: VM and other vCPU ioctls still complete.
+    let r = f.v.regs(other);
+    assert_eq!(r.rip, 0xfff0);
+    f.v.add_slot(f.vm, 0, 0, 1 << 20, 0);
+    let third = f.v.create_vcpu(f.vm, 2);
+    assert!(b.hold.load(SeqCst), "vCPU 0 still running");
+    b.hold.store(false, SeqCst);
+    assert_eq!(t.join().unwrap(), 0);
+    assert_eq!(f.r().exit_reason, KVM_EXIT_HLT);
+    f.v.close(third);
+    f.v.close(other);
+    f.done();
+}

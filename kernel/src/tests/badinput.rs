@@ -147,7 +147,7 @@ fn bad_input_table() {
 
 #[test]
 fn out_of_memory_is_enomem_and_leaks_nothing() {
-    for budget in 0..12 {
+    for budget in 0..40 {
         let v = Vmm::new();
         v.host.fail_heap_after.store(budget, std::sync::atomic::Ordering::SeqCst);
         let vm = v.ioctl(v.kvm, KVM_CREATE_VM, 0);

@@ -59,6 +59,10 @@ fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
     assert_eq!(cap(v, vmh, KVM_CAP_SET_GUEST_DEBUG), 0);
     assert_eq!(cap(v, vmh, KVM_CAP_XSAVE2), 0, "QEMU then uses the 4 KiB KVM_GET_XSAVE");
     assert_eq!(cap(v, vmh, KVM_CAP_SYNC_REGS), 0);
+    // Pins are held until slot removal: no MMU-notifier-synchronized MMU to advertise (QEMU then
+    // disables RAM discard, which is what it must do).
+    assert_eq!(cap(v, vmh, KVM_CAP_SYNC_MMU), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_BINARY_STATS_FD), 0);
     // kvm_arch_init (x86).
     assert_eq!(cap(v, vmh, KVM_CAP_EXCEPTION_PAYLOAD), 0);
     assert_eq!(cap(v, vmh, KVM_CAP_X86_TRIPLE_FAULT_EVENT), 0);
@@ -135,6 +139,8 @@ fn qemu_7_2_startup_to_first_run() {
     assert!(sup.iter().any(|e| e.function == 0x8000_0001 && e.edx & (1 << 29) != 0), "LM");
     // kvm_init_vcpu.
     let cpu = v.create_vcpu(vm, 0);
+    // kvm_init_vcpu asks for a stats fd and keeps going when it fails.
+    assert!(v.ioctl_fd(cpu, KVM_GET_STATS_FD, 0) < 0);
     let mmap_size = v.ioctl(v.kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
     assert_eq!(mmap_size, 3 * 4096);
     for pg in 0..3 {
@@ -267,4 +273,27 @@ fn qemu_10_stops_cleanly_without_in_kernel_irqchip() {
     let _ = supported_cpuid(&v);
     v.close(vm);
     v.assert_clean();
+}
+
+#[test]
+fn supported_cpuid_is_filtered() {
+    let v = Vmm::new();
+    let t = supported_cpuid(&v);
+    let leaf = |f: u32, i: u32| *t.iter().find(|e| e.function == f && e.index == i).unwrap();
+    let l0 = leaf(0, 0);
+    assert_eq!((l0.ebx, l0.edx, l0.ecx), (0x6874_7541, 0x6974_6e65, 0x444d_4163), "vendor kept");
+    assert_eq!(l0.eax, 0xd, "max basic leaf capped to what is reported");
+    let l1 = leaf(1, 0);
+    assert_eq!(l1.ecx & (1 << 5), 0, "no VMX");
+    assert_eq!(l1.ecx & (1 << 21), 0, "no x2APIC without an in-kernel LAPIC");
+    assert_eq!(l1.ecx & (1 << 27), 0, "OSXSAVE is the guest's");
+    assert_eq!(l1.edx & ((1 << 7) | (1 << 14)), 0, "no MCE/MCA");
+    assert_ne!(l1.ecx & (1 << 26), 0, "XSAVE");
+    assert_eq!(l1.ebx >> 24, 0, "APIC id is set per vCPU by userspace");
+    let e1 = leaf(0x8000_0001, 0);
+    assert_eq!(e1.ecx & (1 << 2), 0, "no SVM");
+    let d0 = leaf(0xd, 0);
+    assert_eq!((d0.eax, d0.ebx, d0.ecx), (7, 832, 832), "x87|SSE|AVX only");
+    assert_eq!(leaf(0xd, 0).flags, crate::cpuid::KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+    assert!(t.iter().all(|e| e.function < 0x4000_0000 || e.function >= 0x8000_0000), "no KVM PV leaves");
 }

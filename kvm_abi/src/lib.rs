@@ -64,6 +64,10 @@ pub mod kvm;
 pub mod manifest;
 pub mod x86;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod tests;
+
 pub use consts::*;
 pub use ioctl::*;
 pub use kvm::*;

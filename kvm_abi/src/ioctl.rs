@@ -29,9 +29,15 @@ abi_consts! {
 /// `_IOC(dir, type, nr, size)`: builds a command word. `size` must fit in 14 bits (checked at
 /// compile time for every number declared here).
 pub const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
-    assert!(size < (1 << _IOC_SIZEBITS), "ioctl argument too large to encode");
+    assert!(
+        size < (1 << _IOC_SIZEBITS),
+        "ioctl argument too large to encode"
+    );
     assert!(ty < (1 << _IOC_TYPEBITS) && nr < (1 << _IOC_NRBITS));
-    (dir << _IOC_DIRSHIFT) | ((size as u32) << _IOC_SIZESHIFT) | (ty << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT)
+    (dir << _IOC_DIRSHIFT)
+        | ((size as u32) << _IOC_SIZESHIFT)
+        | (ty << _IOC_TYPESHIFT)
+        | (nr << _IOC_NRSHIFT)
 }
 
 /// `_IO(type, nr)`: no argument structure (the argument, if any, is passed by value).

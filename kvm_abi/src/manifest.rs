@@ -180,10 +180,16 @@ macro_rules! c_type {
         $crate::manifest::CType::Struct(stringify!($name))
     };
     (member, $name:ident, $parent:literal, $path:literal) => {
-        $crate::manifest::CType::Member { parent: $parent, path: $path }
+        $crate::manifest::CType::Member {
+            parent: $parent,
+            path: $path,
+        }
     };
     (unnamed, $name:ident, $parent:literal, $anchor:literal) => {
-        $crate::manifest::CType::Unnamed { parent: $parent, anchor: $anchor }
+        $crate::manifest::CType::Unnamed {
+            parent: $parent,
+            anchor: $anchor,
+        }
     };
 }
 pub(crate) use c_type;
@@ -226,9 +232,11 @@ pub(crate) use kb_compare;
 #[cfg(test)]
 macro_rules! kb_field {
     ($out:ident, $name:ident, $field:ident) => {
-        $out.push((concat!("offsetof ", stringify!($name), ".", stringify!($field)).into(),
+        $out.push((
+            concat!("offsetof ", stringify!($name), ".", stringify!($field)).into(),
             core::mem::offset_of!($name, $field) as u64,
-            core::mem::offset_of!(kvm_bindings::$name, $field) as u64));
+            core::mem::offset_of!(kvm_bindings::$name, $field) as u64,
+        ));
     };
     ($out:ident, $name:ident, $field:ident, $cpath:literal) => {};
 }

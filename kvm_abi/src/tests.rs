@@ -43,7 +43,11 @@ fn matches_kvm_bindings() {
     let mut layout = x86::X86_STRUCTS::kb();
     layout.extend(kvm::KVM_STRUCTS::kb());
     let consts = const_kb();
-    assert_eq!(consts.len(), CONSTS.len() + INTERNAL_CONSTS.len(), "const_kb() must cover every constant list");
+    assert_eq!(
+        consts.len(),
+        CONSTS.len() + INTERNAL_CONSTS.len(),
+        "const_kb() must cover every constant list"
+    );
 
     let mut diffs = Vec::new();
     let (mut sizes, mut aligns, mut offsets) = (0, 0, 0);
@@ -77,9 +81,20 @@ fn matches_kvm_bindings() {
          {compared} constants ({} items); kvm-bindings has no ioctl numbers",
         sizes + aligns + offsets + compared
     );
-    println!("{} constants not in kvm-bindings (compared with the C header only): {}", absent.len(), absent.join(" "));
-    assert!(sizes >= 60 && offsets >= 300 && compared >= 500, "too little compared");
-    assert!(diffs.is_empty(), "differences with kvm-bindings:\n{}", diffs.join("\n"));
+    println!(
+        "{} constants not in kvm-bindings (compared with the C header only): {}",
+        absent.len(),
+        absent.join(" ")
+    );
+    assert!(
+        sizes >= 60 && offsets >= 300 && compared >= 500,
+        "too little compared"
+    );
+    assert!(
+        diffs.is_empty(),
+        "differences with kvm-bindings:\n{}",
+        diffs.join("\n")
+    );
 }
 
 #[test]
@@ -104,7 +119,11 @@ fn ioctl_numbers_are_unique_and_consistent() {
     let mut seen = std::collections::HashMap::new();
     for i in IOCTLS.iter() {
         assert_eq!(ioc_type(i.value), KVMIO, "{}", i.name);
-        assert!(i.fds != 0 && i.fds & !(FD_SYSTEM | FD_VM | FD_VCPU | FD_DEVICE) == 0, "{}", i.name);
+        assert!(
+            i.fds != 0 && i.fds & !(FD_SYSTEM | FD_VM | FD_VCPU | FD_DEVICE) == 0,
+            "{}",
+            i.name
+        );
         if let Some(other) = seen.insert(i.value, i.name) {
             panic!("{} and {} share {:#x}", i.name, other, i.value);
         }
@@ -121,13 +140,22 @@ fn manifest_names_are_unique() {
     s.sort_unstable();
     s.dedup();
     assert_eq!(s.len(), STRUCTS.len());
-    let mut c: Vec<_> = CONSTS.iter().chain(INTERNAL_CONSTS).map(|c| c.name).collect();
+    let mut c: Vec<_> = CONSTS
+        .iter()
+        .chain(INTERNAL_CONSTS)
+        .map(|c| c.name)
+        .collect();
     c.sort_unstable();
     c.dedup();
     assert_eq!(c.len(), CONSTS.len() + INTERNAL_CONSTS.len());
     for st in STRUCTS.iter() {
         for f in st.fields {
-            assert!(f.offset + f.size <= st.size, "{}.{} out of bounds", st.name, f.path);
+            assert!(
+                f.offset + f.size <= st.size,
+                "{}.{} out of bounds",
+                st.name,
+                f.path
+            );
         }
     }
 }
@@ -152,7 +180,10 @@ fn run_union_views_hit_linux_offsets() {
     run.u.mmio_mut().len = 4;
     assert_eq!(&run.as_bytes()[48..52], &4u32.to_le_bytes());
     run.s.regs_mut().regs.rip = 0xfff0;
-    assert_eq!(&run.as_bytes()[304 + 128..304 + 136], &0xfff0u64.to_le_bytes());
+    assert_eq!(
+        &run.as_bytes()[304 + 128..304 + 136],
+        &0xfff0u64.to_le_bytes()
+    );
     run.u.system_event_mut().data[0] = 7;
     assert_eq!(run.u.system_event().flags(), 7);
 }
@@ -175,28 +206,56 @@ fn irqchip_and_nested_views() {
 fn flex_msrs_round_trip_and_rejects_bad_sizes() {
     use crate::flex::*;
     let mut buf = vec![0u8; 8 + 3 * 16];
-    write_header(&mut buf, &kvm_msrs { nmsrs: 3, pad: 0, entries: [] }).unwrap();
+    write_header(
+        &mut buf,
+        &kvm_msrs {
+            nmsrs: 3,
+            pad: 0,
+            entries: [],
+        },
+    )
+    .unwrap();
     for i in 0..3 {
-        let e = kvm_msr_entry { index: 0x10 + i as u32, reserved: 0, data: i as u64 * 7 };
+        let e = kvm_msr_entry {
+            index: 0x10 + i as u32,
+            reserved: 0,
+            data: i as u64 * 7,
+        };
         write_entry::<kvm_msrs>(&mut buf, i, &e).unwrap();
     }
     let (h, n) = parse::<kvm_msrs>(&buf).unwrap();
     assert_eq!((h.nmsrs, n), (3, 3));
-    let got: Vec<_> = entries::<kvm_msrs>(&buf, n).map(|e| (e.index, e.data)).collect();
+    let got: Vec<_> = entries::<kvm_msrs>(&buf, n)
+        .map(|e| (e.index, e.data))
+        .collect();
     assert_eq!(got, vec![(0x10, 0), (0x11, 7), (0x12, 14)]);
     assert_eq!(&buf[8 + 16..8 + 20], &0x11u32.to_le_bytes());
 
     // Announces more entries than the buffer holds.
     buf[0] = 4;
-    assert_eq!(parse::<kvm_msrs>(&buf), Err(FlexError::TooShort { needed: 8 + 64, have: 56 }));
+    assert_eq!(
+        parse::<kvm_msrs>(&buf),
+        Err(FlexError::TooShort {
+            needed: 8 + 64,
+            have: 56
+        })
+    );
     // Above Linux's limit, and absurd counts: errors, never panics or overflows.
     buf[..4].copy_from_slice(&256u32.to_le_bytes());
-    assert!(matches!(parse::<kvm_msrs>(&buf), Err(FlexError::TooMany { .. })));
+    assert!(matches!(
+        parse::<kvm_msrs>(&buf),
+        Err(FlexError::TooMany { .. })
+    ));
     buf[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert!(matches!(parse::<kvm_msrs>(&buf), Err(FlexError::TooMany { .. })));
+    assert!(matches!(
+        parse::<kvm_msrs>(&buf),
+        Err(FlexError::TooMany { .. })
+    ));
     assert!(byte_len::<kvm_reg_list>(usize::MAX).is_err());
     assert!(read_entry::<kvm_msrs>(&buf, usize::MAX).is_err());
-    assert!(write_entry::<kvm_msrs>(&mut buf, usize::MAX / 16, &kvm_msr_entry::new_zeroed()).is_err());
+    assert!(
+        write_entry::<kvm_msrs>(&mut buf, usize::MAX / 16, &kvm_msr_entry::new_zeroed()).is_err()
+    );
     assert!(read_entry::<kvm_msrs>(&buf, 3).is_err());
     assert!(parse::<kvm_msrs>(&buf[..5]).is_err());
     assert!(parse::<kvm_msrs>(&[]).is_err());
@@ -209,13 +268,22 @@ fn flex_limits_match_linux() {
     assert_eq!(byte_len::<kvm_cpuid2>(256), Ok(8 + 256 * 40));
     assert!(byte_len::<kvm_cpuid2>(257).is_err());
     assert_eq!(byte_len::<kvm_irq_routing>(4096), Ok(8 + 4096 * 48));
-    assert_eq!(<kvm_coalesced_mmio_ring as FlexArray>::MAX_ENTRIES, (4096 - 8) / 24);
+    assert_eq!(
+        <kvm_coalesced_mmio_ring as FlexArray>::MAX_ENTRIES,
+        (4096 - 8) / 24
+    );
     assert_eq!(xsave_extra_words(4096, 1 << 16), Ok(0));
     assert_eq!(xsave_extra_words(4096 + 8192, 1 << 16), Ok(2048));
     assert!(xsave_extra_words(4095, 1 << 16).is_err());
     assert!(xsave_extra_words(4098, 1 << 16).is_err());
     assert!(xsave_extra_words(1 << 20, 1 << 16).is_err());
-    assert_eq!(nested_state_size(KVM_STATE_NESTED_FORMAT_VMX, true), Some(128 + 8192));
-    assert_eq!(nested_state_size(KVM_STATE_NESTED_FORMAT_SVM, true), Some(128 + 4096));
+    assert_eq!(
+        nested_state_size(KVM_STATE_NESTED_FORMAT_VMX, true),
+        Some(128 + 8192)
+    );
+    assert_eq!(
+        nested_state_size(KVM_STATE_NESTED_FORMAT_SVM, true),
+        Some(128 + 4096)
+    );
     assert_eq!(nested_state_size(7, false), None);
 }

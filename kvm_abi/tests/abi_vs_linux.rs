@@ -80,10 +80,16 @@ fn struct_items(s: &StructLayout, out: &mut Vec<Item>) {
         }
         let (off, member) = match (&s.c, &ty) {
             (CType::Unnamed { parent, anchor }, _) => (
-                format!("(offsetof(struct {parent}, {}) - offsetof(struct {parent}, {anchor}))", f.path),
+                format!(
+                    "(offsetof(struct {parent}, {}) - offsetof(struct {parent}, {anchor}))",
+                    f.path
+                ),
                 format!("sizeof(((struct {parent} *)0)->{})", f.path),
             ),
-            (_, Some(ty)) => (format!("offsetof({ty}, {})", f.path), format!("sizeof((({ty} *)0)->{})", f.path)),
+            (_, Some(ty)) => (
+                format!("offsetof({ty}, {})", f.path),
+                format!("sizeof((({ty} *)0)->{})", f.path),
+            ),
             (_, None) => unreachable!(),
         };
         out.push(Item {
@@ -145,7 +151,12 @@ fn c_program(items: &[Item], skip: &BTreeSet<usize>) -> (String, BTreeMap<usize,
         if skip.contains(&i) {
             continue;
         }
-        writeln!(src, "\tprintf(\"{i} %llu\\n\", (unsigned long long)({}));", it.expr).unwrap();
+        writeln!(
+            src,
+            "\tprintf(\"{i} %llu\\n\", (unsigned long long)({}));",
+            it.expr
+        )
+        .unwrap();
         lines.insert(line, i);
         line += 1;
     }
@@ -154,21 +165,34 @@ fn c_program(items: &[Item], skip: &BTreeSet<usize>) -> (String, BTreeMap<usize,
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The oracle's include directories and a description.
 fn oracle() -> (Vec<PathBuf>, String) {
     if let Some(dir) = std::env::var_os("KVM_ABI_LINUX_HEADERS") {
         let dir = PathBuf::from(dir);
-        assert!(dir.join("linux/kvm.h").is_file(), "KVM_ABI_LINUX_HEADERS={} has no linux/kvm.h", dir.display());
+        assert!(
+            dir.join("linux/kvm.h").is_file(),
+            "KVM_ABI_LINUX_HEADERS={} has no linux/kvm.h",
+            dir.display()
+        );
         let multiarch = dir.join("x86_64-linux-gnu");
-        return (vec![dir.clone(), multiarch], format!("$KVM_ABI_LINUX_HEADERS ({})", dir.display()));
+        return (
+            vec![dir.clone(), multiarch],
+            format!("$KVM_ABI_LINUX_HEADERS ({})", dir.display()),
+        );
     }
     let cache = workspace_root().join("target/kvm-abi-oracle/usr/include");
     if cache.join("linux/kvm.h").is_file() {
         let multiarch = cache.join("x86_64-linux-gnu");
-        return (vec![cache.clone(), multiarch], format!("cached oracle ({})", cache.display()));
+        return (
+            vec![cache.clone(), multiarch],
+            format!("cached oracle ({})", cache.display()),
+        );
     }
     eprintln!(
         "NOTE: no cached oracle header at {}; falling back to the system headers. Prepare it with \
@@ -201,7 +225,10 @@ fn abi_matches_linux_headers() {
     let mut attempts = 0;
     let output = loop {
         attempts += 1;
-        assert!(attempts <= 6, "C program still fails to compile after {attempts} attempts");
+        assert!(
+            attempts <= 6,
+            "C program still fails to compile after {attempts} attempts"
+        );
         let (src, lines) = c_program(&items, &absent);
         std::fs::write(&c_file, &src).unwrap();
         let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
@@ -210,18 +237,28 @@ fn abi_matches_linux_headers() {
             cc.arg("-I").arg(inc);
         }
         cc.arg(&c_file).arg("-o").arg(&exe);
-        let out = cc.output().unwrap_or_else(|e| panic!("cannot run the C compiler `cc`: {e} (install gcc)"));
+        let out = cc
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the C compiler `cc`: {e} (install gcc)"));
         if out.status.success() {
-            break Command::new(&exe).output().expect("run the generated program");
+            break Command::new(&exe)
+                .output()
+                .expect("run the generated program");
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
         let mut new = 0;
         for l in stderr.lines() {
-            let Some(rest) = l.strip_prefix(&format!("{}:", c_file.display())) else { continue };
+            let Some(rest) = l.strip_prefix(&format!("{}:", c_file.display())) else {
+                continue;
+            };
             if !l.contains("error") {
                 continue;
             }
-            let line: usize = rest.split(':').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let line: usize = rest
+                .split(':')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             match lines.get(&line) {
                 Some(&i) => new += usize::from(absent.insert(i)),
                 None => panic!("C compile error outside any item (header missing?):\n{stderr}"),
@@ -243,7 +280,12 @@ fn abi_matches_linux_headers() {
             got.insert(k.parse::<usize>().unwrap(), v);
         }
     }
-    let ver = format!("{}.{}.{}", version >> 16, (version >> 8) & 0xff, version & 0xff);
+    let ver = format!(
+        "{}.{}.{}",
+        version >> 16,
+        (version >> 8) & 0xff,
+        version & 0xff
+    );
 
     let mut diffs = Vec::new();
     let mut counts: BTreeMap<Kind, usize> = BTreeMap::new();
@@ -251,7 +293,10 @@ fn abi_matches_linux_headers() {
         if let Some(&v) = got.get(&i) {
             *counts.entry(it.kind).or_default() += 1;
             if v != it.expected {
-                diffs.push(format!("{}: kvm_abi {} (0x{:x}), C {} (0x{:x})", it.name, it.expected, it.expected, v, v));
+                diffs.push(format!(
+                    "{}: kvm_abi {} (0x{:x}), C {} (0x{:x})",
+                    it.name, it.expected, it.expected, v, v
+                ));
             }
         }
     }
@@ -266,24 +311,43 @@ fn abi_matches_linux_headers() {
         counts.get(&Kind::Const).unwrap_or(&0),
         counts.get(&Kind::Ioctl).unwrap_or(&0),
     );
-    let implied = kvm_abi::STRUCTS.iter().filter(|s| matches!(s.c, CType::Unnamed { .. })).count();
+    let implied = kvm_abi::STRUCTS
+        .iter()
+        .filter(|s| matches!(s.c, CType::Unnamed { .. }))
+        .count();
     println!("({implied} anonymous union(s) without a C name: size/alignment covered by the parent's offsets)");
     println!(
         "not compared here: {} Linux-internal limits (kvm_abi::INTERNAL_CONSTS: {})",
         kvm_abi::INTERNAL_CONSTS.len(),
-        kvm_abi::INTERNAL_CONSTS.iter().map(|c| c.name).collect::<Vec<_>>().join(" ")
+        kvm_abi::INTERNAL_CONSTS
+            .iter()
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     let allow = newer_allowlist();
     let absent_keys: BTreeSet<&str> = absent.iter().map(|&i| items[i].key.as_str()).collect();
-    println!("{} items absent from this header ({} names):", absent.len(), absent_keys.len());
+    println!(
+        "{} items absent from this header ({} names):",
+        absent.len(),
+        absent_keys.len()
+    );
     for &i in &absent {
         println!("  absent: {}", items[i].name);
     }
-    let unexpected: Vec<&str> = absent_keys.iter().copied().filter(|k| !allow.contains(*k)).collect();
+    let unexpected: Vec<&str> = absent_keys
+        .iter()
+        .copied()
+        .filter(|k| !allow.contains(*k))
+        .collect();
     let mut failures = Vec::new();
     if !diffs.is_empty() {
-        failures.push(format!("{} differences from <linux/kvm.h>:\n{}", diffs.len(), diffs.join("\n")));
+        failures.push(format!(
+            "{} differences from <linux/kvm.h>:\n{}",
+            diffs.len(),
+            diffs.join("\n")
+        ));
     }
     if !unexpected.is_empty() {
         failures.push(format!(

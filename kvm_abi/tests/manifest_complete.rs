@@ -6,13 +6,27 @@ use std::collections::BTreeSet;
 
 /// Public items that describe the manifest itself rather than the Linux ABI.
 const INFRASTRUCTURE: &[&str] = &[
-    "StructLayout", "FieldLayout", "ConstInfo", "IoctlInfo", "CType", "FlexError",
-    "STRUCTS", "CONSTS", "INTERNAL_CONSTS", "IOCTLS", "FD_SYSTEM", "FD_VM", "FD_VCPU", "FD_DEVICE",
+    "StructLayout",
+    "FieldLayout",
+    "ConstInfo",
+    "IoctlInfo",
+    "CType",
+    "FlexError",
+    "STRUCTS",
+    "CONSTS",
+    "INTERNAL_CONSTS",
+    "IOCTLS",
+    "FD_SYSTEM",
+    "FD_VM",
+    "FD_VCPU",
+    "FD_DEVICE",
 ];
 
 fn ident_after<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
     let rest = line.trim_start().strip_prefix(prefix)?;
-    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
     (end > 0).then(|| &rest[..end])
 }
 
@@ -45,7 +59,14 @@ fn every_public_item_is_in_the_manifest() {
                 continue;
             }
             let mut names = Vec::new();
-            for p in ["pub struct ", "pub union ", "pub enum ", "pub const ", "pub static ", "list "] {
+            for p in [
+                "pub struct ",
+                "pub union ",
+                "pub enum ",
+                "pub const ",
+                "pub static ",
+                "list ",
+            ] {
                 if let Some(n) = ident_after(t, p) {
                     // `list NAME` declares a manifest slice, itself manifest infrastructure.
                     if p != "list " {
@@ -55,7 +76,9 @@ fn every_public_item_is_in_the_manifest() {
             }
             if in_list && !t.starts_with("///") && !t.starts_with("list ") {
                 if let Some(n) = ident_after(t, "") {
-                    if t[n.len()..].trim_start().starts_with(':') || t[n.len()..].trim_start().starts_with('=') {
+                    if t[n.len()..].trim_start().starts_with(':')
+                        || t[n.len()..].trim_start().starts_with('=')
+                    {
                         names.push(n);
                     }
                 }
@@ -73,6 +96,13 @@ fn every_public_item_is_in_the_manifest() {
         }
     }
     println!("{seen} public item declarations checked against the manifest");
-    assert!(seen > 700, "scanner found too few items ({seen}): is it still reading the source?");
-    assert!(escaped.is_empty(), "public items missing from the manifest:\n{}", escaped.join("\n"));
+    assert!(
+        seen > 700,
+        "scanner found too few items ({seen}): is it still reading the source?"
+    );
+    assert!(
+        escaped.is_empty(),
+        "public items missing from the manifest:\n{}",
+        escaped.join("\n")
+    );
 }

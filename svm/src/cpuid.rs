@@ -200,8 +200,14 @@ pub(crate) mod tests {
     /// only implements NPT (TCG_SVM_FEATURES), revision 1 and 16 ASIDs are hard-coded.
     pub fn qemu_tcg_epyc() -> Recorded {
         Recorded(HashMap::from([
-            (LEAF_EXT_MAX, [0x8000_001f, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
-            (LEAF_EXT_FEATURES, [0x0080_0f12, 0, 0x0000_07f7 | EXT_ECX_SVM, 0x2fd3_fbff]),
+            (
+                LEAF_EXT_MAX,
+                [0x8000_001f, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
+            ),
+            (
+                LEAF_EXT_FEATURES,
+                [0x0080_0f12, 0, 0x0000_07f7 | EXT_ECX_SVM, 0x2fd3_fbff],
+            ),
             (LEAF_SVM, [1, 0x10, 0, SvmFeatures::NP.bits()]),
         ]))
     }
@@ -211,8 +217,14 @@ pub(crate) mod tests {
     /// VMSAVE/VMLOAD, vGIF, GMET, SPEC_CTRL, and bit 11, reserved in the APM, kept as is).
     pub fn epyc_zen2() -> Recorded {
         Recorded(HashMap::from([
-            (LEAF_EXT_MAX, [0x8000_0020, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
-            (LEAF_EXT_FEATURES, [0x0083_0f10, 0x4000_0000, 0x75c2_37ff, 0x2fd3_fbff]),
+            (
+                LEAF_EXT_MAX,
+                [0x8000_0020, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
+            ),
+            (
+                LEAF_EXT_FEATURES,
+                [0x0083_0f10, 0x4000_0000, 0x75c2_37ff, 0x2fd3_fbff],
+            ),
             (LEAF_SVM, [1, 0x8000, 0, 0x0013_bcff]),
         ]))
     }
@@ -265,7 +277,9 @@ pub(crate) mod tests {
         r.0.insert(LEAF_SVM, [1, 0x10, 0, 0]);
         assert_eq!(detect(&r).map(|c| c.features), Ok(SvmFeatures::empty()));
         assert_eq!(detect_usable(&r), Err(DetectError::NoNestedPaging));
-        assert!(DetectError::NoNestedPaging.message().contains("shadow paging"));
+        assert!(DetectError::NoNestedPaging
+            .message()
+            .contains("shadow paging"));
     }
 
     #[test]
@@ -277,7 +291,10 @@ pub(crate) mod tests {
         r.0.insert(LEAF_EXT_MAX, [0x8000_0008, 0, 0, 0]);
         assert_eq!(detect(&r), Err(DetectError::NoSvmLeaf(0x8000_0008)));
         // An Intel CPU: extended leaves stop at 8000_0008h.
-        assert_eq!(detect(&Recorded(HashMap::new())), Err(DetectError::NoSvmLeaf(0)));
+        assert_eq!(
+            detect(&Recorded(HashMap::new())),
+            Err(DetectError::NoSvmLeaf(0))
+        );
     }
 
     #[test]

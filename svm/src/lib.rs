@@ -14,6 +14,7 @@
 )]
 
 pub mod cpuid;
+pub mod exit;
 pub mod intercept;
 pub mod permmap;
 pub mod vmcb;

@@ -604,13 +604,13 @@ mod tests {
     #[test]
     fn exceptions_and_error_codes() {
         // #PF with error code 2 at CR2 0xdead000.
-        let d = decode(&vmcb(0x4e, 2, 0xdead_000).control, true, true);
+        let d = decode(&vmcb(0x4e, 2, 0x0dea_d000).control, true, true);
         assert_eq!(
             d.exit,
             SvmExit::Exception {
                 vector: 14,
                 error_code: Some(2),
-                info2: 0xdead_000
+                info2: 0x0dea_d000
             }
         );
         // #DB has no error code, #AC has one (0).

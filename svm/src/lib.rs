@@ -17,4 +17,5 @@ pub mod cpuid;
 pub mod exit;
 pub mod intercept;
 pub mod permmap;
+pub mod state;
 pub mod vmcb;

@@ -18,4 +18,6 @@ pub mod exit;
 pub mod intercept;
 pub mod permmap;
 pub mod state;
+pub mod hw;
+mod switch;
 pub mod vmcb;

@@ -69,7 +69,9 @@ pub fn enable(hw: &impl SvmHw, hsave_pa: u64) -> Result<(), EnableError> {
     }
     let vm_cr = hw.rdmsr(MSR_VM_CR);
     if vm_cr & VM_CR_SVMDIS != 0 {
-        return Err(EnableError::DisabledByFirmware { locked: vm_cr & VM_CR_LOCK != 0 });
+        return Err(EnableError::DisabledByFirmware {
+            locked: vm_cr & VM_CR_LOCK != 0,
+        });
     }
     let efer = hw.rdmsr(MSR_EFER);
     // SAFETY: setting EFER.SVME only enables SVM instructions; VM_HSAVE_PA is only used by
@@ -221,9 +223,17 @@ pub(crate) mod fake {
     #[test]
     fn enable_refuses_firmware_disabled_and_misaligned() {
         let hw = FakeSvm::default();
-        hw.msrs.borrow_mut().insert(MSR_VM_CR, VM_CR_SVMDIS | VM_CR_LOCK);
-        assert_eq!(enable(&hw, 0x1000), Err(EnableError::DisabledByFirmware { locked: true }));
+        hw.msrs
+            .borrow_mut()
+            .insert(MSR_VM_CR, VM_CR_SVMDIS | VM_CR_LOCK);
+        assert_eq!(
+            enable(&hw, 0x1000),
+            Err(EnableError::DisabledByFirmware { locked: true })
+        );
         assert!(hw.writes.borrow().is_empty());
-        assert_eq!(enable(&hw, 0x1008), Err(EnableError::BadHostSaveArea(0x1008)));
+        assert_eq!(
+            enable(&hw, 0x1008),
+            Err(EnableError::BadHostSaveArea(0x1008))
+        );
     }
 }

@@ -13,11 +13,13 @@
     )
 )]
 
+pub mod asid;
 pub mod cpuid;
 pub mod exit;
+pub mod hw;
 pub mod intercept;
 pub mod permmap;
 pub mod state;
-pub mod hw;
 mod switch;
+pub mod vcpu;
 pub mod vmcb;

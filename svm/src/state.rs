@@ -6,7 +6,10 @@
 //! TR busy, accessed bit on data segments, SS.DPL = CPL (Linux `svm_get_segment` behaviour,
 //! re-derived from the APM segment format and KVM's documented ABI).
 
-use crate::vmcb::{EventInj, EventType, IntCtl, Vmcb, VmcbSave, VmcbSegment, INT_STATE_SHADOW};
+use crate::vcpu::mark_dirty;
+use crate::vmcb::{
+    CleanBits, EventInj, EventType, IntCtl, Vmcb, VmcbSave, VmcbSegment, INT_STATE_SHADOW,
+};
 use core::mem::offset_of;
 use kvm_abi::{
     kvm_debugregs, kvm_dtable, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events,
@@ -217,7 +220,8 @@ pub fn unpack_segment(v: &VmcbSegment) -> kvm_segment {
     }
 }
 
-/// Writes segment `which` as `KVM_SET_SREGS` does: SS.DPL also sets the VMCB CPL.
+/// Writes segment `which` as `KVM_SET_SREGS` does: SS.DPL also sets the VMCB CPL. The caller
+/// marks [`CleanBits::SEG`] dirty ([`set_sregs`] does).
 pub fn set_segment(save: &mut VmcbSave, which: Seg, s: &kvm_segment) {
     *seg_mut(save, which) = VmcbSegment {
         selector: s.selector,
@@ -354,7 +358,33 @@ pub fn set_sregs(
     extra.cr4_forced = cr4_forced & !s.cr4;
     save.efer = s.efer | EFER_SVME;
     set_cr8(vmcb, s.cr8);
+    mark_dirty(
+        vmcb,
+        CleanBits::SEG | CleanBits::DT | CleanBits::CRX | CleanBits::CR2,
+    );
     Ok(())
+}
+
+/// Writes EFER from a guest or userspace WRMSR that the core validated; SVME stays set in the
+/// VMCB. Refuses SVME itself (no nested SVM).
+pub fn set_efer(vmcb: &mut Vmcb, efer: u64) -> Result<(), StateError> {
+    if efer & EFER_SVME != 0 {
+        return Err(StateError::NestedSvm);
+    }
+    vmcb.save.efer = efer | EFER_SVME;
+    mark_dirty(vmcb, CleanBits::CRX);
+    Ok(())
+}
+
+/// EFER as the guest sees it.
+pub fn get_efer(vmcb: &Vmcb) -> u64 {
+    vmcb.save.efer & !EFER_SVME
+}
+
+/// Writes the guest PAT (G_PAT, used with nested paging); the core validated the value.
+pub fn set_pat(vmcb: &mut Vmcb, pat: u64) {
+    vmcb.save.g_pat = pat;
+    mark_dirty(vmcb, CleanBits::NP);
 }
 
 /// `KVM_GET_SREGS` (everything but `apic_base` and `interrupt_bitmap`, which the caller fills).
@@ -395,6 +425,7 @@ pub fn get_cr8(vmcb: &Vmcb) -> u64 {
 pub fn set_cr8(vmcb: &mut Vmcb, cr8: u64) {
     let c = IntCtl::from_bits_retain(vmcb.control.int_ctl).with_v_tpr((cr8 & 0xf) as u8);
     vmcb.control.int_ctl = c.bits();
+    mark_dirty(vmcb, CleanBits::TPR);
 }
 
 /// `KVM_SET_DEBUGREGS`: DR6/DR7 into the VMCB, DR0–DR3 into `extra` (the caller validated the
@@ -403,6 +434,7 @@ pub fn set_debugregs(vmcb: &mut Vmcb, extra: &mut GuestExtra, d: &kvm_debugregs)
     extra.db = d.db;
     vmcb.save.dr6 = d.dr6;
     vmcb.save.dr7 = d.dr7;
+    mark_dirty(vmcb, CleanBits::DRX);
 }
 
 /// `KVM_GET_DEBUGREGS` (flags and reserved zero).
@@ -629,6 +661,30 @@ mod tests {
             set_sregs(&mut v, &mut x, &s3, 0),
             Err(StateError::NestedSvm)
         );
+    }
+
+    #[test]
+    fn setters_mark_their_clean_bits_dirty() {
+        let mut v = vmcb();
+        let mut x = GuestExtra::default();
+        v.control.clean = 0x1fff;
+        set_sregs(&mut v, &mut x, &reset_sregs(), 0).unwrap();
+        let want =
+            CleanBits::SEG | CleanBits::DT | CleanBits::CRX | CleanBits::CR2 | CleanBits::TPR;
+        assert_eq!(v.control.clean, 0x1fff & !want.bits());
+        v.control.clean = 0x1fff;
+        set_debugregs(&mut v, &mut x, &kvm_debugregs::new_zeroed());
+        assert_eq!(v.control.clean, 0x1fff & !CleanBits::DRX.bits());
+        v.control.clean = 0x1fff;
+        set_pat(&mut v, 6);
+        assert_eq!(v.control.clean, 0x1fff & !CleanBits::NP.bits());
+        v.control.clean = 0x1fff;
+        set_efer(&mut v, 0x500).unwrap();
+        assert_eq!(
+            (v.control.clean, v.save.efer, get_efer(&v)),
+            (0x1fff & !CleanBits::CRX.bits(), 0x1500, 0x500)
+        );
+        assert_eq!(set_efer(&mut v, EFER_SVME), Err(StateError::NestedSvm));
     }
 
     #[test]

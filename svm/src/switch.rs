@@ -40,8 +40,8 @@ core::arch::global_asm!(
     "push r13",
     "push r14",
     "push r15",
-    "push rdx",          // [rsp + 8]: gprs
-    "push rsi",          // [rsp]: host VMSAVE page
+    "push rdx", // [rsp + 8]: gprs
+    "push rsi", // [rsp]: host VMSAVE page
     "clgi",
     "sti",
     "mov rax, rsi",

@@ -325,8 +325,10 @@ mod tests {
         );
 
         let hw = FakeSvm::default();
-        let mut x = GuestExtra::default();
-        x.db = [1, 2, 3, 4];
+        let mut x = GuestExtra {
+            db: [1, 2, 3, 4],
+            ..Default::default()
+        };
         x.gprs.rbx = 7;
         *hw.guest.borrow_mut() = Some(Box::new(|pa, g, db| {
             // The guest sees its DR0-3 and GPRs, changes some, exits with CPUID.

@@ -202,19 +202,42 @@ pub struct IoExit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SvmExit {
     /// Read of CR`cr`; `gpr` is the destination register when decode assists name it.
-    CrRead { cr: u8, gpr: Option<u8> },
+    CrRead {
+        /// Control register number.
+        cr: u8,
+        /// Destination GPR (decode assists).
+        gpr: Option<u8>,
+    },
     /// Write of CR`cr` (also selective CR0 writes, `cr` = 0); `gpr` is the source register when
     /// decode assists name it (MOV CR; CLTS/LMSW give `None`).
-    CrWrite { cr: u8, gpr: Option<u8> },
+    CrWrite {
+        /// Control register number.
+        cr: u8,
+        /// Source GPR (decode assists, MOV only).
+        gpr: Option<u8>,
+    },
     /// Read of DR`dr`; `gpr` with decode assists.
-    DrRead { dr: u8, gpr: Option<u8> },
+    DrRead {
+        /// Debug register number.
+        dr: u8,
+        /// Destination GPR (decode assists).
+        gpr: Option<u8>,
+    },
     /// Write of DR`dr`; `gpr` with decode assists.
-    DrWrite { dr: u8, gpr: Option<u8> },
+    DrWrite {
+        /// Debug register number.
+        dr: u8,
+        /// Source GPR (decode assists).
+        gpr: Option<u8>,
+    },
     /// Intercepted exception `vector`. `error_code` is EXITINFO1 for vectors that push one;
     /// `info2` is EXITINFO2 (the faulting address for #PF).
     Exception {
+        /// Exception vector.
         vector: u8,
+        /// Error code (EXITINFO1), for vectors that push one.
         error_code: Option<u32>,
+        /// EXITINFO2 (#PF: the faulting linear address).
         info2: u64,
     },
     /// A physical interrupt arrived: the host takes it after STGI.
@@ -236,23 +259,42 @@ pub enum SvmExit {
     /// IRET (the NMI window opens after it retires).
     Iret,
     /// INVLPG; the linear address with decode assists.
-    Invlpg { addr: Option<u64> },
+    Invlpg {
+        /// Linear address (decode assists).
+        addr: Option<u64>,
+    },
     /// An intercepted instruction the guest may not execute or that the host emulates trivially:
     /// the EXITCODE (RDTSC, RDPMC, RSM, INVD, VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT,
     /// INVLPGA, RDTSCP, ICEBP, WBINVD, MONITOR, MWAIT, RDPRU, INTn, PUSHF, POPF, ...).
-    Instruction { code: u64 },
+    Instruction {
+        /// EXITCODE.
+        code: u64,
+    },
     /// VMMCALL (hypercall).
     Vmmcall,
     /// IN/OUT/INS/OUTS.
     Io(IoExit),
     /// RDMSR (`write` false) or WRMSR (index in RCX, data in EDX:EAX).
-    Msr { write: bool },
+    Msr {
+        /// WRMSR rather than RDMSR.
+        write: bool,
+    },
     /// XSETBV (index in RCX, value in EDX:EAX).
     Xsetbv,
     /// Task switch: EXITINFO1 bits 15:0 are the target selector, EXITINFO2 the reason bits.
-    TaskSwitch { selector: u16, info2: u64 },
+    TaskSwitch {
+        /// Target TSS selector.
+        selector: u16,
+        /// EXITINFO2: reason (IRET, JMP, error code valid) and error code.
+        info2: u64,
+    },
     /// Nested page fault at guest physical `gpa`.
-    Npf { gpa: u64, error: NpfError },
+    Npf {
+        /// Faulting guest physical address (EXITINFO2).
+        gpa: u64,
+        /// Error code and walk position (EXITINFO1).
+        error: NpfError,
+    },
     /// Shutdown (triple fault). The VMCB state is undefined afterwards (§15.12) and the vCPU
     /// must be reset before it runs again.
     Shutdown,
@@ -260,9 +302,19 @@ pub enum SvmExit {
     Invalid,
     /// Exit information the architecture does not produce for this code (e.g. an IOIO exit
     /// with no operand size): the raw values, for `KVM_EXIT_INTERNAL_ERROR`.
-    Malformed { code: u64, info1: u64, info2: u64 },
+    Malformed {
+        /// EXITCODE.
+        code: u64,
+        /// EXITINFO1.
+        info1: u64,
+        /// EXITINFO2.
+        info2: u64,
+    },
     /// An EXITCODE this backend never asks for.
-    Unexpected { code: u64 },
+    Unexpected {
+        /// EXITCODE.
+        code: u64,
+    },
 }
 
 /// A decoded #VMEXIT.

@@ -85,7 +85,7 @@ bitflags! {
 /// What the SVM backend knows about the processor it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SvmCaps {
-    /// SVM revision number (8000_000Ah EAX[7:0]).
+    /// SVM revision number (8000_000Ah EAX bits 7:0).
     pub revision: u8,
     /// Number of address space identifiers (8000_000Ah EBX). ASID 0 is the host's, so guests
     /// get `1..nasid`.

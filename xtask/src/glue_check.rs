@@ -32,11 +32,11 @@ pub const KERNEL_PATCH_FILES: &[&str] = &[
 
 /// QEMU port patches (name, the one file it touches relative to WRKSRC).
 pub const QEMU_PATCHES: &[(&str, &str)] = &[
-    ("patch-configure", "configure"),
-    ("patch-meson_build", "meson.build"),
-    ("patch-target_i386_kvm_kvm_c", "target/i386/kvm/kvm.c"),
-    ("patch-linux-headers_openbsd_linux_types_h", "linux-headers/openbsd/linux/types.h"),
-    ("patch-linux-headers_openbsd_linux_ioctl_h", "linux-headers/openbsd/linux/ioctl.h"),
+    ("patch-okvm-configure", "configure"),
+    ("patch-okvm-meson_build", "meson.build"),
+    ("patch-okvm-target_i386_kvm_kvm_c", "target/i386/kvm/kvm.c"),
+    ("patch-okvm-linux-headers_openbsd_linux_types_h", "linux-headers/openbsd/linux/types.h"),
+    ("patch-okvm-linux-headers_openbsd_linux_ioctl_h", "linux-headers/openbsd/linux/ioctl.h"),
 ];
 
 /// What the glue's C sources define and call among the `okvm_*` names.

@@ -9,15 +9,11 @@
 //! The compile check of the glue against real OpenBSD headers needs an OpenBSD `sys/` tree, which
 //! CI does not have; it is the manual check described in `openbsd_glue/NOTES.md`.
 
-use crate::lint::{parse_header, HeaderAbi};
+use crate::lint::{parse_header, HeaderAbi, KERNEL_PROVIDED};
 use crate::util::root;
 use object::{Object, ObjectSymbol};
 use std::collections::BTreeSet;
 use std::path::Path;
-
-/// Symbols the OpenBSD/amd64 kernel provides to okvm.o besides the glue's host services.
-pub const OPENBSD_KERNEL_SYMBOLS: &[&str] =
-    &["memcpy", "memset", "memmove", "memcmp", "bcmp", "__x86_indirect_thunk_r11"];
 
 /// Files the kernel patch must touch, relative to /usr/src.
 pub const KERNEL_PATCH_FILES: &[&str] = &[
@@ -118,7 +114,7 @@ pub fn unresolved_object_symbols(obj: &[u8], glue: &GlueSymbols) -> Result<Vec<S
         .filter(|s| s.is_undefined())
         .filter_map(|s| s.name().ok().map(str::to_string))
         .filter(|n| !n.is_empty())
-        .filter(|n| !glue.defined.contains(n) && !OPENBSD_KERNEL_SYMBOLS.contains(&n.as_str()))
+        .filter(|n| !glue.defined.contains(n) && !KERNEL_PROVIDED.contains(&n.as_str()))
         .collect())
 }
 

@@ -1,4 +1,4 @@
-/* A foreign undefined symbol, a thunk name that is not a register, an export okvm.h does not
+/* A foreign undefined symbol, a thunk the kernel does not have (only r11 exists), an export okvm.h does not
  * declare, a host service defined by the core, and okvm_attach (declared) missing. */
 	.text
 	.globl	okvm_secret
@@ -6,7 +6,7 @@
 okvm_secret:
 	endbr64
 	call	printf
-	call	__x86_indirect_thunk_xmm0
+	call	__x86_indirect_thunk_rax
 	ret
 	.size	okvm_secret, .-okvm_secret
 

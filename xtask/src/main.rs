@@ -1,5 +1,6 @@
 //! `cargo xtask`: project automation. See README.md for the commands.
 
+mod glue_check;
 mod kobj;
 mod lint;
 mod testcmd;

@@ -81,6 +81,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Err(_) => {}
     }
     phase("kernel object build + lint", r, &mut counts);
+    // --- openbsd glue hook (issue 9): glue vs okvm.h, okvm.o vs glue + kernel, patches ---
+    let r = crate::glue_check::run();
+    if r.is_ok() {
+        counts.passed += 1;
+    }
+    phase("openbsd glue + patches", r, &mut counts);
+    // --- end of openbsd glue hook ---
     let _ = quick; // the slow suites (fuzzing, nested VMs) join here as they land
 
     println!("tests: {} passed, {} failed", counts.passed, counts.failed);

@@ -5,7 +5,10 @@
 //! the interrupt window. Dispatch is static: the core is generic over `B: Backend`, and the
 //! kernel object instantiates it with one concrete type (an enum over VMX/SVM once they exist).
 
-use kvm_abi::{kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave};
+use kvm_abi::{
+    kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
+};
 
 use crate::errno::KResult;
 
@@ -29,12 +32,22 @@ pub enum Exit {
     Continue,
     /// `IN`/`OUT` of `size` bytes (1, 2, 4) at `port`; for `OUT`, `data` holds the value. The
     /// instruction completes through [`Backend::complete_io`].
-    Io { port: u16, size: u8, out: bool, data: u32 },
+    Io {
+        port: u16,
+        size: u8,
+        out: bool,
+        data: u32,
+    },
     /// `INS`/`OUTS`/`REP` string I/O: needs the instruction emulator.
     IoString { port: u16, size: u8, out: bool },
     /// A decoded MMIO access of `len` (1..=8) bytes at `gpa`; for writes `data` holds the bytes.
     /// Completes through [`Backend::complete_mmio`].
-    Mmio { gpa: u64, len: u8, write: bool, data: [u8; 8] },
+    Mmio {
+        gpa: u64,
+        len: u8,
+        write: bool,
+        data: [u8; 8],
+    },
     /// A second-level page fault at `gpa` (EPT violation / NPF): the core maps guest memory or,
     /// outside every memslot, decodes the instruction as MMIO.
     PageFault { gpa: u64, write: bool, fetch: bool },

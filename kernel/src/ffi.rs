@@ -41,7 +41,12 @@ fn system() -> Option<&'static KSystem> {
 /// The host CPU's CPUID.
 pub fn hw_cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    CpuidResult {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 /// okvm.h `okvm_attach`.
@@ -58,9 +63,18 @@ pub extern "C" fn okvm_attach() -> i32 {
         CHOST.log(LogLevel::Error, "okvm: no VMX or SVM on this CPU");
         return -ENODEV.0;
     }
-    CHOST.log(LogLevel::Info, "okvm: core attached (soft backend: KVM_RUN reports KVM_EXIT_FAIL_ENTRY)");
+    CHOST.log(
+        LogLevel::Info,
+        "okvm: core attached (soft backend: KVM_RUN reports KVM_EXIT_FAIL_ENTRY)",
+    );
     // SAFETY: not attached, and the glue runs nothing concurrently with attach.
-    unsafe { System::init_in_place((*SYSTEM.0.get()).as_mut_ptr(), &CHOST, SoftBackend::new(&CHOST, hw_cpuid)) };
+    unsafe {
+        System::init_in_place(
+            (*SYSTEM.0.get()).as_mut_ptr(),
+            &CHOST,
+            SoftBackend::new(&CHOST, hw_cpuid),
+        )
+    };
     ATTACHED.store(true, Ordering::Release);
     0
 }
@@ -82,7 +96,9 @@ pub extern "C" fn okvm_detach() -> i32 {
 /// `out` is a valid pointer to a handle.
 #[cfg_attr(target_os = "none", no_mangle)]
 pub unsafe extern "C" fn okvm_open(out: *mut OkvmHandle) -> i32 {
-    let Some(sys) = system() else { return -ENODEV.0 };
+    let Some(sys) = system() else {
+        return -ENODEV.0;
+    };
     if out.is_null() {
         return -EINVAL.0;
     }
@@ -97,7 +113,9 @@ pub unsafe extern "C" fn okvm_open(out: *mut OkvmHandle) -> i32 {
 /// `h` is a live handle (okvm.h contract).
 #[cfg_attr(target_os = "none", no_mangle)]
 pub unsafe extern "C" fn okvm_ioctl(h: OkvmHandle, cmd: u32, arg: u64) -> i64 {
-    let Some(sys) = system() else { return -i64::from(ENODEV.0) };
+    let Some(sys) = system() else {
+        return -i64::from(ENODEV.0);
+    };
     // SAFETY: forwarded contract.
     unsafe { sys.ioctl(h, cmd, arg) }
 }
@@ -108,7 +126,9 @@ pub unsafe extern "C" fn okvm_ioctl(h: OkvmHandle, cmd: u32, arg: u64) -> i64 {
 /// `h` is a live handle and `pa` a valid out-pointer.
 #[cfg_attr(target_os = "none", no_mangle)]
 pub unsafe extern "C" fn okvm_mmap(h: OkvmHandle, pgoff: u64, pa: *mut u64) -> i32 {
-    let Some(sys) = system() else { return -ENODEV.0 };
+    let Some(sys) = system() else {
+        return -ENODEV.0;
+    };
     if pa.is_null() {
         return -EINVAL.0;
     }
@@ -134,4 +154,3 @@ pub unsafe extern "C" fn okvm_release(h: OkvmHandle) {
         unsafe { sys.release(h) }
     }
 }
-

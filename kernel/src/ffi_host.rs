@@ -156,7 +156,10 @@ impl Host for CHost {
     }
     fn sleep(&self, chan: *const c_void, l: RawLock, timeout_ns: u64) -> KResult<()> {
         // SAFETY: see impl comment; l is held by the caller.
-        from_host(i64::from(unsafe { okvm_host_sleep(chan, l.0.as_ptr(), timeout_ns) })).map(|_| ())
+        from_host(i64::from(unsafe {
+            okvm_host_sleep(chan, l.0.as_ptr(), timeout_ns)
+        }))
+        .map(|_| ())
     }
     fn wakeup(&self, chan: *const c_void) {
         // SAFETY: see impl comment.
@@ -170,7 +173,11 @@ impl Host for CHost {
         // SAFETY: see impl comment.
         unsafe { okvm_host_cpu_count() }
     }
-    fn run_on_all_cpus(&self, f: unsafe extern "C" fn(*mut c_void) -> i32, arg: *mut c_void) -> i32 {
+    fn run_on_all_cpus(
+        &self,
+        f: unsafe extern "C" fn(*mut c_void) -> i32,
+        arg: *mut c_void,
+    ) -> i32 {
         // SAFETY: see impl comment.
         unsafe { okvm_host_run_on_all_cpus(Some(f), arg) }
     }
@@ -233,9 +240,9 @@ impl Host for CHost {
     fn install_fd(&self, kind: FdKind, handle: *mut c_void) -> KResult<i32> {
         // SAFETY: see impl comment; handle stays valid until okvm_release.
         let r = unsafe { okvm_host_install_fd(kind as u32, handle) };
-        from_host(i64::from(r)).map(|fd| i32::try_from(fd).unwrap_or(i32::MAX)).map_err(|e| {
-            if e.0 == 0 { ENOMEM } else { e }
-        })
+        from_host(i64::from(r))
+            .map(|fd| i32::try_from(fd).unwrap_or(i32::MAX))
+            .map_err(|e| if e.0 == 0 { ENOMEM } else { e })
     }
     fn log(&self, level: LogLevel, msg: &str) {
         // SAFETY: see impl comment; msg is valid for msg.len() bytes.

@@ -31,7 +31,10 @@ impl<T: FromZeros, H: Host> HBox<T, H> {
         let size = size_of::<T>().max(1);
         let p = host.heap_alloc(size).ok_or(ENOMEM)?;
         // The host returns zeroed memory, which is a valid T (FromZeros).
-        Ok(Self { ptr: p.cast(), host })
+        Ok(Self {
+            ptr: p.cast(),
+            host,
+        })
     }
 }
 
@@ -105,7 +108,11 @@ impl<T: FromZeros, H: Host> HSlice<T, H> {
         const { assert!(align_of::<T>() <= 16) };
         let bytes = size_of::<T>().checked_mul(len).ok_or(ENOMEM)?.max(1);
         let p = host.heap_alloc(bytes).ok_or(ENOMEM)?;
-        Ok(Self { ptr: p.cast(), len, host })
+        Ok(Self {
+            ptr: p.cast(),
+            len,
+            host,
+        })
     }
 }
 
@@ -142,8 +149,12 @@ impl<T, H: Host> Drop for HSlice<T, H> {
     fn drop(&mut self) {
         // SAFETY: we own len elements; drop them, then free the block with the same size.
         unsafe {
-            core::ptr::drop_in_place(core::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len));
-            self.host.heap_free(self.ptr.cast(), (size_of::<T>() * self.len).max(1));
+            core::ptr::drop_in_place(core::ptr::slice_from_raw_parts_mut(
+                self.ptr.as_ptr(),
+                self.len,
+            ));
+            self.host
+                .heap_free(self.ptr.cast(), (size_of::<T>() * self.len).max(1));
         }
     }
 }
@@ -158,7 +169,11 @@ pub struct HVec<T: Copy + FromZeros, H: Host> {
 impl<T: Copy + FromZeros, H: Host> HVec<T, H> {
     /// An empty vector (allocates nothing).
     pub fn new(host: &'static H) -> Self {
-        Self { buf: None, len: 0, host }
+        Self {
+            buf: None,
+            len: 0,
+            host,
+        }
     }
 
     /// Appends `v`, doubling the capacity when full.
@@ -168,11 +183,17 @@ impl<T: Copy + FromZeros, H: Host> HVec<T, H> {
             let new_cap = cap.checked_mul(2).ok_or(ENOMEM)?.max(8);
             let mut nb = HSlice::new_zeroed(self.host, new_cap)?;
             if let Some(old) = &self.buf {
-                nb.get_mut(..self.len).ok_or(ENOMEM)?.copy_from_slice(old.get(..self.len).ok_or(ENOMEM)?);
+                nb.get_mut(..self.len)
+                    .ok_or(ENOMEM)?
+                    .copy_from_slice(old.get(..self.len).ok_or(ENOMEM)?);
             }
             self.buf = Some(nb);
         }
-        let slot = self.buf.as_mut().and_then(|b| b.get_mut(self.len)).ok_or(ENOMEM)?;
+        let slot = self
+            .buf
+            .as_mut()
+            .and_then(|b| b.get_mut(self.len))
+            .ok_or(ENOMEM)?;
         *slot = v;
         self.len += 1;
         Ok(())
@@ -198,7 +219,10 @@ impl<T: Copy + FromZeros, H: Host> HVec<T, H> {
 
     /// The elements.
     pub fn as_slice(&self) -> &[T] {
-        self.buf.as_ref().and_then(|b| b.get(..self.len)).unwrap_or(&[])
+        self.buf
+            .as_ref()
+            .and_then(|b| b.get(..self.len))
+            .unwrap_or(&[])
     }
 
     /// Number of elements.
@@ -228,12 +252,18 @@ impl<H: Host> HPage<H> {
     /// Allocates a zeroed page.
     pub fn new(host: &'static H) -> KResult<Self> {
         let page = host.page_alloc().ok_or(ENOMEM)?;
-        Ok(Self { page: Some(page), host, _p: PhantomData })
+        Ok(Self {
+            page: Some(page),
+            host,
+            _p: PhantomData,
+        })
     }
 
     /// Kernel virtual address of the page.
     pub fn va(&self) -> *mut u8 {
-        self.page.as_ref().map_or(core::ptr::null_mut(), |p| p.va.as_ptr())
+        self.page
+            .as_ref()
+            .map_or(core::ptr::null_mut(), |p| p.va.as_ptr())
     }
 
     /// Host physical address of the page.

@@ -112,7 +112,12 @@ impl<H: Host> Memslots<H> {
             flags: 0,
             dirty: None,
         })?;
-        Ok(Self { host, slots, nr_pages: 0, pins: HVec::new(host) })
+        Ok(Self {
+            host,
+            slots,
+            nr_pages: 0,
+            pins: HVec::new(host),
+        })
     }
 
     /// Applies a `KVM_SET_USER_MEMORY_REGION`; pins of a deleted or moved slot are dropped.
@@ -130,7 +135,10 @@ impl<H: Host> Memslots<H> {
             return Err(EINVAL);
         }
         if mem.userspace_addr & page_mask != 0
-            || mem.userspace_addr.checked_add(mem.memory_size).is_none_or(|e| e > USER_VA_END)
+            || mem
+                .userspace_addr
+                .checked_add(mem.memory_size)
+                .is_none_or(|e| e > USER_VA_END)
         {
             return Err(EINVAL);
         }
@@ -158,7 +166,10 @@ impl<H: Host> Memslots<H> {
             s.npages = 0;
             s.dirty = None;
             self.nr_pages -= old_npages;
-            return Ok(Change::Delete { gfn: old_gfn, npages: old_npages });
+            return Ok(Change::Delete {
+                gfn: old_gfn,
+                npages: old_npages,
+            });
         }
 
         let change = if old_npages == 0 {
@@ -172,9 +183,14 @@ impl<H: Host> Memslots<H> {
                 return Err(EINVAL);
             }
             if base_gfn != old_gfn {
-                Change::Move { gfn: old_gfn, npages: old_npages }
+                Change::Move {
+                    gfn: old_gfn,
+                    npages: old_npages,
+                }
             } else if mem.flags != old_flags {
-                Change::Flags { log_on: mem.flags & KVM_MEM_LOG_DIRTY_PAGES != 0 }
+                Change::Flags {
+                    log_on: mem.flags & KVM_MEM_LOG_DIRTY_PAGES != 0,
+                }
             } else {
                 return Ok(Change::None);
             }
@@ -241,7 +257,12 @@ impl<H: Host> Memslots<H> {
 
     /// Records a guest write to `gfn` in its slot's dirty bitmap (if logging is on).
     pub fn mark_dirty(&mut self, gfn: u64) {
-        if let Some((_, s)) = self.slots.iter_mut().enumerate().find(|(_, s)| s.contains(gfn)) {
+        if let Some((_, s)) = self
+            .slots
+            .iter_mut()
+            .enumerate()
+            .find(|(_, s)| s.contains(gfn))
+        {
             let rel = gfn - s.base_gfn;
             if let Some(b) = s.dirty.as_mut() {
                 if let Some(w) = b.get_mut((rel / 64) as usize) {
@@ -259,12 +280,23 @@ impl<H: Host> Memslots<H> {
         if write && s.flags & KVM_MEM_READONLY != 0 {
             return Err(EFAULT);
         }
-        if let Some(p) = self.pins.as_slice().iter().find(|p| p.gfn == gfn && (p.writable || !write)) {
+        if let Some(p) = self
+            .pins
+            .as_slice()
+            .iter()
+            .find(|p| p.gfn == gfn && (p.writable || !write))
+        {
             return Ok(p.pa);
         }
         let uaddr = s.userspace_addr + ((gfn - s.base_gfn) << PAGE_SHIFT);
         let pa = self.host.pin_page(mm, uaddr, write)?;
-        let pin = Pin { gfn, uaddr, pa, slot: id as u16, writable: write };
+        let pin = Pin {
+            gfn,
+            uaddr,
+            pa,
+            slot: id as u16,
+            writable: write,
+        };
         if let Err(e) = self.pins.try_push(pin) {
             self.host.unpin_page(mm, uaddr, pa, false);
             return Err(e);
@@ -279,13 +311,19 @@ impl<H: Host> Memslots<H> {
 
     fn unpin_slot(&mut self, mm: MmRef, id: usize) {
         let host = self.host;
-        self.pins.retain(|p| p.slot as usize != id, |p| host.unpin_page(mm, p.uaddr, p.pa, p.writable));
+        self.pins.retain(
+            |p| p.slot as usize != id,
+            |p| host.unpin_page(mm, p.uaddr, p.pa, p.writable),
+        );
     }
 
     /// Unwires every page (VM teardown).
     pub fn unpin_all(&mut self, mm: MmRef) {
         let host = self.host;
-        self.pins.retain(|_| false, |p| host.unpin_page(mm, p.uaddr, p.pa, p.writable));
+        self.pins.retain(
+            |_| false,
+            |p| host.unpin_page(mm, p.uaddr, p.pa, p.writable),
+        );
     }
 
     /// `KVM_GET_DIRTY_LOG`: copies the slot's bitmap to `uaddr` and clears it (Linux's

@@ -98,7 +98,11 @@ impl MsrStore {
 
     fn put(&mut self, index: u32, v: u64) -> KResult<()> {
         let n = self.n as usize;
-        if let Some(i) = self.idx.get(..n).and_then(|s| s.iter().position(|&x| x == index)) {
+        if let Some(i) = self
+            .idx
+            .get(..n)
+            .and_then(|s| s.iter().position(|&x| x == index))
+        {
             if let Some(slot) = self.val.get_mut(i) {
                 *slot = v;
             }
@@ -118,7 +122,10 @@ impl MsrStore {
         MSRS_TO_SAVE.contains(&index)
             || FEATURE_MSRS.contains(&index)
             || is_mtrr(index)
-            || matches!(index, MSR_KVM_WALL_CLOCK | MSR_KVM_SYSTEM_TIME | 0x4b56_4d00 | 0x4b56_4d01)
+            || matches!(
+                index,
+                MSR_KVM_WALL_CLOCK | MSR_KVM_SYSTEM_TIME | 0x4b56_4d00 | 0x4b56_4d01
+            )
     }
 
     /// Reads `index` (0 if never written); `EINVAL` if not handled.
@@ -143,10 +150,14 @@ impl MsrStore {
         }
         let canonical = |a: u64| ((a as i64) << 16 >> 16) as u64 == a;
         let ok = match index {
-            MSR_LSTAR | MSR_CSTAR | MSR_KERNEL_GS_BASE | MSR_IA32_SYSENTER_ESP | MSR_IA32_SYSENTER_EIP => {
-                canonical(v)
+            MSR_LSTAR
+            | MSR_CSTAR
+            | MSR_KERNEL_GS_BASE
+            | MSR_IA32_SYSENTER_ESP
+            | MSR_IA32_SYSENTER_EIP => canonical(v),
+            MSR_IA32_CR_PAT => {
+                (0..8).all(|i| matches!((v >> (i * 8)) & 0xff, 0 | 1 | 4 | 5 | 6 | 7))
             }
-            MSR_IA32_CR_PAT => (0..8).all(|i| matches!((v >> (i * 8)) & 0xff, 0 | 1 | 4 | 5 | 6 | 7)),
             MSR_TSC_AUX => v >> 32 == 0,
             MSR_IA32_ARCH_CAPABILITIES | MSR_IA32_UCODE_REV => host,
             MSR_KVM_WALL_CLOCK | MSR_KVM_SYSTEM_TIME | 0x4b56_4d00 | 0x4b56_4d01 => host && v == 0,

@@ -12,7 +12,9 @@
 
 use core::ptr::{addr_of, addr_of_mut};
 
-use kvm_abi::{kvm_coalesced_mmio, kvm_run, kvm_run_fail_entry, kvm_run_internal, kvm_run_io, kvm_run_mmio};
+use kvm_abi::{
+    kvm_coalesced_mmio, kvm_run, kvm_run_fail_entry, kvm_run_internal, kvm_run_io, kvm_run_mmio,
+};
 use zerocopy::FromZeros;
 
 use crate::backend::{Backend, Exit, IoCompletion};
@@ -23,7 +25,8 @@ use crate::host::{Host, PAGE_SIZE};
 use crate::vcpu::{Pending, Vcpu, VcpuState};
 
 /// Entries of the coalesced MMIO ring (Linux `KVM_COALESCED_MMIO_MAX`).
-pub const KVM_COALESCED_MMIO_MAX: u32 = ((PAGE_SIZE - 8) / core::mem::size_of::<kvm_coalesced_mmio>()) as u32;
+pub const KVM_COALESCED_MMIO_MAX: u32 =
+    ((PAGE_SIZE - 8) / core::mem::size_of::<kvm_coalesced_mmio>()) as u32;
 
 enum Step {
     Continue,
@@ -47,7 +50,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         i.data[0] = data0;
         self.set_exit(kvm_abi::KVM_EXIT_INTERNAL_ERROR);
         // SAFETY: as in set_exit; the union member starts at the union's offset.
-        unsafe { addr_of_mut!((*self.run_ptr()).u).cast::<kvm_run_internal>().write_volatile(i) }
+        unsafe {
+            addr_of_mut!((*self.run_ptr()).u)
+                .cast::<kvm_run_internal>()
+                .write_volatile(i)
+        }
     }
 
     /// `KVM_RUN` (the caller holds the vCPU lock).
@@ -64,7 +71,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         st.has_run = true;
         // SAFETY (all reads of `run` below): live page of this vCPU, volatile plain-field reads.
         let (valid, dirty) = unsafe {
-            (addr_of!((*run).kvm_valid_regs).read_volatile(), addr_of!((*run).kvm_dirty_regs).read_volatile())
+            (
+                addr_of!((*run).kvm_valid_regs).read_volatile(),
+                addr_of!((*run).kvm_dirty_regs).read_volatile(),
+            )
         };
         // KVM_CAP_SYNC_REGS is not offered: no sync-register class is valid.
         if valid != 0 || dirty != 0 {
@@ -81,14 +91,18 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         self.set_exit(kvm_abi::KVM_EXIT_UNKNOWN);
         loop {
             // SAFETY: as above.
-            let want_window = unsafe { addr_of!((*run).request_interrupt_window).read_volatile() } != 0;
+            let want_window =
+                unsafe { addr_of!((*run).request_interrupt_window).read_volatile() } != 0;
             let step = if host.signal_pending() {
                 Step::Continue
             } else {
                 if want_window && !self.ready_for_injection(st) {
                     b.set_irq_window(&mut st.b, true);
                 }
-                self.cpu.store(host.cpu_current() as i32, core::sync::atomic::Ordering::Relaxed);
+                self.cpu.store(
+                    host.cpu_current() as i32,
+                    core::sync::atomic::Ordering::Relaxed,
+                );
                 host.fpu_enter();
                 let exit = b.run(&self.vm().bvm, &mut st.b);
                 host.fpu_leave();
@@ -147,11 +161,18 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     // SAFETY: the PIO page is a live page of this vCPU; i < 4.
                     *d = unsafe { self.pio.va().add(i).read_volatile() };
                 }
-                IoCompletion::PioIn { size, value: u32::from_le_bytes(v) }
+                IoCompletion::PioIn {
+                    size,
+                    value: u32::from_le_bytes(v),
+                }
             }
             Pending::MmioRead { len } => {
                 // SAFETY: live run page; the union member starts at the union's offset.
-                let m = unsafe { addr_of!((*self.run_ptr()).u).cast::<kvm_run_mmio>().read_volatile() };
+                let m = unsafe {
+                    addr_of!((*self.run_ptr()).u)
+                        .cast::<kvm_run_mmio>()
+                        .read_volatile()
+                };
                 IoCompletion::MmioRead { len, data: m.data }
             }
         };
@@ -163,7 +184,12 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         let vm = self.vm();
         match exit {
             Exit::Continue => Step::Continue,
-            Exit::Io { port, size, out, data } => {
+            Exit::Io {
+                port,
+                size,
+                out,
+                data,
+            } => {
                 if !matches!(size, 1 | 2 | 4) {
                     self.set_internal(kvm_abi::KVM_INTERNAL_ERROR_EMULATION, u64::from(port));
                     return Step::ToUser;
@@ -172,7 +198,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 for (d, s) in bytes.iter_mut().zip(data.to_le_bytes()) {
                     *d = s;
                 }
-                if out && vm.coalesced(u64::from(port), u32::from(size), true) && self.ring_push(u64::from(port), &bytes, size, true) {
+                if out
+                    && vm.coalesced(u64::from(port), u32::from(size), true)
+                    && self.ring_push(u64::from(port), &bytes, size, true)
+                {
                     b.complete_io(&mut st.b, IoCompletion::Write);
                     return Step::Continue;
                 }
@@ -183,7 +212,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     }
                 }
                 let io = kvm_run_io {
-                    direction: if out { kvm_abi::KVM_EXIT_IO_OUT } else { kvm_abi::KVM_EXIT_IO_IN },
+                    direction: if out {
+                        kvm_abi::KVM_EXIT_IO_OUT
+                    } else {
+                        kvm_abi::KVM_EXIT_IO_IN
+                    },
                     size,
                     port,
                     count: 1,
@@ -191,8 +224,16 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 };
                 self.set_exit(kvm_abi::KVM_EXIT_IO);
                 // SAFETY: live run page; the union member starts at the union's offset.
-                unsafe { addr_of_mut!((*self.run_ptr()).u).cast::<kvm_run_io>().write_volatile(io) };
-                st.pending = if out { Pending::PioOut } else { Pending::PioIn { size } };
+                unsafe {
+                    addr_of_mut!((*self.run_ptr()).u)
+                        .cast::<kvm_run_io>()
+                        .write_volatile(io)
+                };
+                st.pending = if out {
+                    Pending::PioOut
+                } else {
+                    Pending::PioIn { size }
+                };
                 Step::ToUser
             }
             Exit::IoString { port, .. } => {
@@ -200,12 +241,20 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 self.set_internal(kvm_abi::KVM_INTERNAL_ERROR_EMULATION, u64::from(port));
                 Step::ToUser
             }
-            Exit::Mmio { gpa, len, write, data } => {
+            Exit::Mmio {
+                gpa,
+                len,
+                write,
+                data,
+            } => {
                 if !(1..=8).contains(&len) {
                     self.set_internal(kvm_abi::KVM_INTERNAL_ERROR_EMULATION, gpa);
                     return Step::ToUser;
                 }
-                if write && vm.coalesced(gpa, u32::from(len), false) && self.ring_push(gpa, &data, len, false) {
+                if write
+                    && vm.coalesced(gpa, u32::from(len), false)
+                    && self.ring_push(gpa, &data, len, false)
+                {
                     b.complete_io(&mut st.b, IoCompletion::Write);
                     return Step::Continue;
                 }
@@ -218,11 +267,23 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 }
                 self.set_exit(kvm_abi::KVM_EXIT_MMIO);
                 // SAFETY: live run page; the union member starts at the union's offset.
-                unsafe { addr_of_mut!((*self.run_ptr()).u).cast::<kvm_run_mmio>().write_volatile(m) };
-                st.pending = if write { Pending::MmioWrite } else { Pending::MmioRead { len } };
+                unsafe {
+                    addr_of_mut!((*self.run_ptr()).u)
+                        .cast::<kvm_run_mmio>()
+                        .write_volatile(m)
+                };
+                st.pending = if write {
+                    Pending::MmioWrite
+                } else {
+                    Pending::MmioRead { len }
+                };
                 Step::ToUser
             }
-            Exit::PageFault { gpa, write, fetch: _ } => match vm.map_guest_page(gpa, write) {
+            Exit::PageFault {
+                gpa,
+                write,
+                fetch: _,
+            } => match vm.map_guest_page(gpa, write) {
                 Ok(()) => Step::Continue,
                 Err(_) => {
                     // MMIO (or a write to a read-only slot): the instruction must be decoded by
@@ -266,7 +327,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 };
                 self.set_exit(kvm_abi::KVM_EXIT_FAIL_ENTRY);
                 // SAFETY: live run page; the union member starts at the union's offset.
-                unsafe { addr_of_mut!((*self.run_ptr()).u).cast::<kvm_run_fail_entry>().write_volatile(f) };
+                unsafe {
+                    addr_of_mut!((*self.run_ptr()).u)
+                        .cast::<kvm_run_fail_entry>()
+                        .write_volatile(f)
+                };
                 Step::ToUser
             }
             Exit::Internal { suberror } => {
@@ -285,7 +350,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         let ring = vm.ring.va();
         // SAFETY: the ring page is live for the VM's lifetime; header fields are plain u32s.
         let (first, last) = unsafe {
-            (ring.cast::<u32>().read_volatile(), ring.add(4).cast::<u32>().read_volatile())
+            (
+                ring.cast::<u32>().read_volatile(),
+                ring.add(4).cast::<u32>().read_volatile(),
+            )
         };
         if first >= KVM_COALESCED_MMIO_MAX || last >= KVM_COALESCED_MMIO_MAX {
             return false;

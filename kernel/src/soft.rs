@@ -5,7 +5,10 @@
 //! **fake backend**: a script of [`Step`]s makes `run` play guest exits (I/O, MMIO, HLT, ...)
 //! with their architectural effects on RIP and RAX.
 
-use kvm_abi::{kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave};
+use kvm_abi::{
+    kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
+};
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::backend::{Backend, CpuidResult, Exit, IoCompletion};
@@ -135,8 +138,16 @@ impl SoftVcpu {
         s.fs = seg(0, 0, 3);
         s.gs = seg(0, 0, 3);
         s.ss = seg(0, 0, 3);
-        s.tr = kvm_abi::kvm_segment { s: 0, r#type: 0xb, ..seg(0, 0, 0xb) };
-        s.ldt = kvm_abi::kvm_segment { s: 0, r#type: 2, ..seg(0, 0, 2) };
+        s.tr = kvm_abi::kvm_segment {
+            s: 0,
+            r#type: 0xb,
+            ..seg(0, 0, 0xb)
+        };
+        s.ldt = kvm_abi::kvm_segment {
+            s: 0,
+            r#type: 2,
+            ..seg(0, 0, 2)
+        };
         s.gdt.limit = 0xffff;
         s.idt.limit = 0xffff;
         s.cr0 = 0x6000_0010;
@@ -421,14 +432,26 @@ impl<H: Host> Backend for SoftBackend<H> {
                 v.regs.rdx = x >> 32;
                 v.advance();
             }
-            None => v.events.exception = kvm_abi::kvm_vcpu_events_exception { injected: 1, nr: 13, has_error_code: 1, ..FromZeros::new_zeroed() },
+            None => {
+                v.events.exception = kvm_abi::kvm_vcpu_events_exception {
+                    injected: 1,
+                    nr: 13,
+                    has_error_code: 1,
+                    ..FromZeros::new_zeroed()
+                }
+            }
         }
     }
     fn complete_wrmsr(&self, v: &mut Self::Vcpu, ok: bool) {
         if ok {
             v.advance();
         } else {
-            v.events.exception = kvm_abi::kvm_vcpu_events_exception { injected: 1, nr: 13, has_error_code: 1, ..FromZeros::new_zeroed() };
+            v.events.exception = kvm_abi::kvm_vcpu_events_exception {
+                injected: 1,
+                nr: 13,
+                has_error_code: 1,
+                ..FromZeros::new_zeroed()
+            };
         }
     }
     fn map_gfn(&self, _vm: &(), _gfn: u64, _hpa: u64, _writable: bool) -> KResult<()> {

@@ -22,7 +22,11 @@ impl<T, H: Host> HMutex<T, H> {
     /// Creates a mutex around `data`; `ENOMEM` if the host has no lock to give.
     pub fn new(host: &'static H, data: T) -> KResult<Self> {
         let lock = host.lock_alloc().ok_or(ENOMEM)?;
-        Ok(Self { lock, host, data: UnsafeCell::new(data) })
+        Ok(Self {
+            lock,
+            host,
+            data: UnsafeCell::new(data),
+        })
     }
 
     /// Acquires the lock (may sleep).

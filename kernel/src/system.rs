@@ -67,7 +67,16 @@ impl<H: Host, B: Backend> System<H, B> {
     pub fn new(host: &'static H, backend: B) -> Self {
         let mut cpuid = [kvm_cpuid_entry2::new_zeroed(); 32];
         let ncpuid = cpuid::supported(&backend, &mut cpuid);
-        Self { head: Head { magic: Magic::System as u32 }, host, backend, cpuid, ncpuid, nr_vms: AtomicUsize::new(0) }
+        Self {
+            head: Head {
+                magic: Magic::System as u32,
+            },
+            host,
+            backend,
+            cpuid,
+            ncpuid,
+            nr_vms: AtomicUsize::new(0),
+        }
     }
 
     /// Sets up the core in place at `this` (`okvm_attach`: no large value on the kernel stack).
@@ -77,13 +86,18 @@ impl<H: Host, B: Backend> System<H, B> {
     pub unsafe fn init_in_place(this: *mut Self, host: &'static H, backend: B) {
         // SAFETY: every field is written exactly once through valid raw field pointers.
         unsafe {
-            core::ptr::addr_of_mut!((*this).head).write(Head { magic: Magic::System as u32 });
+            core::ptr::addr_of_mut!((*this).head).write(Head {
+                magic: Magic::System as u32,
+            });
             core::ptr::addr_of_mut!((*this).host).write(host);
             core::ptr::addr_of_mut!((*this).backend).write(backend);
             core::ptr::addr_of_mut!((*this).nr_vms).write(AtomicUsize::new(0));
             let table = core::ptr::addr_of_mut!((*this).cpuid);
             for i in 0..32 {
-                table.cast::<kvm_cpuid_entry2>().add(i).write(kvm_cpuid_entry2::new_zeroed());
+                table
+                    .cast::<kvm_cpuid_entry2>()
+                    .add(i)
+                    .write(kvm_cpuid_entry2::new_zeroed());
             }
             let n = cpuid::supported(&(*this).backend, &mut *table);
             core::ptr::addr_of_mut!((*this).ncpuid).write(n);
@@ -115,7 +129,9 @@ impl<H: Host, B: Backend> System<H, B> {
         // SAFETY: the glue only passes handles the core gave it and not yet released
         // (okvm.h contract); every such object starts with a Head.
         let m = unsafe { (*h.cast::<Head>()).magic };
-        [Magic::System, Magic::Vm, Magic::Vcpu].into_iter().find(|x| *x as u32 == m)
+        [Magic::System, Magic::Vm, Magic::Vcpu]
+            .into_iter()
+            .find(|x| *x as u32 == m)
     }
 
     /// `okvm_ioctl`: routes to the object behind `h`; returns a value or `-errno`.
@@ -195,7 +211,8 @@ impl<H: Host, B: Backend> System<H, B> {
         if (n as usize) < list.len() {
             return Err(E2BIG);
         }
-        self.host.copyout(arg.checked_add(4).ok_or(EFAULT)?, list.as_bytes())?;
+        self.host
+            .copyout(arg.checked_add(4).ok_or(EFAULT)?, list.as_bytes())?;
         Ok(0)
     }
 
@@ -221,7 +238,9 @@ impl<H: Host, B: Backend> System<H, B> {
         if table.len() > cap {
             return Err(E2BIG);
         }
-        let at = arg.checked_add(core::mem::size_of::<kvm_cpuid2>() as u64).ok_or(EFAULT)?;
+        let at = arg
+            .checked_add(core::mem::size_of::<kvm_cpuid2>() as u64)
+            .ok_or(EFAULT)?;
         self.host.copyout(at, table.as_bytes())?;
         hdr.nent = table.len() as u32;
         user::write(self.host, arg, &hdr)?;
@@ -233,14 +252,21 @@ impl<H: Host, B: Backend> System<H, B> {
 /// entries into the heap, applies `f` to each until one fails, copies all entries back if
 /// `writeback` (`KVM_GET_MSRS`), and
 /// returns the number processed.
-pub fn msr_io<H: Host>(host: &'static H, arg: u64, writeback: bool, mut f: impl FnMut(&mut kvm_msr_entry) -> bool) -> KResult<i64> {
+pub fn msr_io<H: Host>(
+    host: &'static H,
+    arg: u64,
+    writeback: bool,
+    mut f: impl FnMut(&mut kvm_msr_entry) -> bool,
+) -> KResult<i64> {
     let hdr: kvm_msrs = user::read(host, arg)?;
     if hdr.nmsrs >= MAX_IO_MSRS {
         return Err(E2BIG);
     }
     let n = hdr.nmsrs as usize;
     let mut entries = HSlice::<kvm_msr_entry, H>::new_zeroed(host, n)?;
-    let at = arg.checked_add(core::mem::size_of::<kvm_msrs>() as u64).ok_or(EFAULT)?;
+    let at = arg
+        .checked_add(core::mem::size_of::<kvm_msrs>() as u64)
+        .ok_or(EFAULT)?;
     host.copyin(entries.as_mut_bytes(), at)?;
     let mut done = 0i64;
     for e in entries.iter_mut() {

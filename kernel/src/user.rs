@@ -18,7 +18,10 @@ pub fn read<T: FromBytes + IntoBytes, H: Host>(host: &H, uaddr: u64) -> KResult<
 }
 
 /// Reads a `T` of any size into the host heap.
-pub fn read_boxed<T: FromBytes + IntoBytes, H: Host>(host: &'static H, uaddr: u64) -> KResult<HBox<T, H>> {
+pub fn read_boxed<T: FromBytes + IntoBytes, H: Host>(
+    host: &'static H,
+    uaddr: u64,
+) -> KResult<HBox<T, H>> {
     let mut b = HBox::<T, H>::new_zeroed(host)?;
     host.copyin(b.as_mut_bytes(), uaddr)?;
     Ok(b)

@@ -76,13 +76,23 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         let host = vm.sys.host;
         let b = vm.sys.backend.vcpu_create(&vm.bvm, id)?;
         let v = Vcpu {
-            head: Head { magic: Magic::Vcpu as u32 },
+            head: Head {
+                magic: Magic::Vcpu as u32,
+            },
             vm: NonNull::from(vm),
             id,
             run: HPage::new(host)?,
             pio: HPage::new(host)?,
             cpu: AtomicI32::new(-1),
-            st: HMutex::new(host, VcpuState { b, cpuid: None, pending: Pending::None, has_run: false })?,
+            st: HMutex::new(
+                host,
+                VcpuState {
+                    b,
+                    cpuid: None,
+                    pending: Pending::None,
+                    has_run: false,
+                },
+            )?,
         };
         HBox::new(host, v)
     }
@@ -148,14 +158,26 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             KVM_SET_XCRS => self.set_xcrs(st, arg),
             KVM_GET_MSRS => {
                 let b = self.backend();
-                msr_io(host, arg, true, |e| b.get_msr(&mut st.b, e.index, true).map(|v| e.data = v).is_ok())
+                msr_io(host, arg, true, |e| {
+                    b.get_msr(&mut st.b, e.index, true)
+                        .map(|v| e.data = v)
+                        .is_ok()
+                })
             }
             KVM_SET_MSRS => {
                 let b = self.backend();
-                msr_io(host, arg, false, |e| b.set_msr(&mut st.b, e.index, e.data, true).is_ok())
+                msr_io(host, arg, false, |e| {
+                    b.set_msr(&mut st.b, e.index, e.data, true).is_ok()
+                })
             }
             KVM_GET_MP_STATE => {
-                user::write(host, arg, &kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE })?;
+                user::write(
+                    host,
+                    arg,
+                    &kvm_mp_state {
+                        mp_state: KVM_MP_STATE_RUNNABLE,
+                    },
+                )?;
                 Ok(0)
             }
             KVM_SET_MP_STATE => {
@@ -268,7 +290,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         use kvm_abi::*;
         let mut e = kvm_vcpu_events::new_zeroed();
         self.backend().get_events(&mut st.b, &mut e);
-        e.flags = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM;
+        e.flags =
+            KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM;
         e.sipi_vector = 0;
         e.smi = FromZeros::new_zeroed();
         e.triple_fault = FromZeros::new_zeroed();
@@ -297,11 +320,15 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         if e.flags & (KVM_VCPUEVENT_VALID_PAYLOAD | KVM_VCPUEVENT_VALID_TRIPLE_FAULT) != 0 {
             return Err(EINVAL);
         }
-        if (e.exception.injected != 0 || e.exception.pending != 0) && (e.exception.nr > 31 || e.exception.nr == 2) {
+        if (e.exception.injected != 0 || e.exception.pending != 0)
+            && (e.exception.nr > 31 || e.exception.nr == 2)
+        {
             return Err(EINVAL);
         }
         // No SMM support.
-        if e.flags & KVM_VCPUEVENT_VALID_SMM != 0 && (e.smi.smm != 0 || e.smi.pending != 0 || e.smi.smm_inside_nmi != 0) {
+        if e.flags & KVM_VCPUEVENT_VALID_SMM != 0
+            && (e.smi.smm != 0 || e.smi.pending != 0 || e.smi.smm_inside_nmi != 0)
+        {
             return Err(EINVAL);
         }
         let b = self.backend();
@@ -356,13 +383,18 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             return Err(E2BIG);
         }
         let mut t = HSlice::<kvm_cpuid_entry2, H>::new_zeroed(host, hdr.nent as usize)?;
-        let at = arg.checked_add(core::mem::size_of::<kvm_cpuid2>() as u64).ok_or(EFAULT)?;
+        let at = arg
+            .checked_add(core::mem::size_of::<kvm_cpuid2>() as u64)
+            .ok_or(EFAULT)?;
         host.copyin(t.as_mut_bytes(), at)?;
         if !cpuid::check(&t) {
             return Err(EINVAL);
         }
         if st.has_run {
-            let same = st.cpuid.as_ref().is_some_and(|c| c.as_bytes() == t.as_bytes());
+            let same = st
+                .cpuid
+                .as_ref()
+                .is_some_and(|c| c.as_bytes() == t.as_bytes());
             return if same { Ok(0) } else { Err(EINVAL) };
         }
         self.backend().cpuid_changed(&mut st.b, &t);
@@ -378,7 +410,9 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         if (hdr.nent as usize) < cur.len() {
             return Err(E2BIG);
         }
-        let at = arg.checked_add(core::mem::size_of::<kvm_cpuid2>() as u64).ok_or(EFAULT)?;
+        let at = arg
+            .checked_add(core::mem::size_of::<kvm_cpuid2>() as u64)
+            .ok_or(EFAULT)?;
         host.copyout(at, cur.as_bytes())?;
         hdr.nent = cur.len() as u32;
         user::write(host, arg, &hdr).map(|()| 0)

@@ -116,13 +116,17 @@ impl<H: Host, B: Backend> Vm<H, B> {
             nzones: 0,
         };
         let vm = Vm {
-            head: Head { magic: Magic::Vm as u32 },
+            head: Head {
+                magic: Magic::Vm as u32,
+            },
             sys,
             mm,
             refs: AtomicUsize::new(1),
             bvm: sys.backend.vm_create()?,
             ring: HPage::new(host)?,
-            vcpus: HSlice::new_with(host, KVM_MAX_VCPUS as usize, |_| AtomicPtr::new(core::ptr::null_mut()))?,
+            vcpus: HSlice::new_with(host, KVM_MAX_VCPUS as usize, |_| {
+                AtomicPtr::new(core::ptr::null_mut())
+            })?,
             online: AtomicU32::new(0),
             st: HMutex::new(host, st)?,
         };
@@ -247,7 +251,9 @@ impl<H: Host, B: Backend> Vm<H, B> {
         let change = st.slots.set(self.mm, r)?;
         let b = &self.sys.backend;
         match change {
-            Change::Delete { gfn, npages } | Change::Move { gfn, npages } => b.unmap_gfns(&self.bvm, gfn, npages),
+            Change::Delete { gfn, npages } | Change::Move { gfn, npages } => {
+                b.unmap_gfns(&self.bvm, gfn, npages)
+            }
             Change::Flags { log_on: true } => {
                 // Dirty logging starts: drop writable mappings so writes fault and get logged.
                 if let Some((_, s)) = st.slots.find(r.guest_phys_addr >> 12) {
@@ -267,19 +273,29 @@ impl<H: Host, B: Backend> Vm<H, B> {
         let mut st = self.st.lock();
         let n = st.nzones;
         let slot = st.zones.get_mut(n).ok_or(ENOSPC)?;
-        *slot = Zone { addr: z.addr, size: z.size, pio: pio == 1 };
+        *slot = Zone {
+            addr: z.addr,
+            size: z.size,
+            pio: pio == 1,
+        };
         st.nzones += 1;
         Ok(())
     }
 
     fn unregister_zone(&self, z: &kvm_coalesced_mmio_zone) {
         let mut st = self.st.lock();
-        let (addr, end, pio) = (z.addr, z.addr.saturating_add(u64::from(z.size)), z.pio() == 1);
+        let (addr, end, pio) = (
+            z.addr,
+            z.addr.saturating_add(u64::from(z.size)),
+            z.pio() == 1,
+        );
         let n = st.nzones;
         let mut w = 0;
         for r in 0..n {
             let Some(&zz) = st.zones.get(r) else { break };
-            let inside = zz.pio == pio && zz.addr >= addr && zz.addr.saturating_add(u64::from(zz.size)) <= end;
+            let inside = zz.pio == pio
+                && zz.addr >= addr
+                && zz.addr.saturating_add(u64::from(zz.size)) <= end;
             if !inside {
                 if let Some(d) = st.zones.get_mut(w) {
                     *d = zz;
@@ -294,7 +310,9 @@ impl<H: Host, B: Backend> Vm<H, B> {
     pub fn coalesced(&self, addr: u64, len: u32, pio: bool) -> bool {
         let st = self.st.lock();
         st.zones.iter().take(st.nzones).any(|z| {
-            z.pio == pio && addr >= z.addr && addr.saturating_add(u64::from(len)) <= z.addr.saturating_add(u64::from(z.size))
+            z.pio == pio
+                && addr >= z.addr
+                && addr.saturating_add(u64::from(len)) <= z.addr.saturating_add(u64::from(z.size))
         })
     }
 

@@ -112,11 +112,23 @@ impl FakeHost {
         let mut next = self.next_uaddr.lock().unwrap();
         let at = *next;
         *next += (len + PAGE_SIZE) as u64;
-        self.user.lock().unwrap().insert(at, UserRegion { data: vec![0u8; len].into_boxed_slice(), writable });
+        self.user.lock().unwrap().insert(
+            at,
+            UserRegion {
+                data: vec![0u8; len].into_boxed_slice(),
+                writable,
+            },
+        );
         at
     }
 
-    fn with_user<R>(&self, uaddr: u64, len: usize, write: bool, f: impl FnOnce(&mut [u8]) -> R) -> KResult<R> {
+    fn with_user<R>(
+        &self,
+        uaddr: u64,
+        len: usize,
+        write: bool,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> KResult<R> {
         let mut user = self.user.lock().unwrap();
         let (&start, r) = user.range_mut(..=uaddr).next_back().ok_or(EFAULT)?;
         if write && !r.writable {
@@ -130,12 +142,14 @@ impl FakeHost {
 
     /// Test-side write into user memory (ignores the read-only flag).
     pub fn user_write(&self, uaddr: u64, bytes: &[u8]) {
-        self.with_user(uaddr, bytes.len(), false, |d| d.copy_from_slice(bytes)).expect("user_write: unmapped");
+        self.with_user(uaddr, bytes.len(), false, |d| d.copy_from_slice(bytes))
+            .expect("user_write: unmapped");
     }
 
     /// Test-side read of user memory.
     pub fn user_read(&self, uaddr: u64, len: usize) -> Vec<u8> {
-        self.with_user(uaddr, len, false, |d| d.to_vec()).expect("user_read: unmapped")
+        self.with_user(uaddr, len, false, |d| d.to_vec())
+            .expect("user_read: unmapped")
     }
 
     fn fake_pa(uaddr: u64) -> u64 {
@@ -149,10 +163,17 @@ impl Host for FakeHost {
         // SAFETY: non-zero size layout.
         let p = NonNull::new(unsafe { alloc_zeroed(layout) })?;
         self.pages.fetch_add(1, Ordering::SeqCst);
-        Some(Page { va: p, pa: p.as_ptr() as u64 })
+        Some(Page {
+            va: p,
+            pa: p.as_ptr() as u64,
+        })
     }
     unsafe fn page_free(&self, page: Page) {
-        assert_eq!(page.va.as_ptr() as u64, page.pa, "page_free: va/pa mismatch");
+        assert_eq!(
+            page.va.as_ptr() as u64,
+            page.pa,
+            "page_free: va/pa mismatch"
+        );
         let layout = Layout::from_size_align(PAGE_SIZE, PAGE_SIZE).unwrap();
         // SAFETY: the page came from page_alloc with this layout.
         unsafe { dealloc(page.va.as_ptr(), layout) };
@@ -170,13 +191,24 @@ impl Host for FakeHost {
         let layout = Layout::from_size_align(size, 16).ok()?;
         // SAFETY: non-zero size layout.
         let p = NonNull::new(unsafe { alloc_zeroed(layout) })?;
-        self.heap_sizes.lock().unwrap().insert(p.as_ptr() as usize, size);
+        self.heap_sizes
+            .lock()
+            .unwrap()
+            .insert(p.as_ptr() as usize, size);
         self.heap_bytes.fetch_add(size as i64, Ordering::SeqCst);
         Some(p)
     }
     unsafe fn heap_free(&self, p: NonNull<u8>, size: usize) {
-        let recorded = self.heap_sizes.lock().unwrap().remove(&(p.as_ptr() as usize));
-        assert_eq!(recorded, Some(size), "heap_free with a wrong size or pointer");
+        let recorded = self
+            .heap_sizes
+            .lock()
+            .unwrap()
+            .remove(&(p.as_ptr() as usize));
+        assert_eq!(
+            recorded,
+            Some(size),
+            "heap_free with a wrong size or pointer"
+        );
         // SAFETY: allocated by heap_alloc with this layout.
         unsafe { dealloc(p.as_ptr(), Layout::from_size_align(size, 16).unwrap()) };
         self.heap_bytes.fetch_sub(size as i64, Ordering::SeqCst);
@@ -209,7 +241,10 @@ impl Host for FakeHost {
     }
     fn lock_alloc(&self) -> Option<RawLock> {
         self.locks.fetch_add(1, Ordering::SeqCst);
-        let b = Box::new(FakeLock { held: Mutex::new(false), cv: Condvar::new() });
+        let b = Box::new(FakeLock {
+            held: Mutex::new(false),
+            cv: Condvar::new(),
+        });
         Some(RawLock(NonNull::from(Box::leak(b)).cast()))
     }
     unsafe fn lock_free(&self, l: RawLock) {
@@ -239,7 +274,11 @@ impl Host for FakeHost {
         let gen = *self.sleep_mx.lock().unwrap();
         self.unlock(l);
         let mut g = self.sleep_mx.lock().unwrap();
-        let dur = Duration::from_nanos(if timeout_ns == 0 { 50_000_000 } else { timeout_ns });
+        let dur = Duration::from_nanos(if timeout_ns == 0 {
+            50_000_000
+        } else {
+            timeout_ns
+        });
         let mut res = Ok(());
         if *g == gen {
             let (ng, to) = self.sleep_cv.wait_timeout(g, dur).unwrap();
@@ -265,7 +304,11 @@ impl Host for FakeHost {
     fn cpu_count(&self) -> u32 {
         4
     }
-    fn run_on_all_cpus(&self, f: unsafe extern "C" fn(*mut c_void) -> i32, arg: *mut c_void) -> i32 {
+    fn run_on_all_cpus(
+        &self,
+        f: unsafe extern "C" fn(*mut c_void) -> i32,
+        arg: *mut c_void,
+    ) -> i32 {
         for _ in 0..self.cpu_count() {
             // SAFETY: the caller passes a callback valid for arg.
             let r = unsafe { f(arg) };
@@ -291,7 +334,9 @@ impl Host for FakeHost {
     }
     fn nanotime(&self) -> u64 {
         use std::time::{SystemTime, UNIX_EPOCH};
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
     }
     fn tsc_khz(&self) -> u64 {
         2_000_000

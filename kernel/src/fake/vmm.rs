@@ -26,7 +26,12 @@ pub fn epyc_cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
         (0x8000_0000, _) => r(0x8000_0020, 0x6874_7541, 0x444d_4163, 0x6974_6e65),
         (0x8000_0001, _) => r(0x0083_0f10, 0x4000_0000, 0x75c2_37ff, 0x2fd3_fbff),
         (0x8000_0002..=0x8000_0004, _) => r(0x2044_4d41, 0x4349_5045, 0x2020_2020, 0x2020_2020),
-        (0x8000_0008, _) => r(0x3030, 0x0001_0000_u32.wrapping_mul(0) | 0x791e_f257, 0x7003, 0),
+        (0x8000_0008, _) => r(
+            0x3030,
+            0x0001_0000_u32.wrapping_mul(0) | 0x791e_f257,
+            0x7003,
+            0,
+        ),
         _ => CpuidResult::default(),
     }
 }
@@ -51,14 +56,23 @@ impl Vmm {
     /// A fresh host and core.
     pub fn new() -> Self {
         let host = FakeHost::leak();
-        let sys: &'static TSystem = Box::leak(Box::new(System::new(host, SoftBackend::new(host, epyc_cpuid))));
-        Vmm { host, sys, kvm: sys.handle() }
+        let sys: &'static TSystem = Box::leak(Box::new(System::new(
+            host,
+            SoftBackend::new(host, epyc_cpuid),
+        )));
+        Vmm {
+            host,
+            sys,
+            kvm: sys.handle(),
+        }
     }
 
     /// The handle behind a descriptor the core installed.
     pub fn h(&self, fd: i64) -> *mut c_void {
         let fds = self.host.fds.lock().unwrap();
-        fds.get(&(fd as i32)).map(|(_, h)| *h as *mut c_void).unwrap_or(std::ptr::null_mut())
+        fds.get(&(fd as i32))
+            .map(|(_, h)| *h as *mut c_void)
+            .unwrap_or(std::ptr::null_mut())
     }
 
     /// `ioctl(fd, cmd, arg)` on a handle.
@@ -74,7 +88,14 @@ impl Vmm {
 
     /// Closes a descriptor (the glue calls `okvm_release`).
     pub fn close(&self, fd: i64) {
-        let h = self.host.fds.lock().unwrap().remove(&(fd as i32)).expect("close of unknown fd").1;
+        let h = self
+            .host
+            .fds
+            .lock()
+            .unwrap()
+            .remove(&(fd as i32))
+            .expect("close of unknown fd")
+            .1;
         // SAFETY: the handle was live and is not used again.
         unsafe { self.sys.release(h as *mut c_void) };
     }
@@ -146,7 +167,11 @@ impl Vmm {
     pub fn script(&self, id: u32, steps: &[(Exit, u64)]) {
         let mut s = self.sys.backend.script.lock().unwrap();
         for &(exit, insn_len) in steps {
-            s.push_back(Step { vcpu: id, exit, insn_len });
+            s.push_back(Step {
+                vcpu: id,
+                exit,
+                insn_len,
+            });
         }
     }
 

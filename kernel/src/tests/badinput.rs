@@ -42,8 +42,14 @@ fn bad_input_table() {
     ev.exception.injected = 1;
     ev.exception.nr = 2;
     let ev_nmi_vec = v.put(&ev);
-    let mp_halted = v.put(&kvm_mp_state { mp_state: KVM_MP_STATE_HALTED });
-    let zone_pio2 = v.put(&kvm_coalesced_mmio_zone { addr: 0, size: 8, pad: 2 });
+    let mp_halted = v.put(&kvm_mp_state {
+        mp_state: KVM_MP_STATE_HALTED,
+    });
+    let zone_pio2 = v.put(&kvm_coalesced_mmio_zone {
+        addr: 0,
+        size: 8,
+        pad: 2,
+    });
     let small_cpuid = nent(1);
     // A header at the very end of a mapped page: the entries after it are unmapped.
     let tail = v.buf(4096) + 4088;
@@ -58,26 +64,92 @@ fn bad_input_table() {
         ("vm type", s, KVM_CREATE_VM, 1, e(EINVAL)),
         ("system unknown", s, 0xae_ff, 0, e(EINVAL)),
         ("msr list fault", s, KVM_GET_MSR_INDEX_LIST, bad, e(EFAULT)),
-        ("msr list read-only", s, KVM_GET_MSR_INDEX_LIST, ro, e(EFAULT)),
+        (
+            "msr list read-only",
+            s,
+            KVM_GET_MSR_INDEX_LIST,
+            ro,
+            e(EFAULT),
+        ),
         ("cpuid fault", s, KVM_GET_SUPPORTED_CPUID, bad, e(EFAULT)),
-        ("cpuid nent 0", s, KVM_GET_SUPPORTED_CPUID, nent(0), e(E2BIG)),
-        ("cpuid nent small", s, KVM_GET_SUPPORTED_CPUID, small_cpuid, e(E2BIG)),
-        ("cpuid entries unmapped", s, KVM_GET_SUPPORTED_CPUID, tail, e(EFAULT)),
-        ("feature msrs too many", s, KVM_GET_MSRS, msrs(256), e(E2BIG)),
-        ("feature msrs huge", s, KVM_GET_MSRS, msrs(u32::MAX), e(E2BIG)),
+        (
+            "cpuid nent 0",
+            s,
+            KVM_GET_SUPPORTED_CPUID,
+            nent(0),
+            e(E2BIG),
+        ),
+        (
+            "cpuid nent small",
+            s,
+            KVM_GET_SUPPORTED_CPUID,
+            small_cpuid,
+            e(E2BIG),
+        ),
+        (
+            "cpuid entries unmapped",
+            s,
+            KVM_GET_SUPPORTED_CPUID,
+            tail,
+            e(EFAULT),
+        ),
+        (
+            "feature msrs too many",
+            s,
+            KVM_GET_MSRS,
+            msrs(256),
+            e(E2BIG),
+        ),
+        (
+            "feature msrs huge",
+            s,
+            KVM_GET_MSRS,
+            msrs(u32::MAX),
+            e(E2BIG),
+        ),
         ("create vcpu on system", s, KVM_CREATE_VCPU, 0, e(EINVAL)),
         ("vm unknown", m, 0xae_ff, 0, e(ENOTTY)),
         ("vm: run", m, KVM_RUN, 0, e(ENOTTY)),
         ("vm: mmap size", m, KVM_GET_VCPU_MMAP_SIZE, 0, e(ENOTTY)),
         ("vcpu id too large", m, KVM_CREATE_VCPU, 256, e(EINVAL)),
         ("vcpu id duplicate", m, KVM_CREATE_VCPU, 3, e(EEXIST)),
-        ("memory region fault", m, KVM_SET_USER_MEMORY_REGION, bad, e(EFAULT)),
-        ("region2 not offered", m, KVM_SET_USER_MEMORY_REGION2, bad, e(ENOTTY)),
+        (
+            "memory region fault",
+            m,
+            KVM_SET_USER_MEMORY_REGION,
+            bad,
+            e(EFAULT),
+        ),
+        (
+            "region2 not offered",
+            m,
+            KVM_SET_USER_MEMORY_REGION2,
+            bad,
+            e(ENOTTY),
+        ),
         ("tss addr", m, KVM_SET_TSS_ADDR, 0xffff_f000, e(EINVAL)),
-        ("identity map after vcpu", m, KVM_SET_IDENTITY_MAP_ADDR, v.put(&0u64), e(EINVAL)),
-        ("zone pio=2", m, KVM_REGISTER_COALESCED_MMIO, zone_pio2, e(EINVAL)),
+        (
+            "identity map after vcpu",
+            m,
+            KVM_SET_IDENTITY_MAP_ADDR,
+            v.put(&0u64),
+            e(EINVAL),
+        ),
+        (
+            "zone pio=2",
+            m,
+            KVM_REGISTER_COALESCED_MMIO,
+            zone_pio2,
+            e(EINVAL),
+        ),
         ("zone fault", m, KVM_REGISTER_COALESCED_MMIO, bad, e(EFAULT)),
-        ("enable cap", m, KVM_ENABLE_CAP, v.put(&[0u8; 104]), e(EINVAL)),
+        (
+            "enable cap",
+            m,
+            KVM_ENABLE_CAP,
+            v.put(&[0u8; 104]),
+            e(EINVAL),
+        ),
         ("dirty log fault", m, KVM_GET_DIRTY_LOG, bad, e(EFAULT)),
         ("irqchip", m, KVM_CREATE_IRQCHIP, 0, e(ENOTTY)),
         ("vcpu unknown", c, 0xae_ff, 0, e(EINVAL)),
@@ -91,15 +163,33 @@ fn bad_input_table() {
         ("xsave fault", c, KVM_GET_XSAVE, bad, e(EFAULT)),
         ("set xsave fault", c, KVM_SET_XSAVE, bad, e(EFAULT)),
         ("msrs too many", c, KVM_SET_MSRS, msrs(256), e(E2BIG)),
-        ("msrs entries unmapped", c, KVM_GET_MSRS, tail_msrs, e(EFAULT)),
+        (
+            "msrs entries unmapped",
+            c,
+            KVM_GET_MSRS,
+            tail_msrs,
+            e(EFAULT),
+        ),
         ("cpuid2 too many", c, KVM_SET_CPUID2, nent(257), e(E2BIG)),
-        ("cpuid2 entries unmapped", c, KVM_SET_CPUID2, tail2, e(EFAULT)),
+        (
+            "cpuid2 entries unmapped",
+            c,
+            KVM_SET_CPUID2,
+            tail2,
+            e(EFAULT),
+        ),
         ("xcrs too many", c, KVM_SET_XCRS, xcrs_many, e(EINVAL)),
         ("xcrs flags", c, KVM_SET_XCRS, xcrs_flags, e(EINVAL)),
         ("debugregs flags", c, KVM_SET_DEBUGREGS, dr_flags, e(EINVAL)),
         ("dr7 high bits", c, KVM_SET_DEBUGREGS, dr7_high, e(EINVAL)),
         ("events flag", c, KVM_SET_VCPU_EVENTS, ev_flag, e(EINVAL)),
-        ("events nmi vector", c, KVM_SET_VCPU_EVENTS, ev_nmi_vec, e(EINVAL)),
+        (
+            "events nmi vector",
+            c,
+            KVM_SET_VCPU_EVENTS,
+            ev_nmi_vec,
+            e(EINVAL),
+        ),
         ("mp state halted", c, KVM_SET_MP_STATE, mp_halted, e(EINVAL)),
         ("interrupt fault", c, KVM_INTERRUPT, bad, e(EFAULT)),
         ("signal mask", c, KVM_SET_SIGNAL_MASK, 0, e(EINVAL)),
@@ -131,10 +221,14 @@ fn bad_input_table() {
         assert_eq!(v.sys.mmap(s, 0), Err(EINVAL));
     }
     // Another process using the descriptors: -EIO (Linux: kvm->mm != current->mm).
-    v.host.same_mm.store(false, std::sync::atomic::Ordering::SeqCst);
+    v.host
+        .same_mm
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(v.ioctl(m, KVM_CHECK_EXTENSION, 0), e(EIO));
     assert_eq!(v.ioctl(c, KVM_GET_REGS, v.buf(144)), e(EIO));
-    v.host.same_mm.store(true, std::sync::atomic::Ordering::SeqCst);
+    v.host
+        .same_mm
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     // A handle that is not an object: EBADF, never a crash.
     let junk = Box::into_raw(Box::new(0u64)).cast::<c_void>();
     assert_eq!(v.ioctl(junk, KVM_GET_API_VERSION, 0), e(EBADF));
@@ -149,7 +243,9 @@ fn bad_input_table() {
 fn out_of_memory_is_enomem_and_leaks_nothing() {
     for budget in 0..40 {
         let v = Vmm::new();
-        v.host.fail_heap_after.store(budget, std::sync::atomic::Ordering::SeqCst);
+        v.host
+            .fail_heap_after
+            .store(budget, std::sync::atomic::Ordering::SeqCst);
         let vm = v.ioctl(v.kvm, KVM_CREATE_VM, 0);
         if vm >= 0 {
             let r = v.ioctl_fd(vm, KVM_CREATE_VCPU, 0);
@@ -161,7 +257,9 @@ fn out_of_memory_is_enomem_and_leaks_nothing() {
         } else {
             assert_eq!(vm, e(ENOMEM), "budget {budget}");
         }
-        v.host.fail_heap_after.store(-1, std::sync::atomic::Ordering::SeqCst);
+        v.host
+            .fail_heap_after
+            .store(-1, std::sync::atomic::Ordering::SeqCst);
         v.assert_clean();
     }
 }
@@ -195,7 +293,11 @@ fn fuzz_dispatcher_bounded() {
     let mut calls = 0u64;
     while calls < 200_000 && start.elapsed() < std::time::Duration::from_secs(3) {
         calls += 1;
-        let cmd = if rng.next().is_multiple_of(8) { rng.next() as u32 } else { cmds[(rng.next() % cmds.len() as u64) as usize] };
+        let cmd = if rng.next().is_multiple_of(8) {
+            rng.next() as u32
+        } else {
+            cmds[(rng.next() % cmds.len() as u64) as usize]
+        };
         // Random bytes in the argument buffer, but keep `nent`/`nmsrs`-like headers plausible
         // sometimes so that deep paths run.
         let mut bytes = [0u8; 64];

@@ -65,13 +65,20 @@ fn header_fns() -> BTreeSet<String> {
     let mut s = BTreeSet::new();
     for line in HEADER.lines() {
         let l = line.trim_start();
-        if l.starts_with("typedef") || l.starts_with("/*") || l.starts_with('*') || l.starts_with("#") {
+        if l.starts_with("typedef")
+            || l.starts_with("/*")
+            || l.starts_with('*')
+            || l.starts_with("#")
+        {
             continue;
         }
         let mut from = 0;
         while let Some(j) = l[from..].find("okvm_") {
             let i = from + j;
-            let name: String = l[i..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let name: String = l[i..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
             if l[i + name.len()..].trim_start().starts_with('(') {
                 s.insert(name.clone());
             }
@@ -86,12 +93,20 @@ fn rust_and_c_agree() {
     let mut fns = rust_fns(FFI);
     fns.extend(rust_fns(FFI_HOST));
     let rust: BTreeSet<String> = fns.iter().map(|f| f.0.clone()).collect();
-    assert_eq!(rust, header_fns(), "function sets differ between ffi.rs/ffi_host.rs and okvm.h");
+    assert_eq!(
+        rust,
+        header_fns(),
+        "function sets differ between ffi.rs/ffi_host.rs and okvm.h"
+    );
     assert!(rust.len() > 40, "parsed only {} functions", rust.len());
 
     let mut c = String::from("#include \"okvm.h\"\n");
     for (name, ret, params) in &fns {
-        let p = if params.is_empty() { "void".to_string() } else { params.join(", ") };
+        let p = if params.is_empty() {
+            "void".to_string()
+        } else {
+            params.join(", ")
+        };
         c += &format!("{ret} (*const chk_{name})({p}) = {name};\n");
     }
     for (n, e) in crate::errno::ALL {
@@ -111,14 +126,25 @@ fn rust_and_c_agree() {
     std::fs::write(&file, &c).unwrap();
     let inc = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
     let out = Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Werror", "-Wincompatible-pointer-types", "-c", "-o"])
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Werror",
+            "-Wincompatible-pointer-types",
+            "-c",
+            "-o",
+        ])
         .arg(dir.join("check.o"))
         .arg("-I")
         .arg(inc)
         .arg(&file)
         .output()
         .expect("cc not found (apt: gcc)");
-    assert!(out.status.success(), "okvm.h disagrees with the Rust side:\n{}\n{c}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "okvm.h disagrees with the Rust side:\n{}\n{c}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -39,7 +39,11 @@ fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
     if qemu10 {
         // kvm_vm_check_extension goes to the VM fd when KVM_CAP_CHECK_EXTENSION_VM is set.
         assert_eq!(cap(v, v.kvm, KVM_CAP_CHECK_EXTENSION_VM), 1);
-        assert_eq!(cap(v, vmh, KVM_CAP_USER_MEMORY2), 0, "QEMU 10 then uses KVM_SET_USER_MEMORY_REGION");
+        assert_eq!(
+            cap(v, vmh, KVM_CAP_USER_MEMORY2),
+            0,
+            "QEMU 10 then uses KVM_SET_USER_MEMORY_REGION"
+        );
         assert_eq!(cap(v, vmh, KVM_CAP_GUEST_MEMFD), 0);
     }
     // The page offset QEMU uses for the ring inside the vCPU mapping.
@@ -52,12 +56,20 @@ fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
     assert_eq!(cap(v, vmh, KVM_CAP_XSAVE), 1);
     assert_eq!(cap(v, vmh, KVM_CAP_XCRS), 1);
     assert_eq!(cap(v, vmh, KVM_CAP_READONLY_MEM), 1);
-    assert_eq!(cap(v, vmh, KVM_CAP_IMMEDIATE_EXIT), 1, "QEMU then uses immediate_exit, not SET_SIGNAL_MASK");
+    assert_eq!(
+        cap(v, vmh, KVM_CAP_IMMEDIATE_EXIT),
+        1,
+        "QEMU then uses immediate_exit, not SET_SIGNAL_MASK"
+    );
     assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD), 0);
     assert_eq!(cap(v, vmh, KVM_CAP_IRQFD), 0);
     assert_eq!(cap(v, vmh, KVM_CAP_PIT_STATE2), 0);
     assert_eq!(cap(v, vmh, KVM_CAP_SET_GUEST_DEBUG), 0);
-    assert_eq!(cap(v, vmh, KVM_CAP_XSAVE2), 0, "QEMU then uses the 4 KiB KVM_GET_XSAVE");
+    assert_eq!(
+        cap(v, vmh, KVM_CAP_XSAVE2),
+        0,
+        "QEMU then uses the 4 KiB KVM_GET_XSAVE"
+    );
     assert_eq!(cap(v, vmh, KVM_CAP_SYNC_REGS), 0);
     // Pins are held until slot removal: no MMU-notifier-synchronized MMU to advertise (QEMU then
     // disables RAM discard, which is what it must do).
@@ -70,19 +82,28 @@ fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
     assert_eq!(cap(v, vmh, KVM_CAP_X86_USER_SPACE_MSR), 0);
     // kvm_get_supported_msrs: nmsrs = 0 → -E2BIG with the count; then the list.
     let hdr = v.put(&0u32);
-    assert_eq!(v.ioctl(v.kvm, KVM_GET_MSR_INDEX_LIST, hdr), -i64::from(E2BIG.0));
+    assert_eq!(
+        v.ioctl(v.kvm, KVM_GET_MSR_INDEX_LIST, hdr),
+        -i64::from(E2BIG.0)
+    );
     let n: kvm_msr_list = v.get(hdr);
     assert!(n.nmsrs > 0);
     let full = v.buf(4 + 4 * n.nmsrs as usize);
     v.host.user_write(full, n.as_bytes());
     assert_eq!(v.ioctl(v.kvm, KVM_GET_MSR_INDEX_LIST, full), 0);
     let idx = v.host.user_read(full + 4, 4 * n.nmsrs as usize);
-    let list: Vec<u32> = idx.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    let list: Vec<u32> = idx
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert!(list.contains(&0xc000_0081), "has_msr_star");
     // kvm_get_supported_feature_msrs: asserts nmsrs > 0 after the E2BIG probe.
     assert_eq!(cap(v, v.kvm, KVM_CAP_GET_MSR_FEATURES), 1);
     let fh = v.put(&0u32);
-    assert_eq!(v.ioctl(v.kvm, KVM_GET_MSR_FEATURE_INDEX_LIST, fh), -i64::from(E2BIG.0));
+    assert_eq!(
+        v.ioctl(v.kvm, KVM_GET_MSR_FEATURE_INDEX_LIST, fh),
+        -i64::from(E2BIG.0)
+    );
     let fnr: kvm_msr_list = v.get(fh);
     assert!(fnr.nmsrs > 0);
     let ff = v.buf(4 + 4 * fnr.nmsrs as usize);
@@ -117,7 +138,10 @@ fn supported_cpuid(v: &Vmm) -> Vec<kvm_cpuid_entry2> {
         assert_eq!(r, 0);
         let nent = u32::from_le_bytes(v.host.user_read(a, 4).try_into().unwrap());
         let bytes = v.host.user_read(a + 8, 40 * nent as usize);
-        return bytes.chunks(40).map(|c| <kvm_cpuid_entry2 as zerocopy::FromBytes>::read_from_bytes(c).unwrap()).collect();
+        return bytes
+            .chunks(40)
+            .map(|c| <kvm_cpuid_entry2 as zerocopy::FromBytes>::read_from_bytes(c).unwrap())
+            .collect();
     }
 }
 
@@ -131,12 +155,20 @@ fn qemu_7_2_startup_to_first_run() {
     v.add_slot(vm, 2, 0x10_0000, 0x80_0000, 0);
     v.add_slot(vm, 3, 0xfffc_0000, 0x4_0000, KVM_MEM_READONLY);
     // VGA registers its window as coalesced MMIO.
-    let z = v.put(&kvm_coalesced_mmio_zone { addr: 0xa0000, size: 0x20000, pad: 0 });
+    let z = v.put(&kvm_coalesced_mmio_zone {
+        addr: 0xa0000,
+        size: 0x20000,
+        pad: 0,
+    });
     assert_eq!(v.ioctl_fd(vm, KVM_REGISTER_COALESCED_MMIO, z), 0);
     // CPU realize: supported CPUID (for -cpu qemu64 filtering).
     let sup = supported_cpuid(&v);
     assert!(sup.iter().any(|e| e.function == 1));
-    assert!(sup.iter().any(|e| e.function == 0x8000_0001 && e.edx & (1 << 29) != 0), "LM");
+    assert!(
+        sup.iter()
+            .any(|e| e.function == 0x8000_0001 && e.edx & (1 << 29) != 0),
+        "LM"
+    );
     // kvm_init_vcpu.
     let cpu = v.create_vcpu(vm, 0);
     // kvm_init_vcpu asks for a stats fd and keeps going when it fails.
@@ -161,7 +193,11 @@ fn qemu_7_2_startup_to_first_run() {
     let c = v.buf(bytes.len());
     v.host.user_write(c, &bytes);
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_CPUID2, c), 0);
-    assert_eq!(cap(&v, v.h(vm), KVM_CAP_MCE), 0, "no MCE banks: mcg_cap stays 0");
+    assert_eq!(
+        cap(&v, v.h(vm), KVM_CAP_MCE),
+        0,
+        "no MCE banks: mcg_cap stays 0"
+    );
     assert_eq!(cap(&v, v.h(vm), KVM_CAP_GET_TSC_KHZ), 1);
     assert!(v.ioctl_fd(cpu, KVM_GET_TSC_KHZ, 0) > 0);
     assert_eq!(cap(&v, v.h(vm), KVM_CAP_NESTED_STATE), 0);
@@ -228,7 +264,9 @@ fn qemu_7_2_startup_to_first_run() {
     ev.flags = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW;
     let ea = v.put(&ev);
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_VCPU_EVENTS, ea), 0);
-    let mp = v.put(&kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE });
+    let mp = v.put(&kvm_mp_state {
+        mp_state: KVM_MP_STATE_RUNNABLE,
+    });
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_MP_STATE, mp), 0);
     let mut dr: kvm_debugregs = zeroed();
     dr.dr6 = 0xffff_0ff0;
@@ -237,7 +275,18 @@ fn qemu_7_2_startup_to_first_run() {
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_DEBUGREGS, da), 0);
     // First KVM_RUN (kvm_arch_pre_run: cr8 = TPR 0, no window request); SeaBIOS starts with
     // an OUT to the fw_cfg selector.
-    v.script(0, &[(Exit::Io { port: 0x510, size: 2, out: true, data: 0x0000 }, 3)]);
+    v.script(
+        0,
+        &[(
+            Exit::Io {
+                port: 0x510,
+                size: 2,
+                out: true,
+                data: 0x0000,
+            },
+            3,
+        )],
+    );
     let run = v.run_page(cpu);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     // SAFETY: the run page stays mapped while the vCPU lives.
@@ -269,7 +318,10 @@ fn qemu_10_stops_cleanly_without_in_kernel_irqchip() {
     ec.args[0] = 24;
     let a = v.put(&ec);
     assert_eq!(v.ioctl_fd(vm, KVM_ENABLE_CAP, a), -i64::from(EINVAL.0));
-    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), -i64::from(crate::errno::ENOTTY.0));
+    assert_eq!(
+        v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0),
+        -i64::from(crate::errno::ENOTTY.0)
+    );
     let _ = supported_cpuid(&v);
     v.close(vm);
     v.assert_clean();
@@ -281,11 +333,19 @@ fn supported_cpuid_is_filtered() {
     let t = supported_cpuid(&v);
     let leaf = |f: u32, i: u32| *t.iter().find(|e| e.function == f && e.index == i).unwrap();
     let l0 = leaf(0, 0);
-    assert_eq!((l0.ebx, l0.edx, l0.ecx), (0x6874_7541, 0x6974_6e65, 0x444d_4163), "vendor kept");
+    assert_eq!(
+        (l0.ebx, l0.edx, l0.ecx),
+        (0x6874_7541, 0x6974_6e65, 0x444d_4163),
+        "vendor kept"
+    );
     assert_eq!(l0.eax, 0xd, "max basic leaf capped to what is reported");
     let l1 = leaf(1, 0);
     assert_eq!(l1.ecx & (1 << 5), 0, "no VMX");
-    assert_eq!(l1.ecx & (1 << 21), 0, "no x2APIC without an in-kernel LAPIC");
+    assert_eq!(
+        l1.ecx & (1 << 21),
+        0,
+        "no x2APIC without an in-kernel LAPIC"
+    );
     assert_eq!(l1.ecx & (1 << 27), 0, "OSXSAVE is the guest's");
     assert_eq!(l1.edx & ((1 << 7) | (1 << 14)), 0, "no MCE/MCA");
     assert_ne!(l1.ecx & (1 << 26), 0, "XSAVE");
@@ -294,6 +354,13 @@ fn supported_cpuid_is_filtered() {
     assert_eq!(e1.ecx & (1 << 2), 0, "no SVM");
     let d0 = leaf(0xd, 0);
     assert_eq!((d0.eax, d0.ebx, d0.ecx), (7, 832, 832), "x87|SSE|AVX only");
-    assert_eq!(leaf(0xd, 0).flags, crate::cpuid::KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
-    assert!(t.iter().all(|e| e.function < 0x4000_0000 || e.function >= 0x8000_0000), "no KVM PV leaves");
+    assert_eq!(
+        leaf(0xd, 0).flags,
+        crate::cpuid::KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+    );
+    assert!(
+        t.iter()
+            .all(|e| e.function < 0x4000_0000 || e.function >= 0x8000_0000),
+        "no KVM PV leaves"
+    );
 }

@@ -7,7 +7,7 @@
 //! Locking: a [`Memslots`] lives inside the VM lock (`[m]` in `vm.rs`).
 
 use crate::errno::{KResult, EEXIST, EFAULT, EINVAL, ENOENT};
-use crate::hmem::{HSlice, HVec};
+use crate::hmem::HSlice;
 use crate::host::{Host, MmRef, PAGE_SIZE};
 
 /// Number of user memslots (`KVM_CAP_NR_MEMSLOTS`); Linux x86 had 509 until 5.x.
@@ -65,7 +65,12 @@ pub struct Slot<H: Host> {
     /// `KVM_MEM_*` flags.
     pub flags: u32,
     dirty: Option<HSlice<u64, H>>,
+    /// Wired pages by page index: `pa | PIN_PRESENT | PIN_WRITABLE` (allocated at first pin).
+    pins: Option<HSlice<u64, H>>,
 }
+
+const PIN_PRESENT: u64 = 1;
+const PIN_WRITABLE: u64 = 2;
 
 impl<H: Host> Slot<H> {
     fn contains(&self, gfn: u64) -> bool {
@@ -73,27 +78,12 @@ impl<H: Host> Slot<H> {
     }
 }
 
-/// A page of guest memory wired for a second-level mapping.
-#[derive(Clone, Copy, Debug, zerocopy::FromZeros)]
-pub struct Pin {
-    /// Guest frame.
-    pub gfn: u64,
-    /// User address of the page.
-    pub uaddr: u64,
-    /// Host physical address.
-    pub pa: u64,
-    /// Slot id.
-    pub slot: u16,
-    /// Wired for writing.
-    pub writable: bool,
-}
-
 /// The memslots of one VM (one address space), with pins and dirty bitmaps.
 pub struct Memslots<H: Host> {
     host: &'static H,
     slots: HSlice<Slot<H>, H>,
     nr_pages: u64,
-    pins: HVec<Pin, H>,
+    nr_pins: usize,
 }
 
 /// Bytes of a dirty bitmap for `npages` (Linux: aligned to `unsigned long`).
@@ -111,12 +101,13 @@ impl<H: Host> Memslots<H> {
             userspace_addr: 0,
             flags: 0,
             dirty: None,
+            pins: None,
         })?;
         Ok(Self {
             host,
             slots,
             nr_pages: 0,
-            pins: HVec::new(host),
+            nr_pins: 0,
         })
     }
 
@@ -276,54 +267,59 @@ impl<H: Host> Memslots<H> {
     /// `EFAULT` when no slot covers it (the caller treats that as MMIO) or a write hits a
     /// read-only slot.
     pub fn pin(&mut self, mm: MmRef, gfn: u64, write: bool) -> KResult<u64> {
-        let (id, s) = self.find(gfn).ok_or(EFAULT)?;
+        let host = self.host;
+        let (id, _) = self.find(gfn).ok_or(EFAULT)?;
+        let s = self.slots.get_mut(id).ok_or(EFAULT)?;
         if write && s.flags & KVM_MEM_READONLY != 0 {
             return Err(EFAULT);
         }
-        if let Some(p) = self
-            .pins
-            .as_slice()
-            .iter()
-            .find(|p| p.gfn == gfn && (p.writable || !write))
-        {
-            return Ok(p.pa);
-        }
+        let idx = usize::try_from(gfn - s.base_gfn).map_err(|_| EFAULT)?;
         let uaddr = s.userspace_addr + ((gfn - s.base_gfn) << PAGE_SHIFT);
-        let pa = self.host.pin_page(mm, uaddr, write)?;
-        let pin = Pin {
-            gfn,
-            uaddr,
-            pa,
-            slot: id as u16,
-            writable: write,
-        };
-        if let Err(e) = self.pins.try_push(pin) {
-            self.host.unpin_page(mm, uaddr, pa, false);
-            return Err(e);
+        if s.pins.is_none() {
+            let n = usize::try_from(s.npages).map_err(|_| EFAULT)?;
+            s.pins = Some(HSlice::new_zeroed(host, n)?);
         }
+        let e = s.pins.as_mut().and_then(|p| p.get_mut(idx)).ok_or(EFAULT)?;
+        if *e & PIN_PRESENT != 0 {
+            if *e & PIN_WRITABLE != 0 || !write {
+                return Ok(*e & !0xfff);
+            }
+            // Upgrade a read-only wiring to a writable one.
+            host.unpin_page(mm, uaddr, *e & !0xfff, false);
+            *e = 0;
+            self.nr_pins -= 1;
+        }
+        let pa = host.pin_page(mm, uaddr, write)?;
+        *e = (pa & !0xfff) | PIN_PRESENT | if write { PIN_WRITABLE } else { 0 };
+        self.nr_pins += 1;
         Ok(pa)
     }
 
     /// Number of wired pages.
     pub fn nr_pins(&self) -> usize {
-        self.pins.len()
+        self.nr_pins
     }
 
     fn unpin_slot(&mut self, mm: MmRef, id: usize) {
         let host = self.host;
-        self.pins.retain(
-            |p| p.slot as usize != id,
-            |p| host.unpin_page(mm, p.uaddr, p.pa, p.writable),
-        );
+        let Some(s) = self.slots.get_mut(id) else {
+            return;
+        };
+        let Some(pins) = s.pins.take() else { return };
+        for (i, e) in pins.iter().enumerate() {
+            if e & PIN_PRESENT != 0 {
+                let uaddr = s.userspace_addr + ((i as u64) << PAGE_SHIFT);
+                host.unpin_page(mm, uaddr, e & !0xfff, e & PIN_WRITABLE != 0);
+                self.nr_pins -= 1;
+            }
+        }
     }
 
     /// Unwires every page (VM teardown).
     pub fn unpin_all(&mut self, mm: MmRef) {
-        let host = self.host;
-        self.pins.retain(
-            |_| false,
-            |p| host.unpin_page(mm, p.uaddr, p.pa, p.writable),
-        );
+        for id in 0..self.slots.len() {
+            self.unpin_slot(mm, id);
+        }
     }
 
     /// `KVM_GET_DIRTY_LOG`: copies the slot's bitmap to `uaddr` and clears it (Linux's

@@ -41,7 +41,10 @@ pub trait FlexArray: FromBytes + IntoBytes + Immutable + KnownLayout + Sized {
 
 /// Bytes needed for a header plus `count` entries, or an error if `count > max` or on overflow.
 pub fn byte_len<H: FlexArray>(count: usize) -> Result<usize, FlexError> {
-    let too_many = FlexError::TooMany { count, max: H::MAX_ENTRIES };
+    let too_many = FlexError::TooMany {
+        count,
+        max: H::MAX_ENTRIES,
+    };
     if count > H::MAX_ENTRIES {
         return Err(too_many);
     }
@@ -55,27 +58,44 @@ pub fn byte_len<H: FlexArray>(count: usize) -> Result<usize, FlexError> {
 pub fn read_header<H: FlexArray>(buf: &[u8]) -> Result<H, FlexError> {
     H::read_from_prefix(buf)
         .map(|(h, _)| h)
-        .map_err(|_| FlexError::TooShort { needed: core::mem::size_of::<H>(), have: buf.len() })
+        .map_err(|_| FlexError::TooShort {
+            needed: core::mem::size_of::<H>(),
+            have: buf.len(),
+        })
 }
 
 /// Reads entry `index` of the flexible array in `buf`, checking it lies inside `buf` (the count
 /// in the header is not consulted: pass an index below a count you validated).
 pub fn read_entry<H: FlexArray>(buf: &[u8], index: usize) -> Result<H::Entry, FlexError> {
     let start = entry_offset::<H>(index)?;
-    let tail = buf.get(start..).ok_or(FlexError::TooShort { needed: start, have: buf.len() })?;
-    H::Entry::read_from_prefix(tail).map(|(e, _)| e).map_err(|_| FlexError::TooShort {
-        needed: start.saturating_add(core::mem::size_of::<H::Entry>()),
+    let tail = buf.get(start..).ok_or(FlexError::TooShort {
+        needed: start,
         have: buf.len(),
-    })
+    })?;
+    H::Entry::read_from_prefix(tail)
+        .map(|(e, _)| e)
+        .map_err(|_| FlexError::TooShort {
+            needed: start.saturating_add(core::mem::size_of::<H::Entry>()),
+            have: buf.len(),
+        })
 }
 
 /// Writes entry `index` of the flexible array in `buf`.
-pub fn write_entry<H: FlexArray>(buf: &mut [u8], index: usize, entry: &H::Entry) -> Result<(), FlexError> {
+pub fn write_entry<H: FlexArray>(
+    buf: &mut [u8],
+    index: usize,
+    entry: &H::Entry,
+) -> Result<(), FlexError> {
     let start = entry_offset::<H>(index)?;
     let have = buf.len();
     let size = core::mem::size_of::<H::Entry>();
-    let end = start.checked_add(size).ok_or(FlexError::TooMany { count: index, max: H::MAX_ENTRIES })?;
-    let dst = buf.get_mut(start..end).ok_or(FlexError::TooShort { needed: end, have })?;
+    let end = start.checked_add(size).ok_or(FlexError::TooMany {
+        count: index,
+        max: H::MAX_ENTRIES,
+    })?;
+    let dst = buf
+        .get_mut(start..end)
+        .ok_or(FlexError::TooShort { needed: end, have })?;
     dst.copy_from_slice(entry.as_bytes());
     Ok(())
 }
@@ -84,7 +104,9 @@ pub fn write_entry<H: FlexArray>(buf: &mut [u8], index: usize, entry: &H::Entry)
 pub fn write_header<H: FlexArray>(buf: &mut [u8], header: &H) -> Result<(), FlexError> {
     let have = buf.len();
     let size = core::mem::size_of::<H>();
-    let dst = buf.get_mut(..size).ok_or(FlexError::TooShort { needed: size, have })?;
+    let dst = buf
+        .get_mut(..size)
+        .ok_or(FlexError::TooShort { needed: size, have })?;
     dst.copy_from_slice(header.as_bytes());
     Ok(())
 }
@@ -96,7 +118,10 @@ pub fn parse<H: FlexArray>(buf: &[u8]) -> Result<(H, usize), FlexError> {
     let count = header.count();
     let needed = byte_len::<H>(count)?;
     if buf.len() < needed {
-        return Err(FlexError::TooShort { needed, have: buf.len() });
+        return Err(FlexError::TooShort {
+            needed,
+            have: buf.len(),
+        });
     }
     Ok((header, count))
 }
@@ -111,7 +136,10 @@ fn entry_offset<H: FlexArray>(index: usize) -> Result<usize, FlexError> {
     index
         .checked_mul(core::mem::size_of::<H::Entry>())
         .and_then(|o| o.checked_add(H::ENTRIES_OFFSET))
-        .ok_or(FlexError::TooMany { count: index, max: H::MAX_ENTRIES })
+        .ok_or(FlexError::TooMany {
+            count: index,
+            max: H::MAX_ENTRIES,
+        })
 }
 
 impl FlexArray for crate::kvm_msrs {
@@ -191,10 +219,16 @@ impl FlexArray for crate::kvm_reg_list {
 pub fn xsave_extra_words(xsave2_size: usize, max: usize) -> Result<usize, FlexError> {
     let base = core::mem::size_of::<crate::kvm_xsave>();
     if xsave2_size < base {
-        return Err(FlexError::TooShort { needed: base, have: xsave2_size });
+        return Err(FlexError::TooShort {
+            needed: base,
+            have: xsave2_size,
+        });
     }
     if xsave2_size > max || !xsave2_size.is_multiple_of(4) {
-        return Err(FlexError::TooMany { count: xsave2_size, max });
+        return Err(FlexError::TooMany {
+            count: xsave2_size,
+            max,
+        });
     }
     Ok((xsave2_size - base) / 4)
 }
@@ -205,8 +239,12 @@ pub fn xsave_extra_words(xsave2_size: usize, max: usize) -> Result<usize, FlexEr
 pub fn nested_state_size(format: u16, with_data: bool) -> Option<usize> {
     let hdr = core::mem::size_of::<crate::kvm_nested_state>();
     let data = match format {
-        crate::KVM_STATE_NESTED_FORMAT_VMX => core::mem::size_of::<crate::kvm_vmx_nested_state_data>(),
-        crate::KVM_STATE_NESTED_FORMAT_SVM => core::mem::size_of::<crate::kvm_svm_nested_state_data>(),
+        crate::KVM_STATE_NESTED_FORMAT_VMX => {
+            core::mem::size_of::<crate::kvm_vmx_nested_state_data>()
+        }
+        crate::KVM_STATE_NESTED_FORMAT_SVM => {
+            core::mem::size_of::<crate::kvm_svm_nested_state_data>()
+        }
         _ => return None,
     };
     Some(if with_data { hdr + data } else { hdr })
@@ -215,7 +253,8 @@ pub fn nested_state_size(format: u16, with_data: bool) -> Option<usize> {
 impl FlexArray for crate::kvm_coalesced_mmio_ring {
     type Entry = crate::kvm_coalesced_mmio;
     /// Entries that fit in one 4 KiB page after the header (Linux's `KVM_COALESCED_MMIO_MAX`).
-    const MAX_ENTRIES: usize = (4096 - core::mem::size_of::<Self>()) / core::mem::size_of::<crate::kvm_coalesced_mmio>();
+    const MAX_ENTRIES: usize =
+        (4096 - core::mem::size_of::<Self>()) / core::mem::size_of::<crate::kvm_coalesced_mmio>();
     fn count(&self) -> usize {
         Self::MAX_ENTRIES
     }

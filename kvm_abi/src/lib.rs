@@ -55,7 +55,12 @@
 #![cfg_attr(not(test), no_std)]
 #![allow(non_camel_case_types, non_upper_case_globals)]
 #![deny(missing_docs)]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 pub mod consts;
 pub mod flex;
@@ -64,16 +69,30 @@ pub mod kvm;
 pub mod manifest;
 pub mod x86;
 
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests;
+
 pub use consts::*;
 pub use ioctl::*;
 pub use kvm::*;
 pub use x86::*;
 
-use manifest::{concat, total_len, ConstInfo, CType, IoctlInfo, StructLayout};
+use manifest::{concat, total_len, CType, ConstInfo, IoctlInfo, StructLayout};
 
 const STRUCT_PARTS: &[&[StructLayout]] = &[x86::X86_STRUCTS, kvm::KVM_STRUCTS];
-const EMPTY_LAYOUT: StructLayout =
-    StructLayout { name: "", c: CType::Struct(""), size: 0, align: 0, fields: &[] };
+const EMPTY_LAYOUT: StructLayout = StructLayout {
+    name: "",
+    c: CType::Struct(""),
+    size: 0,
+    align: 0,
+    fields: &[],
+};
 
 /// Every structure and union this crate declares.
 pub const STRUCTS: [StructLayout; total_len(STRUCT_PARTS)] = concat(STRUCT_PARTS, EMPTY_LAYOUT);
@@ -113,9 +132,17 @@ pub const CONSTS: [ConstInfo; total_len(CONST_PARTS)] = concat(CONST_PARTS, EMPT
 /// Limits Linux KVM enforces outside its uapi headers (not comparable with `<linux/kvm.h>`).
 pub const INTERNAL_CONSTS: &[ConstInfo] = consts::INTERNAL_CONSTS;
 
-const IOCTL_PARTS: &[&[IoctlInfo]] =
-    &[ioctl::SYSTEM_IOCTLS, ioctl::VM_IOCTLS, ioctl::VCPU_IOCTLS, ioctl::DEVICE_IOCTLS];
-const EMPTY_IOCTL: IoctlInfo = IoctlInfo { name: "", value: 0, fds: 0 };
+const IOCTL_PARTS: &[&[IoctlInfo]] = &[
+    ioctl::SYSTEM_IOCTLS,
+    ioctl::VM_IOCTLS,
+    ioctl::VCPU_IOCTLS,
+    ioctl::DEVICE_IOCTLS,
+];
+const EMPTY_IOCTL: IoctlInfo = IoctlInfo {
+    name: "",
+    value: 0,
+    fds: 0,
+};
 
 /// Every ioctl number this crate declares, with the descriptors that accept it.
 pub const IOCTLS: [IoctlInfo; total_len(IOCTL_PARTS)] = concat(IOCTL_PARTS, EMPTY_IOCTL);

@@ -173,16 +173,88 @@ macro_rules! c_path {
 }
 pub(crate) use c_path;
 
+/// Builds the [`CType`] of a declaration: `linux` (a named Linux struct of the same name),
+/// `member("parent", "path")` or `unnamed("parent", "anchor")`.
+macro_rules! c_type {
+    (linux, $name:ident) => {
+        $crate::manifest::CType::Struct(stringify!($name))
+    };
+    (member, $name:ident, $parent:literal, $path:literal) => {
+        $crate::manifest::CType::Member {
+            parent: $parent,
+            path: $path,
+        }
+    };
+    (unnamed, $name:ident, $parent:literal, $anchor:literal) => {
+        $crate::manifest::CType::Unnamed {
+            parent: $parent,
+            anchor: $anchor,
+        }
+    };
+}
+pub(crate) use c_type;
+
+/// Test-only comparison with the `kvm-bindings` crate, implemented by every declared type.
+#[cfg(test)]
+pub(crate) trait KbCompare {
+    /// Pushes (item, ours, theirs) for the size, alignment and plainly named fields of the
+    /// `kvm_bindings` type of the same name (nothing for types Linux leaves anonymous).
+    fn kb_compare(out: &mut std::vec::Vec<(std::string::String, u64, u64)>);
+}
+
+/// Emits the `KbCompare` impl: real comparisons for `linux` types, none for anonymous ones.
+/// Fields declared with `as "..."` (Linux reaches their bytes some other way) are skipped.
+#[cfg(test)]
+macro_rules! kb_compare {
+    (linux, $name:ident, $( $field:ident $(, $cpath:literal)? );*) => {
+        impl $crate::manifest::KbCompare for $name {
+            fn kb_compare(out: &mut std::vec::Vec<(std::string::String, u64, u64)>) {
+                out.push((concat!("sizeof ", stringify!($name)).into(),
+                    core::mem::size_of::<$name>() as u64,
+                    core::mem::size_of::<kvm_bindings::$name>() as u64));
+                out.push((concat!("alignof ", stringify!($name)).into(),
+                    core::mem::align_of::<$name>() as u64,
+                    core::mem::align_of::<kvm_bindings::$name>() as u64));
+                $( $crate::manifest::kb_field!(out, $name, $field $(, $cpath)?); )*
+            }
+        }
+    };
+    ($kind:ident, $name:ident, $( $field:ident $(, $cpath:literal)? );*) => {
+        impl $crate::manifest::KbCompare for $name {
+            fn kb_compare(_out: &mut std::vec::Vec<(std::string::String, u64, u64)>) {}
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use kb_compare;
+
+/// One field offset comparison with `kvm_bindings` (skipped for fields with a C path override).
+#[cfg(test)]
+macro_rules! kb_field {
+    ($out:ident, $name:ident, $field:ident) => {
+        $out.push((
+            concat!("offsetof ", stringify!($name), ".", stringify!($field)).into(),
+            core::mem::offset_of!($name, $field) as u64,
+            core::mem::offset_of!(kvm_bindings::$name, $field) as u64,
+        ));
+    };
+    ($out:ident, $name:ident, $field:ident, $cpath:literal) => {};
+}
+#[cfg(test)]
+pub(crate) use kb_field;
+
 /// Declares a `#[repr(C)]` Linux structure: emits the struct with zerocopy derives, asserts its
 /// size, alignment and every field offset at compile time, and implements [`Abi`].
 ///
-/// Syntax: `pub struct NAME: CTYPE, size S, align A { pub field: T = OFFSET [as "c.path"], ... }`
-/// optionally followed by `aliases { "c.path" = OFFSET, SIZE; ... }` for other names Linux gives
-/// the same bytes (members of an anonymous union folded into one Rust field).
+/// Syntax: `pub struct NAME: KIND, size S, align A { pub field: T = OFFSET [as "c.path"], ... }`
+/// where KIND is `linux`, `member("parent", "path")` or `unnamed("parent", "anchor")` (see
+/// [`CType`]), optionally followed by `aliases { "c.path" = OFFSET, SIZE; ... }` for other names
+/// Linux gives the same bytes (members of an anonymous union folded into one Rust field). A field
+/// with `as ""` is implicit C padding made explicit (not checked against C).
 macro_rules! abi_struct {
     (
         $(#[doc = $doc:literal])*
-        pub struct $name:ident : $c:expr, size $size:literal, align $align:literal {
+        pub struct $name:ident : $kind:ident $( ( $($carg:literal),* ) )?, size $size:literal, align $align:literal {
             $(
                 $(#[doc = $fdoc:literal])*
                 pub $field:ident : $fty:ty = $off:literal $(as $cpath:literal)?
@@ -214,7 +286,7 @@ macro_rules! abi_struct {
         impl $crate::manifest::Abi for $name {
             const LAYOUT: $crate::manifest::StructLayout = $crate::manifest::StructLayout {
                 name: stringify!($name),
-                c: $c,
+                c: $crate::manifest::c_type!($kind, $name $($(, $carg)*)?),
                 size: $size,
                 align: $align,
                 fields: &[
@@ -227,6 +299,9 @@ macro_rules! abi_struct {
                 ],
             };
         }
+
+        #[cfg(test)]
+        $crate::manifest::kb_compare!($kind, $name, $( $field $(, $cpath)? );*);
     };
 }
 pub(crate) use abi_struct;
@@ -235,14 +310,14 @@ pub(crate) use abi_struct;
 /// whose members differ in size): `storage` fixes size and alignment, and each Linux member gets a
 /// `name()`/`name_mut()` accessor pair returning a typed reference into the storage.
 ///
-/// Syntax: `pub union NAME: CTYPE, storage [uN; K], size S, align A { member, member_mut: T; ... }`
+/// Syntax: `pub union NAME: KIND, storage [uN; K], size S, align A { member, member_mut: T; ... }`
 macro_rules! abi_union {
     (
         $(#[doc = $doc:literal])*
-        pub union $name:ident : $c:expr, storage $storage:ty, size $size:literal, align $align:literal {
+        pub union $name:ident : $kind:ident $( ( $($carg:literal),* ) )?, storage $storage:ty, size $size:literal, align $align:literal {
             $(
                 $(#[doc = $fdoc:literal])*
-                $member:ident, $member_mut:ident : $mty:ty $(as $cpath:literal)?
+                $member:ident, $member_mut:ident : $mty:ty
             );* $(;)?
         }
     ) => {
@@ -272,12 +347,12 @@ macro_rules! abi_union {
         impl $name {
             $(
                 $(#[doc = $fdoc])*
-                #[doc = concat!("Linux member `", $crate::manifest::c_path!($member $(, $cpath)?), "`.")]
+                #[doc = concat!("Linux member `", stringify!($member), "`.")]
                 #[inline]
                 pub fn $member(&self) -> &$mty {
                     $crate::manifest::view(&self.raw)
                 }
-                #[doc = concat!("Linux member `", $crate::manifest::c_path!($member $(, $cpath)?), "`, mutable.")]
+                #[doc = concat!("Linux member `", stringify!($member), "`, mutable.")]
                 #[inline]
                 pub fn $member_mut(&mut self) -> &mut $mty {
                     $crate::manifest::view_mut(&mut self.raw)
@@ -288,24 +363,29 @@ macro_rules! abi_union {
         impl $crate::manifest::Abi for $name {
             const LAYOUT: $crate::manifest::StructLayout = $crate::manifest::StructLayout {
                 name: stringify!($name),
-                c: $c,
+                c: $crate::manifest::c_type!($kind, $name $($(, $carg)*)?),
                 size: $size,
                 align: $align,
                 fields: &[
                     $( $crate::manifest::FieldLayout {
-                        path: $crate::manifest::c_path!($member $(, $cpath)?),
+                        path: stringify!($member),
                         offset: 0,
                         size: core::mem::size_of::<$mty>(),
                     }, )*
                 ],
             };
         }
+
+        #[cfg(test)]
+        $crate::manifest::kb_compare!($kind, $name, );
     };
 }
 pub(crate) use abi_union;
 
 /// Declares a group of constants: each becomes `pub const NAME: T = V;` documented with the
-/// group's description, and the group's manifest slice `pub const $list: &[ConstInfo]`.
+/// group's description, and the group's manifest slice `pub const $list: &[ConstInfo]`. In test
+/// builds, module `$list` holds `kb()`, the comparison with `kvm_bindings` constants of the same
+/// names (`None` where kvm-bindings has no such constant).
 macro_rules! abi_consts {
     (
         $(#[doc = $ldoc:literal])*
@@ -321,16 +401,73 @@ macro_rules! abi_consts {
         pub const $list: &[$crate::manifest::ConstInfo] = &[
             $( $crate::manifest::ConstInfo { name: stringify!($name), value: $name as u64 }, )*
         ];
+
+        #[cfg(test)]
+        #[allow(non_snake_case, non_upper_case_globals, unused_imports)]
+        pub(crate) mod $list {
+            #[allow(dead_code)]
+            mod fallback {
+                $( pub const $name: $crate::manifest::KbMissing = $crate::manifest::KbMissing; )*
+            }
+            /// (name, ours, kvm-bindings' value if it has the name).
+            pub(crate) fn kb() -> std::vec::Vec<(&'static str, u64, Option<u64>)> {
+                use $crate::manifest::KbValue;
+                use fallback::*;
+                std::vec![ $( (stringify!($name), super::$name as u64, { use kvm_bindings::*; $name.kb_value() }), )* ]
+            }
+        }
     };
 }
 pub(crate) use abi_consts;
 
-/// Lists the [`Abi`] layouts of a module's declared types (`pub const $list: &[StructLayout]`).
+/// Stand-in for a constant `kvm_bindings` does not define (test builds only).
+#[cfg(test)]
+pub(crate) struct KbMissing;
+
+/// A `kvm_bindings` constant's value as `u64`, or `None` for [`KbMissing`] (test builds only).
+#[cfg(test)]
+pub(crate) trait KbValue {
+    fn kb_value(&self) -> Option<u64>;
+}
+
+#[cfg(test)]
+macro_rules! kb_value_int {
+    ($($t:ty),*) => { $(
+        impl KbValue for $t {
+            #[allow(clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+            fn kb_value(&self) -> Option<u64> { Some(*self as u64) }
+        }
+    )* };
+}
+#[cfg(test)]
+kb_value_int!(u8, u16, u32, u64, i8, i16, i32, i64, usize);
+
+#[cfg(test)]
+impl KbValue for KbMissing {
+    fn kb_value(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Lists the [`Abi`] layouts of a module's declared types (`pub const $list: &[StructLayout]`);
+/// in test builds, module `$list` holds `kb()` running every type's `kvm_bindings` comparison.
 macro_rules! abi_layouts {
     ($(#[doc = $ldoc:literal])* list $list:ident; $($ty:ident),* $(,)?) => {
         $(#[doc = $ldoc])*
         pub const $list: &[$crate::manifest::StructLayout] =
             &[ $( <$ty as $crate::manifest::Abi>::LAYOUT, )* ];
+
+        #[cfg(test)]
+        #[allow(non_snake_case)]
+        pub(crate) mod $list {
+            use $crate::manifest::KbCompare;
+            /// (item, ours, kvm-bindings') for every comparable item of this module's types.
+            pub(crate) fn kb() -> std::vec::Vec<(std::string::String, u64, u64)> {
+                let mut out = std::vec::Vec::new();
+                $( <super::$ty as KbCompare>::kb_compare(&mut out); )*
+                out
+            }
+        }
     };
 }
 pub(crate) use abi_layouts;

@@ -1,11 +1,11 @@
 //! Structures of `<asm/kvm.h>` for x86_64 (registers, interrupt controllers, timers, MSRs,
 //! CPUID, events, XSAVE, nested state, MCE, Xen and Hyper-V helpers).
 
-use crate::manifest::{abi_layouts, abi_struct, abi_union, CType};
+use crate::manifest::{abi_layouts, abi_struct, abi_union};
 
 abi_struct! {
     /// `KVM_GET_IRQCHIP`/`KVM_SET_IRQCHIP` state of one 8259 PIC.
-    pub struct kvm_pic_state: CType::Struct("kvm_pic_state"), size 16, align 1 {
+    pub struct kvm_pic_state: linux, size 16, align 1 {
         pub last_irr: u8 = 0,
         pub irr: u8 = 1,
         pub imr: u8 = 2,
@@ -29,7 +29,7 @@ abi_struct! {
     /// Bit-field view of one IOAPIC redirection entry (`redirtbl[i].fields`); Linux's 1-bit and
     /// 3-bit fields live in `flags_lo` (bits: delivery_mode 0-2, dest_mode 3, delivery_status 4,
     /// polarity 5, remote_irr 6, trig_mode 7) and `flags_hi` (mask 0, reserve 1-7).
-    pub struct kvm_ioapic_redirtbl_fields: CType::Member { parent: "kvm_ioapic_state", path: "redirtbl[0].fields" }, size 8, align 1 {
+    pub struct kvm_ioapic_redirtbl_fields: member("kvm_ioapic_state", "redirtbl[0].fields"), size 8, align 1 {
         pub vector: u8 = 0,
         /// delivery_mode:3, dest_mode:1, delivery_status:1, polarity:1, remote_irr:1, trig_mode:1.
         pub flags_lo: u8 = 1 as "",
@@ -42,7 +42,7 @@ abi_struct! {
 
 abi_union! {
     /// One IOAPIC redirection table entry: `bits` or `fields`.
-    pub union kvm_ioapic_redirtbl: CType::Member { parent: "kvm_ioapic_state", path: "redirtbl[0]" }, storage u64, size 8, align 8 {
+    pub union kvm_ioapic_redirtbl: member("kvm_ioapic_state", "redirtbl[0]"), storage u64, size 8, align 8 {
         bits, bits_mut: u64;
         fields, fields_mut: kvm_ioapic_redirtbl_fields;
     }
@@ -50,7 +50,7 @@ abi_union! {
 
 abi_struct! {
     /// `KVM_GET_IRQCHIP`/`KVM_SET_IRQCHIP` state of the IOAPIC.
-    pub struct kvm_ioapic_state: CType::Struct("kvm_ioapic_state"), size 216, align 8 {
+    pub struct kvm_ioapic_state: linux, size 216, align 8 {
         pub base_address: u64 = 0,
         pub ioregsel: u32 = 8,
         pub id: u32 = 12,
@@ -62,7 +62,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_GET_REGS`/`KVM_SET_REGS`: general-purpose registers, RIP and RFLAGS.
-    pub struct kvm_regs: CType::Struct("kvm_regs"), size 144, align 8 {
+    pub struct kvm_regs: linux, size 144, align 8 {
         pub rax: u64 = 0,
         pub rbx: u64 = 8,
         pub rcx: u64 = 16,
@@ -86,14 +86,14 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_GET_LAPIC`/`KVM_SET_LAPIC`: the local APIC register page (first 1 KiB).
-    pub struct kvm_lapic_state: CType::Struct("kvm_lapic_state"), size 1024, align 1 {
+    pub struct kvm_lapic_state: linux, size 1024, align 1 {
         pub regs: [u8; crate::KVM_APIC_REG_SIZE as usize] = 0,
     }
 }
 
 abi_struct! {
     /// A segment register with its hidden part (in `kvm_sregs`).
-    pub struct kvm_segment: CType::Struct("kvm_segment"), size 24, align 8 {
+    pub struct kvm_segment: linux, size 24, align 8 {
         pub base: u64 = 0,
         pub limit: u32 = 8,
         pub selector: u16 = 12,
@@ -112,7 +112,7 @@ abi_struct! {
 
 abi_struct! {
     /// A descriptor-table register (GDTR/IDTR) in `kvm_sregs`.
-    pub struct kvm_dtable: CType::Struct("kvm_dtable"), size 16, align 8 {
+    pub struct kvm_dtable: linux, size 16, align 8 {
         pub base: u64 = 0,
         pub limit: u16 = 8,
         pub padding: [u16; 3] = 10,
@@ -121,7 +121,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_GET_SREGS`/`KVM_SET_SREGS`: segment, control and system registers.
-    pub struct kvm_sregs: CType::Struct("kvm_sregs"), size 312, align 8 {
+    pub struct kvm_sregs: linux, size 312, align 8 {
         pub cs: kvm_segment = 0,
         pub ds: kvm_segment = 24,
         pub es: kvm_segment = 48,
@@ -147,7 +147,7 @@ abi_struct! {
 abi_struct! {
     /// `KVM_GET_SREGS2`/`KVM_SET_SREGS2`: like `kvm_sregs` plus PAE PDPTRs, without the
     /// interrupt bitmap.
-    pub struct kvm_sregs2: CType::Struct("kvm_sregs2"), size 320, align 8 {
+    pub struct kvm_sregs2: linux, size 320, align 8 {
         pub cs: kvm_segment = 0,
         pub ds: kvm_segment = 24,
         pub es: kvm_segment = 48,
@@ -173,7 +173,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_GET_FPU`/`KVM_SET_FPU`: x87 and SSE state in FXSAVE terms.
-    pub struct kvm_fpu: CType::Struct("kvm_fpu"), size 416, align 8 {
+    pub struct kvm_fpu: linux, size 416, align 8 {
         pub fpr: [[u8; 16]; 8] = 0,
         pub fcw: u16 = 128,
         pub fsw: u16 = 130,
@@ -191,7 +191,7 @@ abi_struct! {
 
 abi_struct! {
     /// One MSR index/value pair (entries of `kvm_msrs`).
-    pub struct kvm_msr_entry: CType::Struct("kvm_msr_entry"), size 16, align 8 {
+    pub struct kvm_msr_entry: linux, size 16, align 8 {
         pub index: u32 = 0,
         pub reserved: u32 = 4,
         pub data: u64 = 8,
@@ -200,7 +200,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_GET_MSRS`/`KVM_SET_MSRS` header; `nmsrs` `kvm_msr_entry` follow (see `flex`).
-    pub struct kvm_msrs: CType::Struct("kvm_msrs"), size 8, align 8 {
+    pub struct kvm_msrs: linux, size 8, align 8 {
         pub nmsrs: u32 = 0,
         pub pad: u32 = 4,
         /// Flexible array: `nmsrs` entries.
@@ -211,7 +211,7 @@ abi_struct! {
 abi_struct! {
     /// `KVM_GET_MSR_INDEX_LIST`/`KVM_GET_MSR_FEATURE_INDEX_LIST` header; `nmsrs` `u32` indices
     /// follow (see `flex`).
-    pub struct kvm_msr_list: CType::Struct("kvm_msr_list"), size 4, align 4 {
+    pub struct kvm_msr_list: linux, size 4, align 4 {
         pub nmsrs: u32 = 0,
         /// Flexible array: `nmsrs` MSR indices.
         pub indices: [u32; 0] = 4,
@@ -220,7 +220,7 @@ abi_struct! {
 
 abi_struct! {
     /// One range of `KVM_X86_SET_MSR_FILTER`; `bitmap` is a user address.
-    pub struct kvm_msr_filter_range: CType::Struct("kvm_msr_filter_range"), size 24, align 8 {
+    pub struct kvm_msr_filter_range: linux, size 24, align 8 {
         /// `KVM_MSR_FILTER_READ` / `KVM_MSR_FILTER_WRITE`.
         pub flags: u32 = 0,
         /// Number of MSRs the bitmap covers.
@@ -236,7 +236,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_X86_SET_MSR_FILTER`: default action and up to 16 ranges.
-    pub struct kvm_msr_filter: CType::Struct("kvm_msr_filter"), size 392, align 8 {
+    pub struct kvm_msr_filter: linux, size 392, align 8 {
         /// `KVM_MSR_FILTER_DEFAULT_*`.
         pub flags: u32 = 0,
         /// Implicit C padding.
@@ -247,7 +247,7 @@ abi_struct! {
 
 abi_struct! {
     /// One CPUID leaf for the legacy `KVM_SET_CPUID`.
-    pub struct kvm_cpuid_entry: CType::Struct("kvm_cpuid_entry"), size 24, align 4 {
+    pub struct kvm_cpuid_entry: linux, size 24, align 4 {
         pub function: u32 = 0,
         pub eax: u32 = 4,
         pub ebx: u32 = 8,
@@ -259,7 +259,7 @@ abi_struct! {
 
 abi_struct! {
     /// Legacy `KVM_SET_CPUID` header; `nent` `kvm_cpuid_entry` follow.
-    pub struct kvm_cpuid: CType::Struct("kvm_cpuid"), size 8, align 4 {
+    pub struct kvm_cpuid: linux, size 8, align 4 {
         pub nent: u32 = 0,
         pub padding: u32 = 4,
         /// Flexible array: `nent` entries.
@@ -269,7 +269,7 @@ abi_struct! {
 
 abi_struct! {
     /// One CPUID leaf/subleaf (entries of `kvm_cpuid2`).
-    pub struct kvm_cpuid_entry2: CType::Struct("kvm_cpuid_entry2"), size 40, align 4 {
+    pub struct kvm_cpuid_entry2: linux, size 40, align 4 {
         pub function: u32 = 0,
         pub index: u32 = 4,
         /// `KVM_CPUID_FLAG_*`.
@@ -285,7 +285,7 @@ abi_struct! {
 abi_struct! {
     /// `KVM_SET_CPUID2`/`KVM_GET_CPUID2`/`KVM_GET_SUPPORTED_CPUID` header; `nent`
     /// `kvm_cpuid_entry2` follow (see `flex`).
-    pub struct kvm_cpuid2: CType::Struct("kvm_cpuid2"), size 8, align 4 {
+    pub struct kvm_cpuid2: linux, size 8, align 4 {
         pub nent: u32 = 0,
         pub padding: u32 = 4,
         /// Flexible array: `nent` entries.
@@ -295,7 +295,7 @@ abi_struct! {
 
 abi_struct! {
     /// State of one 8254 PIT channel.
-    pub struct kvm_pit_channel_state: CType::Struct("kvm_pit_channel_state"), size 24, align 8 {
+    pub struct kvm_pit_channel_state: linux, size 24, align 8 {
         /// Reload value; can be 65536.
         pub count: u32 = 0,
         pub latched_count: u16 = 4,
@@ -316,7 +316,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_EXIT_DEBUG` details (`kvm_run.debug.arch`).
-    pub struct kvm_debug_exit_arch: CType::Struct("kvm_debug_exit_arch"), size 32, align 8 {
+    pub struct kvm_debug_exit_arch: linux, size 32, align 8 {
         pub exception: u32 = 0,
         pub pad: u32 = 4,
         pub pc: u64 = 8,
@@ -327,21 +327,21 @@ abi_struct! {
 
 abi_struct! {
     /// Debug registers for `KVM_SET_GUEST_DEBUG` (`kvm_guest_debug.arch`).
-    pub struct kvm_guest_debug_arch: CType::Struct("kvm_guest_debug_arch"), size 64, align 8 {
+    pub struct kvm_guest_debug_arch: linux, size 64, align 8 {
         pub debugreg: [u64; 8] = 0,
     }
 }
 
 abi_struct! {
     /// `KVM_GET_PIT`/`KVM_SET_PIT`: the three PIT channels.
-    pub struct kvm_pit_state: CType::Struct("kvm_pit_state"), size 72, align 8 {
+    pub struct kvm_pit_state: linux, size 72, align 8 {
         pub channels: [kvm_pit_channel_state; 3] = 0,
     }
 }
 
 abi_struct! {
     /// `KVM_GET_PIT2`/`KVM_SET_PIT2`: PIT channels plus `KVM_PIT_FLAGS_*`.
-    pub struct kvm_pit_state2: CType::Struct("kvm_pit_state2"), size 112, align 8 {
+    pub struct kvm_pit_state2: linux, size 112, align 8 {
         pub channels: [kvm_pit_channel_state; 3] = 0,
         pub flags: u32 = 72,
         pub reserved: [u32; 9] = 76,
@@ -350,7 +350,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_REINJECT_CONTROL`: whether missed PIT ticks are reinjected.
-    pub struct kvm_reinject_control: CType::Struct("kvm_reinject_control"), size 32, align 1 {
+    pub struct kvm_reinject_control: linux, size 32, align 1 {
         pub pit_reinject: u8 = 0,
         pub reserved: [u8; 31] = 1,
     }
@@ -358,7 +358,7 @@ abi_struct! {
 
 abi_struct! {
     /// Pending or injected exception (`kvm_vcpu_events.exception`).
-    pub struct kvm_vcpu_events_exception: CType::Member { parent: "kvm_vcpu_events", path: "exception" }, size 8, align 4 {
+    pub struct kvm_vcpu_events_exception: member("kvm_vcpu_events", "exception"), size 8, align 4 {
         pub injected: u8 = 0,
         pub nr: u8 = 1,
         pub has_error_code: u8 = 2,
@@ -369,7 +369,7 @@ abi_struct! {
 
 abi_struct! {
     /// Injected interrupt and interrupt shadow (`kvm_vcpu_events.interrupt`).
-    pub struct kvm_vcpu_events_interrupt: CType::Member { parent: "kvm_vcpu_events", path: "interrupt" }, size 4, align 1 {
+    pub struct kvm_vcpu_events_interrupt: member("kvm_vcpu_events", "interrupt"), size 4, align 1 {
         pub injected: u8 = 0,
         pub nr: u8 = 1,
         pub soft: u8 = 2,
@@ -380,7 +380,7 @@ abi_struct! {
 
 abi_struct! {
     /// NMI state (`kvm_vcpu_events.nmi`).
-    pub struct kvm_vcpu_events_nmi: CType::Member { parent: "kvm_vcpu_events", path: "nmi" }, size 4, align 1 {
+    pub struct kvm_vcpu_events_nmi: member("kvm_vcpu_events", "nmi"), size 4, align 1 {
         pub injected: u8 = 0,
         pub pending: u8 = 1,
         pub masked: u8 = 2,
@@ -390,7 +390,7 @@ abi_struct! {
 
 abi_struct! {
     /// SMM state (`kvm_vcpu_events.smi`).
-    pub struct kvm_vcpu_events_smi: CType::Member { parent: "kvm_vcpu_events", path: "smi" }, size 4, align 1 {
+    pub struct kvm_vcpu_events_smi: member("kvm_vcpu_events", "smi"), size 4, align 1 {
         pub smm: u8 = 0,
         pub pending: u8 = 1,
         pub smm_inside_nmi: u8 = 2,
@@ -400,14 +400,14 @@ abi_struct! {
 
 abi_struct! {
     /// Pending triple fault (`kvm_vcpu_events.triple_fault`).
-    pub struct kvm_vcpu_events_triple_fault: CType::Member { parent: "kvm_vcpu_events", path: "triple_fault" }, size 1, align 1 {
+    pub struct kvm_vcpu_events_triple_fault: member("kvm_vcpu_events", "triple_fault"), size 1, align 1 {
         pub pending: u8 = 0,
     }
 }
 
 abi_struct! {
     /// `KVM_GET_VCPU_EVENTS`/`KVM_SET_VCPU_EVENTS`: pending and injected events.
-    pub struct kvm_vcpu_events: CType::Struct("kvm_vcpu_events"), size 64, align 8 {
+    pub struct kvm_vcpu_events: linux, size 64, align 8 {
         pub exception: kvm_vcpu_events_exception = 0,
         pub interrupt: kvm_vcpu_events_interrupt = 8,
         pub nmi: kvm_vcpu_events_nmi = 12,
@@ -424,7 +424,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_GET_DEBUGREGS`/`KVM_SET_DEBUGREGS`.
-    pub struct kvm_debugregs: CType::Struct("kvm_debugregs"), size 128, align 8 {
+    pub struct kvm_debugregs: linux, size 128, align 8 {
         pub db: [u64; 4] = 0,
         pub dr6: u64 = 32,
         pub dr7: u64 = 40,
@@ -437,7 +437,7 @@ abi_struct! {
     /// `KVM_GET_XSAVE`/`KVM_SET_XSAVE`: the 4 KiB XSAVE area. `KVM_GET_XSAVE2` (and
     /// `KVM_SET_XSAVE` after `KVM_CAP_XSAVE2`) transfer `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)`
     /// bytes, i.e. this region followed by `extra` (see `flex`).
-    pub struct kvm_xsave: CType::Struct("kvm_xsave"), size 4096, align 4 {
+    pub struct kvm_xsave: linux, size 4096, align 4 {
         pub region: [u32; 1024] = 0,
         /// Flexible array: XSAVE2 bytes beyond 4096.
         pub extra: [u32; 0] = 4096,
@@ -446,7 +446,7 @@ abi_struct! {
 
 abi_struct! {
     /// One extended control register (in `kvm_xcrs`).
-    pub struct kvm_xcr: CType::Struct("kvm_xcr"), size 16, align 8 {
+    pub struct kvm_xcr: linux, size 16, align 8 {
         pub xcr: u32 = 0,
         pub reserved: u32 = 4,
         pub value: u64 = 8,
@@ -455,7 +455,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_GET_XCRS`/`KVM_SET_XCRS`.
-    pub struct kvm_xcrs: CType::Struct("kvm_xcrs"), size 392, align 8 {
+    pub struct kvm_xcrs: linux, size 392, align 8 {
         pub nr_xcrs: u32 = 0,
         pub flags: u32 = 4,
         pub xcrs: [kvm_xcr; crate::KVM_MAX_XCRS as usize] = 8,
@@ -465,7 +465,7 @@ abi_struct! {
 
 abi_struct! {
     /// Registers shared through `kvm_run.s.regs` (`KVM_CAP_SYNC_REGS`, `KVM_SYNC_X86_*`).
-    pub struct kvm_sync_regs: CType::Struct("kvm_sync_regs"), size 520, align 8 {
+    pub struct kvm_sync_regs: linux, size 520, align 8 {
         pub regs: kvm_regs = 0,
         pub sregs: kvm_sregs = 144,
         pub events: kvm_vcpu_events = 456,
@@ -474,7 +474,7 @@ abi_struct! {
 
 abi_struct! {
     /// Nested VMX data following a `kvm_nested_state` header.
-    pub struct kvm_vmx_nested_state_data: CType::Struct("kvm_vmx_nested_state_data"), size 8192, align 1 {
+    pub struct kvm_vmx_nested_state_data: linux, size 8192, align 1 {
         pub vmcs12: [u8; crate::KVM_STATE_NESTED_VMX_VMCS_SIZE as usize] = 0,
         pub shadow_vmcs12: [u8; crate::KVM_STATE_NESTED_VMX_VMCS_SIZE as usize] = 4096,
     }
@@ -482,7 +482,7 @@ abi_struct! {
 
 abi_struct! {
     /// SMM part of `kvm_vmx_nested_state_hdr`.
-    pub struct kvm_vmx_nested_state_hdr_smm: CType::Member { parent: "kvm_vmx_nested_state_hdr", path: "smm" }, size 2, align 2 {
+    pub struct kvm_vmx_nested_state_hdr_smm: member("kvm_vmx_nested_state_hdr", "smm"), size 2, align 2 {
         /// `KVM_STATE_NESTED_SMM_*`.
         pub flags: u16 = 0,
     }
@@ -490,7 +490,7 @@ abi_struct! {
 
 abi_struct! {
     /// VMX-specific header of `kvm_nested_state`.
-    pub struct kvm_vmx_nested_state_hdr: CType::Struct("kvm_vmx_nested_state_hdr"), size 32, align 8 {
+    pub struct kvm_vmx_nested_state_hdr: linux, size 32, align 8 {
         pub vmxon_pa: u64 = 0,
         pub vmcs12_pa: u64 = 8,
         pub smm: kvm_vmx_nested_state_hdr_smm = 16,
@@ -503,7 +503,7 @@ abi_struct! {
 
 abi_struct! {
     /// Nested SVM data following a `kvm_nested_state` header.
-    pub struct kvm_svm_nested_state_data: CType::Struct("kvm_svm_nested_state_data"), size 4096, align 1 {
+    pub struct kvm_svm_nested_state_data: linux, size 4096, align 1 {
         /// Save area, used only with `KVM_STATE_NESTED_RUN_PENDING`.
         pub vmcb12: [u8; crate::KVM_STATE_NESTED_SVM_VMCB_SIZE as usize] = 0,
     }
@@ -511,14 +511,14 @@ abi_struct! {
 
 abi_struct! {
     /// SVM-specific header of `kvm_nested_state`.
-    pub struct kvm_svm_nested_state_hdr: CType::Struct("kvm_svm_nested_state_hdr"), size 8, align 8 {
+    pub struct kvm_svm_nested_state_hdr: linux, size 8, align 8 {
         pub vmcb_pa: u64 = 0,
     }
 }
 
 abi_union! {
     /// Vendor header of `kvm_nested_state` (`hdr`), padded to 120 bytes.
-    pub union kvm_nested_state_hdr: CType::Member { parent: "kvm_nested_state", path: "hdr" }, storage [u64; 15], size 120, align 8 {
+    pub union kvm_nested_state_hdr: member("kvm_nested_state", "hdr"), storage [u64; 15], size 120, align 8 {
         vmx, vmx_mut: kvm_vmx_nested_state_hdr;
         svm, svm_mut: kvm_svm_nested_state_hdr;
         pad, pad_mut: [u8; 120];
@@ -528,7 +528,7 @@ abi_union! {
 abi_struct! {
     /// `KVM_GET_NESTED_STATE`/`KVM_SET_NESTED_STATE` header (128 bytes); `size` bytes in all,
     /// with `data` (VMX or SVM) after the header (see `flex`).
-    pub struct kvm_nested_state: CType::Struct("kvm_nested_state"), size 128, align 8 {
+    pub struct kvm_nested_state: linux, size 128, align 8 {
         /// `KVM_STATE_NESTED_*`.
         pub flags: u16 = 0,
         /// `KVM_STATE_NESTED_FORMAT_*`.
@@ -542,7 +542,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_SET_PMU_EVENT_FILTER` header; `nevents` `u64` events follow.
-    pub struct kvm_pmu_event_filter: CType::Struct("kvm_pmu_event_filter"), size 32, align 8 {
+    pub struct kvm_pmu_event_filter: linux, size 32, align 8 {
         /// `KVM_PMU_EVENT_ALLOW` / `KVM_PMU_EVENT_DENY`.
         pub action: u32 = 0,
         pub nevents: u32 = 4,
@@ -556,7 +556,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_X86_SET_MCE`: a machine-check event to inject.
-    pub struct kvm_x86_mce: CType::Struct("kvm_x86_mce"), size 64, align 8 {
+    pub struct kvm_x86_mce: linux, size 64, align 8 {
         pub status: u64 = 0,
         pub addr: u64 = 8,
         pub misc: u64 = 16,
@@ -569,7 +569,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_XEN_HVM_CONFIG`: Xen hypercall page MSR and blobs.
-    pub struct kvm_xen_hvm_config: CType::Struct("kvm_xen_hvm_config"), size 56, align 8 {
+    pub struct kvm_xen_hvm_config: linux, size 56, align 8 {
         /// `KVM_XEN_HVM_CONFIG_*`.
         pub flags: u32 = 0,
         pub msr: u32 = 4,
@@ -583,7 +583,7 @@ abi_struct! {
 
 abi_union! {
     /// `kvm_xen_hvm_attr.u.shared_info`: guest frame or host virtual address of the shared info.
-    pub union kvm_xen_hvm_attr_u_shared_info: CType::Member { parent: "kvm_xen_hvm_attr", path: "u.shared_info" }, storage u64, size 8, align 8 {
+    pub union kvm_xen_hvm_attr_u_shared_info: member("kvm_xen_hvm_attr", "u.shared_info"), storage u64, size 8, align 8 {
         gfn, gfn_mut: u64;
         hva, hva_mut: u64;
     }
@@ -591,7 +591,7 @@ abi_union! {
 
 abi_struct! {
     /// `kvm_xen_hvm_attr.u.evtchn.deliver.port`: loop back to a guest port.
-    pub struct kvm_xen_hvm_attr_u_evtchn_deliver_port: CType::Member { parent: "kvm_xen_hvm_attr", path: "u.evtchn.deliver.port" }, size 12, align 4 {
+    pub struct kvm_xen_hvm_attr_u_evtchn_deliver_port: member("kvm_xen_hvm_attr", "u.evtchn.deliver.port"), size 12, align 4 {
         pub port: u32 = 0,
         pub vcpu: u32 = 4,
         pub priority: u32 = 8,
@@ -600,7 +600,7 @@ abi_struct! {
 
 abi_struct! {
     /// `kvm_xen_hvm_attr.u.evtchn.deliver.eventfd`: signal an eventfd.
-    pub struct kvm_xen_hvm_attr_u_evtchn_deliver_eventfd: CType::Member { parent: "kvm_xen_hvm_attr", path: "u.evtchn.deliver.eventfd" }, size 8, align 4 {
+    pub struct kvm_xen_hvm_attr_u_evtchn_deliver_eventfd: member("kvm_xen_hvm_attr", "u.evtchn.deliver.eventfd"), size 8, align 4 {
         pub port: u32 = 0,
         pub fd: i32 = 4,
     }
@@ -608,7 +608,7 @@ abi_struct! {
 
 abi_union! {
     /// `kvm_xen_hvm_attr.u.evtchn.deliver`.
-    pub union kvm_xen_hvm_attr_u_evtchn_deliver: CType::Member { parent: "kvm_xen_hvm_attr", path: "u.evtchn.deliver" }, storage [u32; 4], size 16, align 4 {
+    pub union kvm_xen_hvm_attr_u_evtchn_deliver: member("kvm_xen_hvm_attr", "u.evtchn.deliver"), storage [u32; 4], size 16, align 4 {
         port, port_mut: kvm_xen_hvm_attr_u_evtchn_deliver_port;
         eventfd, eventfd_mut: kvm_xen_hvm_attr_u_evtchn_deliver_eventfd;
         padding, padding_mut: [u32; 4];
@@ -617,7 +617,7 @@ abi_union! {
 
 abi_struct! {
     /// `kvm_xen_hvm_attr.u.evtchn`: an event channel to intercept.
-    pub struct kvm_xen_hvm_attr_u_evtchn: CType::Member { parent: "kvm_xen_hvm_attr", path: "u.evtchn" }, size 28, align 4 {
+    pub struct kvm_xen_hvm_attr_u_evtchn: member("kvm_xen_hvm_attr", "u.evtchn"), size 28, align 4 {
         pub send_port: u32 = 0,
         pub r#type: u32 = 4 as "type",
         /// `KVM_XEN_EVTCHN_*`.
@@ -628,7 +628,7 @@ abi_struct! {
 
 abi_union! {
     /// `kvm_xen_hvm_attr.u`.
-    pub union kvm_xen_hvm_attr_u: CType::Member { parent: "kvm_xen_hvm_attr", path: "u" }, storage [u64; 8], size 64, align 8 {
+    pub union kvm_xen_hvm_attr_u: member("kvm_xen_hvm_attr", "u"), storage [u64; 8], size 64, align 8 {
         long_mode, long_mode_mut: u8;
         vector, vector_mut: u8;
         runstate_update_flag, runstate_update_flag_mut: u8;
@@ -641,7 +641,7 @@ abi_union! {
 
 abi_struct! {
     /// `KVM_XEN_HVM_GET_ATTR`/`KVM_XEN_HVM_SET_ATTR`.
-    pub struct kvm_xen_hvm_attr: CType::Struct("kvm_xen_hvm_attr"), size 72, align 8 {
+    pub struct kvm_xen_hvm_attr: linux, size 72, align 8 {
         /// `KVM_XEN_ATTR_TYPE_*`.
         pub r#type: u16 = 0 as "type",
         pub pad: [u16; 3] = 2,
@@ -651,7 +651,7 @@ abi_struct! {
 
 abi_struct! {
     /// `kvm_xen_vcpu_attr.u.runstate`.
-    pub struct kvm_xen_vcpu_attr_u_runstate: CType::Member { parent: "kvm_xen_vcpu_attr", path: "u.runstate" }, size 48, align 8 {
+    pub struct kvm_xen_vcpu_attr_u_runstate: member("kvm_xen_vcpu_attr", "u.runstate"), size 48, align 8 {
         pub state: u64 = 0,
         pub state_entry_time: u64 = 8,
         pub time_running: u64 = 16,
@@ -663,7 +663,7 @@ abi_struct! {
 
 abi_struct! {
     /// `kvm_xen_vcpu_attr.u.timer`.
-    pub struct kvm_xen_vcpu_attr_u_timer: CType::Member { parent: "kvm_xen_vcpu_attr", path: "u.timer" }, size 16, align 8 {
+    pub struct kvm_xen_vcpu_attr_u_timer: member("kvm_xen_vcpu_attr", "u.timer"), size 16, align 8 {
         pub port: u32 = 0,
         pub priority: u32 = 4,
         pub expires_ns: u64 = 8,
@@ -672,7 +672,7 @@ abi_struct! {
 
 abi_union! {
     /// `kvm_xen_vcpu_attr.u`.
-    pub union kvm_xen_vcpu_attr_u: CType::Member { parent: "kvm_xen_vcpu_attr", path: "u" }, storage [u64; 8], size 64, align 8 {
+    pub union kvm_xen_vcpu_attr_u: member("kvm_xen_vcpu_attr", "u"), storage [u64; 8], size 64, align 8 {
         gpa, gpa_mut: u64;
         hva, hva_mut: u64;
         pad, pad_mut: [u64; 8];
@@ -685,7 +685,7 @@ abi_union! {
 
 abi_struct! {
     /// `KVM_XEN_VCPU_GET_ATTR`/`KVM_XEN_VCPU_SET_ATTR`.
-    pub struct kvm_xen_vcpu_attr: CType::Struct("kvm_xen_vcpu_attr"), size 72, align 8 {
+    pub struct kvm_xen_vcpu_attr: linux, size 72, align 8 {
         /// `KVM_XEN_VCPU_ATTR_TYPE_*`.
         pub r#type: u16 = 0 as "type",
         pub pad: [u16; 3] = 2,
@@ -695,7 +695,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_HYPERV_EVENTFD`: route a Hyper-V connection id to an eventfd.
-    pub struct kvm_hyperv_eventfd: CType::Struct("kvm_hyperv_eventfd"), size 24, align 4 {
+    pub struct kvm_hyperv_eventfd: linux, size 24, align 4 {
         pub conn_id: u32 = 0,
         pub fd: i32 = 4,
         /// `KVM_HYPERV_EVENTFD_DEASSIGN`.
@@ -706,7 +706,7 @@ abi_struct! {
 
 abi_struct! {
     /// `KVM_MEMORY_ENCRYPT_OP` argument (SEV command).
-    pub struct kvm_sev_cmd: CType::Struct("kvm_sev_cmd"), size 24, align 8 {
+    pub struct kvm_sev_cmd: linux, size 24, align 8 {
         pub id: u32 = 0,
         pub pad0: u32 = 4,
         pub data: u64 = 8,

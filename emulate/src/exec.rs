@@ -536,7 +536,7 @@ impl Emulator {
         let n = rcx
             .min(page_left(la) / sz)
             .min(IO_BUF as u64 / sz)
-            .min((amask - ea) / sz + 1);
+            .min(((amask - (ea & amask)) / sz).saturating_add(1));
         if n <= 1 || self.linearize(cpu, env, seg, ea, n * sz, access).is_err() {
             return Ok(1);
         }

@@ -417,7 +417,11 @@ pub fn decode(bytes: &[u8], code: CodeSize) -> Result<Insn, DecodeError> {
                         gpr: false,
                     }
                 };
-                let form = if b2 & 1 == 0 { Form::RegRm } else { Form::RmReg };
+                let form = if b2 & 1 == 0 {
+                    Form::RegRm
+                } else {
+                    Form::RmReg
+                };
                 shape(op, form, false, true, 0)
             }
             0x6e | 0x7e if mandatory == 0x66 => {
@@ -569,7 +573,13 @@ pub fn decode(bytes: &[u8], code: CodeSize) -> Result<Insn, DecodeError> {
                         shape(Op::Alu(op), Form::RmReg, byte, true, 0)
                     }
                     2 | 3 => shape(Op::Alu(op), Form::RegRm, byte, true, 0),
-                    _ => shape(Op::Alu(op), Form::RmImm, byte, false, if byte { 1 } else { IZ }),
+                    _ => shape(
+                        Op::Alu(op),
+                        Form::RmImm,
+                        byte,
+                        false,
+                        if byte { 1 } else { IZ },
+                    ),
                 }
             }
             0x63 if long => {

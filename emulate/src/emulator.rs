@@ -253,7 +253,10 @@ impl Emulator {
     }
 
     pub(crate) fn push_queue(&mut self, q: Queued) -> Result<(), Stop> {
-        let slot = self.queue.get_mut(self.queue_len).ok_or(Stop::Unsupported)?;
+        let slot = self
+            .queue
+            .get_mut(self.queue_len)
+            .ok_or(Stop::Unsupported)?;
         *slot = Some(q);
         self.queue_len += 1;
         Ok(())
@@ -268,7 +271,10 @@ impl Emulator {
         buf: &mut [u8],
     ) -> Result<(), Stop> {
         let at = self.cache_fetch(cpu, src, buf.len())?;
-        let cached = self.cache.get(at..at + buf.len()).ok_or(Stop::Unsupported)?;
+        let cached = self
+            .cache
+            .get(at..at + buf.len())
+            .ok_or(Stop::Unsupported)?;
         buf.copy_from_slice(cached);
         Ok(())
     }
@@ -329,14 +335,22 @@ impl Emulator {
         let rflags = cpu.rflags();
         let cs = cpu.segment(Seg::Cs);
         let (code, long, prot, vm86) = if cr0 & cr::CR0_PE == 0 {
-            let code = if cs.db { CodeSize::Bits32 } else { CodeSize::Bits16 };
+            let code = if cs.db {
+                CodeSize::Bits32
+            } else {
+                CodeSize::Bits16
+            };
             (code, false, false, false)
         } else if rflags & flags::VM != 0 {
             (CodeSize::Bits16, false, false, true)
         } else if cpu.efer() & cr::EFER_LMA != 0 && cs.l {
             (CodeSize::Bits64, true, true, false)
         } else {
-            let code = if cs.db { CodeSize::Bits32 } else { CodeSize::Bits16 };
+            let code = if cs.db {
+                CodeSize::Bits32
+            } else {
+                CodeSize::Bits16
+            };
             (code, false, true, false)
         };
         let rip = cpu.rip();
@@ -382,7 +396,11 @@ impl Emulator {
 
     /// Fetches (through CS, honouring its limit) and decodes the instruction at RIP. The bytes
     /// are kept while the instruction is in progress so re-execution decodes the same thing.
-    fn fetch_decode<C: Cpu>(&mut self, cpu: &mut C, env: &Env) -> Result<crate::decode::Insn, Stop> {
+    fn fetch_decode<C: Cpu>(
+        &mut self,
+        cpu: &mut C,
+        env: &Env,
+    ) -> Result<crate::decode::Insn, Stop> {
         if !(self.insn_valid && self.insn_rip == env.rip) {
             self.insn_valid = false;
             self.insn = [0; MAX_INSN_LEN];

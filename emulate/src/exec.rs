@@ -47,7 +47,13 @@ enum Loc {
     Mem(u64),
 }
 
-fn effective_address<C: Cpu>(cpu: &C, env: &Env, insn: &Insn, m: &MemOperand, rsp_bias: u64) -> u64 {
+fn effective_address<C: Cpu>(
+    cpu: &C,
+    env: &Env,
+    insn: &Insn,
+    m: &MemOperand,
+    rsp_bias: u64,
+) -> u64 {
     let mut a = m.disp;
     if let Some(b) = m.base {
         let v = if b == RIP {
@@ -60,7 +66,10 @@ fn effective_address<C: Cpu>(cpu: &C, env: &Env, insn: &Insn, m: &MemOperand, rs
         a = a.wrapping_add(v);
     }
     if let Some(i) = m.index {
-        a = a.wrapping_add(cpu.gpr(usize::from(i & 15)).wrapping_mul(u64::from(m.scale)));
+        a = a.wrapping_add(
+            cpu.gpr(usize::from(i & 15))
+                .wrapping_mul(u64::from(m.scale)),
+        );
     }
     a & size_mask(insn.addr_size)
 }
@@ -127,7 +136,12 @@ impl Emulator {
 
     /// Executes a decoded instruction. `Ok(Some(exit))`: committed, a queued effect needs
     /// userspace.
-    pub(crate) fn exec<C: Cpu>(&mut self, cpu: &mut C, env: &Env, insn: &Insn) -> Result<Option<Exit>, Stop> {
+    pub(crate) fn exec<C: Cpu>(
+        &mut self,
+        cpu: &mut C,
+        env: &Env,
+        insn: &Insn,
+    ) -> Result<Option<Exit>, Stop> {
         if matches!(
             insn.op,
             Op::Movs | Op::Cmps | Op::Stos | Op::Lods | Op::Scas | Op::Ins | Op::Outs
@@ -311,7 +325,10 @@ impl Emulator {
                 } else {
                     let v = cpu.gpr(0).to_le_bytes();
                     let src = v.get(..n).ok_or(Stop::Unsupported)?;
-                    self.out.get_mut(..n).ok_or(Stop::Unsupported)?.copy_from_slice(src);
+                    self.out
+                        .get_mut(..n)
+                        .ok_or(Stop::Unsupported)?
+                        .copy_from_slice(src);
                     self.push_queue(Queued::Pio {
                         port,
                         size,
@@ -326,7 +343,8 @@ impl Emulator {
                 match insn.rm {
                     Rm::Mem(ref m) => {
                         let ea = effective_address(cpu, env, insn, m, 0);
-                        let la = self.linearize(cpu, env, insn.seg, ea, u64::from(size), Access::Read)?;
+                        let la =
+                            self.linearize(cpu, env, insn.seg, ea, u64::from(size), Access::Read)?;
                         if aligned && la & 15 != 0 {
                             return Err(Exception::gp0().into());
                         }
@@ -356,7 +374,8 @@ impl Emulator {
                 match insn.rm {
                     Rm::Mem(ref m) => {
                         let ea = effective_address(cpu, env, insn, m, 0);
-                        let la = self.linearize(cpu, env, insn.seg, ea, u64::from(size), Access::Write)?;
+                        let la =
+                            self.linearize(cpu, env, insn.seg, ea, u64::from(size), Access::Write)?;
                         if aligned && la & 15 != 0 {
                             return Err(Exception::gp0().into());
                         }
@@ -364,12 +383,16 @@ impl Emulator {
                     }
                     Rm::Reg(r) if gpr => {
                         let mut b = [0u8; 8];
-                        b.get_mut(..n).ok_or(Stop::Unsupported)?.copy_from_slice(src);
+                        b.get_mut(..n)
+                            .ok_or(Stop::Unsupported)?
+                            .copy_from_slice(src);
                         set_reg(cpu, r, size, true, u64::from_le_bytes(b));
                     }
                     Rm::Reg(r) => {
                         let mut v = [0u8; 16];
-                        v.get_mut(..n).ok_or(Stop::Unsupported)?.copy_from_slice(src);
+                        v.get_mut(..n)
+                            .ok_or(Stop::Unsupported)?
+                            .copy_from_slice(src);
                         cpu.set_xmm(usize::from(r & 15), v);
                     }
                 }
@@ -409,7 +432,14 @@ impl Emulator {
         let size = insn.op_size;
         let half = size / 2;
         let ea = effective_address(cpu, env, insn, m, 0);
-        let la = self.linearize(cpu, env, insn.seg, ea, u64::from(size), Access::ReadForWrite)?;
+        let la = self.linearize(
+            cpu,
+            env,
+            insn.seg,
+            ea,
+            u64::from(size),
+            Access::ReadForWrite,
+        )?;
         if size == 16 && la & 15 != 0 {
             return Err(Exception::gp0().into());
         }
@@ -420,7 +450,8 @@ impl Emulator {
             let v = u128::from_le_bytes(b);
             (v as u64, (v >> 64) as u64)
         } else {
-            let v = u64::from_le_bytes(b.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
+            let v =
+                u64::from_le_bytes(b.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
             (v & 0xffff_ffff, v >> 32)
         };
         let hm = size_mask(half);
@@ -436,7 +467,12 @@ impl Emulator {
         } else if let Some(p) = w.get_mut(..8) {
             p.copy_from_slice(&(wlo | (whi << 32)).to_le_bytes());
         }
-        self.write_la(cpu, env, la, w.get(..usize::from(size)).ok_or(Stop::Unsupported)?)?;
+        self.write_la(
+            cpu,
+            env,
+            la,
+            w.get(..usize::from(size)).ok_or(Stop::Unsupported)?,
+        )?;
         if !eq {
             set_reg(cpu, 0, half, true, lo);
             set_reg(cpu, 2, half, true, hi);
@@ -489,7 +525,13 @@ impl Emulator {
     }
 
     /// The I/O permission check of IN/OUT/INS/OUTS (IOPL, then the TSS I/O bitmap).
-    fn check_io<C: Cpu>(&mut self, cpu: &mut C, env: &Env, port: u16, size: u8) -> Result<(), Stop> {
+    fn check_io<C: Cpu>(
+        &mut self,
+        cpu: &mut C,
+        env: &Env,
+        port: u16,
+        size: u8,
+    ) -> Result<(), Stop> {
         let iopl = (env.rflags & flags::IOPL) >> 12;
         if env.cr0 & cr::CR0_PE == 0 || (!env.vm86 && u64::from(env.cpl) <= iopl) {
             return Ok(());
@@ -543,7 +585,12 @@ impl Emulator {
         Ok(n)
     }
 
-    fn string<C: Cpu>(&mut self, cpu: &mut C, env: &Env, insn: &Insn) -> Result<Option<Exit>, Stop> {
+    fn string<C: Cpu>(
+        &mut self,
+        cpu: &mut C,
+        env: &Env,
+        insn: &Insn,
+    ) -> Result<Option<Exit>, Stop> {
         let size = insn.op_size;
         let sz = u64::from(size);
         let amask = size_mask(insn.addr_size);
@@ -594,7 +641,13 @@ impl Emulator {
             }
             // Commit this iteration (or batch).
             let delta = n * sz;
-            let step = |v: u64| if df { v.wrapping_sub(delta) } else { v.wrapping_add(delta) };
+            let step = |v: u64| {
+                if df {
+                    v.wrapping_sub(delta)
+                } else {
+                    v.wrapping_add(delta)
+                }
+            };
             if uses_si {
                 set_reg(cpu, 6, insn.addr_size, true, step(rsi));
             }
@@ -630,7 +683,14 @@ impl Emulator {
         }
     }
 
-    fn ins<C: Cpu>(&mut self, cpu: &mut C, env: &Env, insn: &Insn, rdi: u64, rcx: u64) -> Result<u64, Stop> {
+    fn ins<C: Cpu>(
+        &mut self,
+        cpu: &mut C,
+        env: &Env,
+        insn: &Insn,
+        rdi: u64,
+        rcx: u64,
+    ) -> Result<u64, Stop> {
         let size = insn.op_size;
         let sz = u64::from(size);
         let port = (cpu.gpr(2) & 0xffff) as u16;
@@ -662,7 +722,14 @@ impl Emulator {
         Ok(n)
     }
 
-    fn outs<C: Cpu>(&mut self, cpu: &mut C, env: &Env, insn: &Insn, rsi: u64, rcx: u64) -> Result<u64, Stop> {
+    fn outs<C: Cpu>(
+        &mut self,
+        cpu: &mut C,
+        env: &Env,
+        insn: &Insn,
+        rsi: u64,
+        rcx: u64,
+    ) -> Result<u64, Stop> {
         let size = insn.op_size;
         let sz = u64::from(size);
         let port = (cpu.gpr(2) & 0xffff) as u16;

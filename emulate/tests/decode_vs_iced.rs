@@ -4,8 +4,8 @@
 //! length, operation, operand size, address size, segment, registers, memory-operand parts and
 //! immediate. Everything else must be rejected (never a panic). A truncated copy must ask for more.
 
-use emulate::decode::{decode, AluOp, BitOp, CodeSize, DecodeError, Insn, Op, Rep, Rm, RIP};
 use emulate::cpu::Seg;
+use emulate::decode::{decode, AluOp, BitOp, CodeSize, DecodeError, Insn, Op, Rep, Rm, RIP};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use std::collections::HashSet;
 
@@ -25,16 +25,74 @@ impl Rng {
 
 /// The iced `Code`s (exact encodings) that are in our supported set.
 fn supported_codes() -> HashSet<Code> {
-    let alu = ["Add_", "Or_", "Adc_", "Sbb_", "And_", "Sub_", "Xor_", "Cmp_"];
+    let alu = [
+        "Add_", "Or_", "Adc_", "Sbb_", "And_", "Sub_", "Xor_", "Cmp_",
+    ];
     let exact_prefix = [
-        "Test_", "Not_", "Neg_", "Inc_rm", "Dec_rm", "Movzx_", "Movsx_", "Movsxd_", "Movbe_",
-        "Movnti_", "Xchg_rm", "Cmpxchg_rm", "Cmpxchg8b_", "Cmpxchg16b_", "Xadd_", "Bt_", "Bts_",
-        "Btr_", "Btc_", "Push_rm", "Pop_rm", "Movsb_", "Movsw_", "Movsd_m", "Movsq_", "Cmpsb_",
-        "Cmpsw_", "Cmpsd_m", "Cmpsq_", "Stosb_", "Stosw_", "Stosd_", "Stosq_", "Lodsb_", "Lodsw_",
-        "Lodsd_", "Lodsq_", "Scasb_", "Scasw_", "Scasd_", "Scasq_", "Insb_", "Insw_", "Insd_",
-        "Outsb_", "Outsw_", "Outsd_", "In_", "Out_", "Movups_", "Movupd_", "Movaps_", "Movapd_",
-        "Movdqa_", "Movdqu_", "Movntdq_", "Movntps_", "Movntpd_", "Movd_xmm", "Movd_rm32_xmm",
-        "Movq_xmm", "Movq_rm64_xmm", "Clflush_", "Clflushopt_",
+        "Test_",
+        "Not_",
+        "Neg_",
+        "Inc_rm",
+        "Dec_rm",
+        "Movzx_",
+        "Movsx_",
+        "Movsxd_",
+        "Movbe_",
+        "Movnti_",
+        "Xchg_rm",
+        "Cmpxchg_rm",
+        "Cmpxchg8b_",
+        "Cmpxchg16b_",
+        "Xadd_",
+        "Bt_",
+        "Bts_",
+        "Btr_",
+        "Btc_",
+        "Push_rm",
+        "Pop_rm",
+        "Movsb_",
+        "Movsw_",
+        "Movsd_m",
+        "Movsq_",
+        "Cmpsb_",
+        "Cmpsw_",
+        "Cmpsd_m",
+        "Cmpsq_",
+        "Stosb_",
+        "Stosw_",
+        "Stosd_",
+        "Stosq_",
+        "Lodsb_",
+        "Lodsw_",
+        "Lodsd_",
+        "Lodsq_",
+        "Scasb_",
+        "Scasw_",
+        "Scasd_",
+        "Scasq_",
+        "Insb_",
+        "Insw_",
+        "Insd_",
+        "Outsb_",
+        "Outsw_",
+        "Outsd_",
+        "In_",
+        "Out_",
+        "Movups_",
+        "Movupd_",
+        "Movaps_",
+        "Movapd_",
+        "Movdqa_",
+        "Movdqu_",
+        "Movntdq_",
+        "Movntps_",
+        "Movntpd_",
+        "Movd_xmm",
+        "Movd_rm32_xmm",
+        "Movq_xmm",
+        "Movq_rm64_xmm",
+        "Clflush_",
+        "Clflushopt_",
     ];
     let mut set = HashSet::new();
     for code in Code::values() {
@@ -72,7 +130,10 @@ fn mask(size: u8) -> u64 {
 
 /// GPR number and whether it is a legacy high-byte register (AH..BH).
 fn gpr(reg: Register) -> (u8, bool) {
-    if matches!(reg, Register::AH | Register::CH | Register::DH | Register::BH) {
+    if matches!(
+        reg,
+        Register::AH | Register::CH | Register::DH | Register::BH
+    ) {
         return ((reg.number() - 4) as u8, true);
     }
     (reg.full_register().number() as u8, false)
@@ -118,7 +179,11 @@ fn mnemonics(op: Op, size: u8) -> Vec<Mnemonic> {
         Op::Movnti => vec![M::Movnti],
         Op::Xchg => vec![M::Xchg],
         Op::Cmpxchg => vec![M::Cmpxchg],
-        Op::CmpxchgNb => vec![if size == 8 { M::Cmpxchg8b } else { M::Cmpxchg16b }],
+        Op::CmpxchgNb => vec![if size == 8 {
+            M::Cmpxchg8b
+        } else {
+            M::Cmpxchg16b
+        }],
         Op::Xadd => vec![M::Xadd],
         Op::Bit(b) => vec![match b {
             BitOp::Bt => M::Bt,
@@ -126,10 +191,26 @@ fn mnemonics(op: Op, size: u8) -> Vec<Mnemonic> {
             BitOp::Btr => M::Btr,
             BitOp::Btc => M::Btc,
         }],
-        Op::Setcc(cc) => vec![[
-            M::Seto, M::Setno, M::Setb, M::Setae, M::Sete, M::Setne, M::Setbe, M::Seta, M::Sets,
-            M::Setns, M::Setp, M::Setnp, M::Setl, M::Setge, M::Setle, M::Setg,
-        ][cc as usize]],
+        Op::Setcc(cc) => vec![
+            [
+                M::Seto,
+                M::Setno,
+                M::Setb,
+                M::Setae,
+                M::Sete,
+                M::Setne,
+                M::Setbe,
+                M::Seta,
+                M::Sets,
+                M::Setns,
+                M::Setp,
+                M::Setnp,
+                M::Setl,
+                M::Setge,
+                M::Setle,
+                M::Setg,
+            ][cc as usize],
+        ],
         Op::Push => vec![M::Push],
         Op::Pop => vec![M::Pop],
         Op::Movs => by_size(M::Movsb, M::Movsw, M::Movsd, M::Movsq),
@@ -203,7 +284,9 @@ fn compare(bytes: &[u8], code: CodeSize, i: &Instruction, m: &Insn) -> Result<()
     let sse = matches!(m.op, Op::SseLoad { .. } | Op::SseStore { .. });
 
     // Operand size.
-    let expected_size: u32 = if is_string(m.op) || matches!(m.op, Op::CmpxchgNb | Op::Clflush | Op::Clflushopt) {
+    let expected_size: u32 = if is_string(m.op)
+        || matches!(m.op, Op::CmpxchgNb | Op::Clflush | Op::Clflushopt)
+    {
         i.memory_size().size() as u32
     } else if sse {
         if has_mem {
@@ -253,7 +336,11 @@ fn compare(bytes: &[u8], code: CodeSize, i: &Instruction, m: &Insn) -> Result<()
         if matches!(m.op, Op::In | Op::Out | Op::Ins | Op::Outs) {
             continue; // AL/AX/EAX and DX are implicit.
         }
-        let (n, high) = if r.is_xmm() { (r.number() as u8, false) } else { gpr(r) };
+        let (n, high) = if r.is_xmm() {
+            (r.number() as u8, false)
+        } else {
+            gpr(r)
+        };
         let size = r.size() as u8;
         let ours = match (k, m.form) {
             // First operand is r/m for RmReg/RmImm/Rm, the reg operand for RegRm.
@@ -296,15 +383,26 @@ fn compare(bytes: &[u8], code: CodeSize, i: &Instruction, m: &Insn) -> Result<()
                 }
             }
         }
-        check!("index", mem.index, (ii != Register::None).then(|| gpr(ii).0));
+        check!(
+            "index",
+            mem.index,
+            (ii != Register::None).then(|| gpr(ii).0)
+        );
         if ii != Register::None {
             check!("scale", mem.scale as u32, i.memory_index_scale());
             check!("addr size", m.addr_size as usize, ii.size());
         }
-        if ib == Register::None && ii == Register::None && matches!(bytes_opcode(bytes, code), 0xa0..=0xa3) {
+        if ib == Register::None
+            && ii == Register::None
+            && matches!(bytes_opcode(bytes, code), 0xa0..=0xa3)
+        {
             check!("moffs size", m.addr_size as u32, i.memory_displ_size());
         }
-        check!("segment", seg_class(code, m.seg), seg_class(code, iced_seg(i.memory_segment())));
+        check!(
+            "segment",
+            seg_class(code, m.seg),
+            seg_class(code, iced_seg(i.memory_segment()))
+        );
     } else if let Rm::Mem(_) = m.rm {
         return Err("ours has a memory operand, iced none".into());
     }
@@ -319,7 +417,10 @@ fn compare(bytes: &[u8], code: CodeSize, i: &Instruction, m: &Insn) -> Result<()
                 _ => continue,
             };
             check!("string addr size", m.addr_size, a);
-            if matches!(i.op_kind(k), OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI) {
+            if matches!(
+                i.op_kind(k),
+                OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI
+            ) {
                 check!(
                     "string segment",
                     seg_class(code, m.seg),
@@ -353,7 +454,11 @@ fn compare(bytes: &[u8], code: CodeSize, i: &Instruction, m: &Insn) -> Result<()
         );
         if is_imm {
             let theirs = i.immediate(k);
-            let msize = if kind == OpKind::Immediate8 { 1 } else { m.op_size };
+            let msize = if kind == OpKind::Immediate8 {
+                1
+            } else {
+                m.op_size
+            };
             check!("immediate", m.imm & mask(msize), theirs & mask(msize));
         }
     }
@@ -391,7 +496,11 @@ fn check_one(bytes: &[u8], code: CodeSize, supported: &HashSet<Code>, stats: &mu
             }
             // Truncated input must ask for more bytes, never decode something else.
             let short = decode(&bytes[..i.len() - 1], code);
-            assert_eq!(short, Err(DecodeError::NeedMore), "{code:?} {bytes:02x?} truncated");
+            assert_eq!(
+                short,
+                Err(DecodeError::NeedMore),
+                "{code:?} {bytes:02x?} truncated"
+            );
             stats.supported += 1;
         }
         (Ok(m), false) => panic!(
@@ -399,27 +508,127 @@ fn check_one(bytes: &[u8], code: CodeSize, supported: &HashSet<Code>, stats: &mu
             i.code(),
             i.is_invalid()
         ),
-        (Err(e), true) => panic!("{code:?} {bytes:02x?}: ours rejects ({e:?}) supported {:?}", i.code()),
+        (Err(e), true) => panic!(
+            "{code:?} {bytes:02x?}: ours rejects ({e:?}) supported {:?}",
+            i.code()
+        ),
         (Err(_), false) => stats.rejected += 1,
     }
 }
 
 /// Opcode starts that lead into the supported set, to bias random strings toward it.
 const OPCODES: &[&[u8]] = &[
-    &[0x00], &[0x01], &[0x02], &[0x03], &[0x04], &[0x05], &[0x08], &[0x09], &[0x0a], &[0x0b],
-    &[0x10], &[0x11], &[0x13], &[0x18], &[0x19], &[0x1b], &[0x20], &[0x21], &[0x23], &[0x25],
-    &[0x28], &[0x29], &[0x2b], &[0x30], &[0x31], &[0x33], &[0x38], &[0x39], &[0x3b], &[0x3d],
-    &[0x63], &[0x6c], &[0x6d], &[0x6e], &[0x6f], &[0x80], &[0x81], &[0x82], &[0x83], &[0x84],
-    &[0x85], &[0x86], &[0x87], &[0x88], &[0x89], &[0x8a], &[0x8b], &[0x8c], &[0x8f], &[0xa0],
-    &[0xa1], &[0xa2], &[0xa3], &[0xa4], &[0xa5], &[0xa6], &[0xa7], &[0xa8], &[0xa9], &[0xaa],
-    &[0xab], &[0xac], &[0xad], &[0xae], &[0xaf], &[0xc6], &[0xc7], &[0xe4], &[0xe5], &[0xe6],
-    &[0xe7], &[0xec], &[0xed], &[0xee], &[0xef], &[0xf6], &[0xf7], &[0xfe], &[0xff],
-    &[0x0f, 0x10], &[0x0f, 0x11], &[0x0f, 0x28], &[0x0f, 0x29], &[0x0f, 0x2b], &[0x0f, 0x6e],
-    &[0x0f, 0x6f], &[0x0f, 0x7e], &[0x0f, 0x7f], &[0x0f, 0xd6], &[0x0f, 0xe7], &[0x0f, 0x94],
-    &[0x0f, 0x9f], &[0x0f, 0xa3], &[0x0f, 0xab], &[0x0f, 0xb3], &[0x0f, 0xbb], &[0x0f, 0xba],
-    &[0x0f, 0xb0], &[0x0f, 0xb1], &[0x0f, 0xc0], &[0x0f, 0xc1], &[0x0f, 0xb6], &[0x0f, 0xb7],
-    &[0x0f, 0xbe], &[0x0f, 0xbf], &[0x0f, 0xc3], &[0x0f, 0xc7], &[0x0f, 0xae], &[0x0f, 0x38, 0xf0],
-    &[0x0f, 0x38, 0xf1], &[0x0f, 0x38, 0xf2],
+    &[0x00],
+    &[0x01],
+    &[0x02],
+    &[0x03],
+    &[0x04],
+    &[0x05],
+    &[0x08],
+    &[0x09],
+    &[0x0a],
+    &[0x0b],
+    &[0x10],
+    &[0x11],
+    &[0x13],
+    &[0x18],
+    &[0x19],
+    &[0x1b],
+    &[0x20],
+    &[0x21],
+    &[0x23],
+    &[0x25],
+    &[0x28],
+    &[0x29],
+    &[0x2b],
+    &[0x30],
+    &[0x31],
+    &[0x33],
+    &[0x38],
+    &[0x39],
+    &[0x3b],
+    &[0x3d],
+    &[0x63],
+    &[0x6c],
+    &[0x6d],
+    &[0x6e],
+    &[0x6f],
+    &[0x80],
+    &[0x81],
+    &[0x82],
+    &[0x83],
+    &[0x84],
+    &[0x85],
+    &[0x86],
+    &[0x87],
+    &[0x88],
+    &[0x89],
+    &[0x8a],
+    &[0x8b],
+    &[0x8c],
+    &[0x8f],
+    &[0xa0],
+    &[0xa1],
+    &[0xa2],
+    &[0xa3],
+    &[0xa4],
+    &[0xa5],
+    &[0xa6],
+    &[0xa7],
+    &[0xa8],
+    &[0xa9],
+    &[0xaa],
+    &[0xab],
+    &[0xac],
+    &[0xad],
+    &[0xae],
+    &[0xaf],
+    &[0xc6],
+    &[0xc7],
+    &[0xe4],
+    &[0xe5],
+    &[0xe6],
+    &[0xe7],
+    &[0xec],
+    &[0xed],
+    &[0xee],
+    &[0xef],
+    &[0xf6],
+    &[0xf7],
+    &[0xfe],
+    &[0xff],
+    &[0x0f, 0x10],
+    &[0x0f, 0x11],
+    &[0x0f, 0x28],
+    &[0x0f, 0x29],
+    &[0x0f, 0x2b],
+    &[0x0f, 0x6e],
+    &[0x0f, 0x6f],
+    &[0x0f, 0x7e],
+    &[0x0f, 0x7f],
+    &[0x0f, 0xd6],
+    &[0x0f, 0xe7],
+    &[0x0f, 0x94],
+    &[0x0f, 0x9f],
+    &[0x0f, 0xa3],
+    &[0x0f, 0xab],
+    &[0x0f, 0xb3],
+    &[0x0f, 0xbb],
+    &[0x0f, 0xba],
+    &[0x0f, 0xb0],
+    &[0x0f, 0xb1],
+    &[0x0f, 0xc0],
+    &[0x0f, 0xc1],
+    &[0x0f, 0xb6],
+    &[0x0f, 0xb7],
+    &[0x0f, 0xbe],
+    &[0x0f, 0xbf],
+    &[0x0f, 0xc3],
+    &[0x0f, 0xc7],
+    &[0x0f, 0xae],
+    &[0x0f, 0x38, 0xf0],
+    &[0x0f, 0x38, 0xf1],
+    &[0x0f, 0x38, 0xf2],
 ];
 const PREFIXES: &[u8] = &[
     0xf0, 0xf2, 0xf3, 0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65, 0x66, 0x67, 0x40, 0x41, 0x44, 0x48, 0x4c,
@@ -461,21 +670,30 @@ const N: u64 = 1_000_000;
 fn random_16() {
     let s = run_mode(CodeSize::Bits16, N, 0x1234_5678_9abc_def1);
     println!("16-bit: {s:?}");
-    assert!(s.supported > N / 4, "too few supported instructions exercised: {s:?}");
+    assert!(
+        s.supported > N / 4,
+        "too few supported instructions exercised: {s:?}"
+    );
 }
 
 #[test]
 fn random_32() {
     let s = run_mode(CodeSize::Bits32, N, 0x0fed_cba9_8765_4321);
     println!("32-bit: {s:?}");
-    assert!(s.supported > N / 4, "too few supported instructions exercised: {s:?}");
+    assert!(
+        s.supported > N / 4,
+        "too few supported instructions exercised: {s:?}"
+    );
 }
 
 #[test]
 fn random_64() {
     let s = run_mode(CodeSize::Bits64, N, 0x5555_aaaa_3333_cccc);
     println!("64-bit: {s:?}");
-    assert!(s.supported > N / 4, "too few supported instructions exercised: {s:?}");
+    assert!(
+        s.supported > N / 4,
+        "too few supported instructions exercised: {s:?}"
+    );
 }
 
 /// Instructions real guests use on MMIO (Linux readl/writel and friends, virtio, e1000, AHCI,
@@ -483,56 +701,62 @@ fn random_64() {
 #[test]
 fn mmio_corpus() {
     let corpus: &[(CodeSize, &[u8])] = &[
-        (CodeSize::Bits64, &[0x8b, 0x00]),                   // mov eax,[rax]
-        (CodeSize::Bits64, &[0x89, 0x10]),                   // mov [rax],edx
-        (CodeSize::Bits64, &[0x89, 0x34, 0x24]),             // mov [rsp],esi
-        (CodeSize::Bits64, &[0x41, 0x89, 0x45, 0x14]),       // mov [r13+0x14],eax
+        (CodeSize::Bits64, &[0x8b, 0x00]),             // mov eax,[rax]
+        (CodeSize::Bits64, &[0x89, 0x10]),             // mov [rax],edx
+        (CodeSize::Bits64, &[0x89, 0x34, 0x24]),       // mov [rsp],esi
+        (CodeSize::Bits64, &[0x41, 0x89, 0x45, 0x14]), // mov [r13+0x14],eax
         (CodeSize::Bits64, &[0x8b, 0x87, 0x00, 0x01, 0x00, 0x00]), // mov eax,[rdi+0x100]
-        (CodeSize::Bits64, &[0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0xe0, 0xfe]), // mov rax,[0xfee00000]
-        (CodeSize::Bits64, &[0x0f, 0xb7, 0x47, 0x02]),       // movzx eax,word [rdi+2]
-        (CodeSize::Bits64, &[0x0f, 0xb6, 0x06]),             // movzx eax,byte [rsi]
-        (CodeSize::Bits64, &[0x66, 0x89, 0x50, 0x10]),       // mov [rax+0x10],dx
-        (CodeSize::Bits64, &[0x88, 0x50, 0x10]),             // mov [rax+0x10],dl
-        (CodeSize::Bits64, &[0xc7, 0x40, 0x04, 0x01, 0x00, 0x00, 0x00]), // mov dword [rax+4],1
-        (CodeSize::Bits64, &[0x48, 0x89, 0x02]),             // mov [rdx],rax
+        (
+            CodeSize::Bits64,
+            &[0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0xe0, 0xfe],
+        ), // mov rax,[0xfee00000]
+        (CodeSize::Bits64, &[0x0f, 0xb7, 0x47, 0x02]), // movzx eax,word [rdi+2]
+        (CodeSize::Bits64, &[0x0f, 0xb6, 0x06]),       // movzx eax,byte [rsi]
+        (CodeSize::Bits64, &[0x66, 0x89, 0x50, 0x10]), // mov [rax+0x10],dx
+        (CodeSize::Bits64, &[0x88, 0x50, 0x10]),       // mov [rax+0x10],dl
+        (
+            CodeSize::Bits64,
+            &[0xc7, 0x40, 0x04, 0x01, 0x00, 0x00, 0x00],
+        ), // mov dword [rax+4],1
+        (CodeSize::Bits64, &[0x48, 0x89, 0x02]),       // mov [rdx],rax
         (CodeSize::Bits64, &[0x8b, 0x05, 0x10, 0x00, 0x00, 0x00]), // mov eax,[rip+0x10]
-        (CodeSize::Bits64, &[0xf0, 0x83, 0x08, 0x01]),       // lock or dword [rax],1
-        (CodeSize::Bits64, &[0x87, 0x07]),                   // xchg [rdi],eax
-        (CodeSize::Bits64, &[0xf0, 0x0f, 0xb1, 0x0a]),       // lock cmpxchg [rdx],ecx
-        (CodeSize::Bits64, &[0xf3, 0x48, 0xa5]),             // rep movsq
-        (CodeSize::Bits64, &[0xf3, 0xaa]),                   // rep stosb
-        (CodeSize::Bits64, &[0x66, 0x0f, 0x6f, 0x06]),       // movdqa xmm0,[rsi]
-        (CodeSize::Bits64, &[0xf3, 0x0f, 0x7f, 0x07]),       // movdqu [rdi],xmm0
-        (CodeSize::Bits64, &[0x0f, 0x29, 0x07]),             // movaps [rdi],xmm0
-        (CodeSize::Bits64, &[0x66, 0x0f, 0xe7, 0x07]),       // movntdq [rdi],xmm0
-        (CodeSize::Bits64, &[0x0f, 0xc3, 0x07]),             // movnti [rdi],eax
-        (CodeSize::Bits64, &[0x66, 0x0f, 0x7e, 0x07]),       // movd [rdi],xmm0
+        (CodeSize::Bits64, &[0xf0, 0x83, 0x08, 0x01]), // lock or dword [rax],1
+        (CodeSize::Bits64, &[0x87, 0x07]),             // xchg [rdi],eax
+        (CodeSize::Bits64, &[0xf0, 0x0f, 0xb1, 0x0a]), // lock cmpxchg [rdx],ecx
+        (CodeSize::Bits64, &[0xf3, 0x48, 0xa5]),       // rep movsq
+        (CodeSize::Bits64, &[0xf3, 0xaa]),             // rep stosb
+        (CodeSize::Bits64, &[0x66, 0x0f, 0x6f, 0x06]), // movdqa xmm0,[rsi]
+        (CodeSize::Bits64, &[0xf3, 0x0f, 0x7f, 0x07]), // movdqu [rdi],xmm0
+        (CodeSize::Bits64, &[0x0f, 0x29, 0x07]),       // movaps [rdi],xmm0
+        (CodeSize::Bits64, &[0x66, 0x0f, 0xe7, 0x07]), // movntdq [rdi],xmm0
+        (CodeSize::Bits64, &[0x0f, 0xc3, 0x07]),       // movnti [rdi],eax
+        (CodeSize::Bits64, &[0x66, 0x0f, 0x7e, 0x07]), // movd [rdi],xmm0
         (CodeSize::Bits64, &[0x66, 0x48, 0x0f, 0x6e, 0x07]), // movq xmm0,[rdi]
-        (CodeSize::Bits64, &[0x0f, 0xae, 0x38]),             // clflush [rax]
-        (CodeSize::Bits64, &[0x66, 0x0f, 0xae, 0x38]),       // clflushopt [rax]
-        (CodeSize::Bits64, &[0x0f, 0x38, 0xf1, 0x07]),       // movbe [rdi],eax
-        (CodeSize::Bits64, &[0x0f, 0xba, 0x20, 0x03]),       // bt dword [rax],3
-        (CodeSize::Bits64, &[0xf0, 0x0f, 0xab, 0x07]),       // lock bts [rdi],eax
-        (CodeSize::Bits64, &[0x85, 0x07]),                   // test [rdi],eax
-        (CodeSize::Bits64, &[0x0f, 0xc7, 0x0f]),             // cmpxchg8b [rdi]
-        (CodeSize::Bits64, &[0x48, 0x0f, 0xc7, 0x0f]),       // cmpxchg16b [rdi]
+        (CodeSize::Bits64, &[0x0f, 0xae, 0x38]),       // clflush [rax]
+        (CodeSize::Bits64, &[0x66, 0x0f, 0xae, 0x38]), // clflushopt [rax]
+        (CodeSize::Bits64, &[0x0f, 0x38, 0xf1, 0x07]), // movbe [rdi],eax
+        (CodeSize::Bits64, &[0x0f, 0xba, 0x20, 0x03]), // bt dword [rax],3
+        (CodeSize::Bits64, &[0xf0, 0x0f, 0xab, 0x07]), // lock bts [rdi],eax
+        (CodeSize::Bits64, &[0x85, 0x07]),             // test [rdi],eax
+        (CodeSize::Bits64, &[0x0f, 0xc7, 0x0f]),       // cmpxchg8b [rdi]
+        (CodeSize::Bits64, &[0x48, 0x0f, 0xc7, 0x0f]), // cmpxchg16b [rdi]
         (CodeSize::Bits64, &[0x65, 0x8b, 0x04, 0x25, 0x10, 0, 0, 0]), // mov eax,gs:[0x10]
-        (CodeSize::Bits32, &[0x8b, 0x02]),                   // mov eax,[edx]
+        (CodeSize::Bits32, &[0x8b, 0x02]),             // mov eax,[edx]
         (CodeSize::Bits32, &[0xa1, 0x00, 0x00, 0xe0, 0xfe]), // mov eax,[0xfee00000]
         (CodeSize::Bits32, &[0xa3, 0xb0, 0x00, 0xe0, 0xfe]), // mov [0xfee000b0],eax
-        (CodeSize::Bits32, &[0x89, 0x44, 0x8b, 0x08]),       // mov [ebx+ecx*4+8],eax
-        (CodeSize::Bits32, &[0xf3, 0xa5]),                   // rep movsd
-        (CodeSize::Bits32, &[0xf3, 0x6d]),                   // rep insd
-        (CodeSize::Bits32, &[0xf3, 0x6e]),                   // rep outsb
-        (CodeSize::Bits32, &[0xec]),                         // in al,dx
-        (CodeSize::Bits32, &[0xe7, 0x70]),                   // out 0x70,eax
-        (CodeSize::Bits32, &[0x26, 0x89, 0x07]),             // mov es:[edi],eax
-        (CodeSize::Bits16, &[0x26, 0x89, 0x05]),             // mov es:[di],ax
-        (CodeSize::Bits16, &[0x88, 0x46, 0xfe]),             // mov [bp-2],al
-        (CodeSize::Bits16, &[0xa0, 0x34, 0x12]),             // mov al,[0x1234]
-        (CodeSize::Bits16, &[0x66, 0x67, 0x89, 0x03]),       // mov [ebx],eax
-        (CodeSize::Bits16, &[0xf3, 0xab]),                   // rep stosw
-        (CodeSize::Bits16, &[0x64, 0xf3, 0xa4]),             // rep movsb fs:
+        (CodeSize::Bits32, &[0x89, 0x44, 0x8b, 0x08]), // mov [ebx+ecx*4+8],eax
+        (CodeSize::Bits32, &[0xf3, 0xa5]),             // rep movsd
+        (CodeSize::Bits32, &[0xf3, 0x6d]),             // rep insd
+        (CodeSize::Bits32, &[0xf3, 0x6e]),             // rep outsb
+        (CodeSize::Bits32, &[0xec]),                   // in al,dx
+        (CodeSize::Bits32, &[0xe7, 0x70]),             // out 0x70,eax
+        (CodeSize::Bits32, &[0x26, 0x89, 0x07]),       // mov es:[edi],eax
+        (CodeSize::Bits16, &[0x26, 0x89, 0x05]),       // mov es:[di],ax
+        (CodeSize::Bits16, &[0x88, 0x46, 0xfe]),       // mov [bp-2],al
+        (CodeSize::Bits16, &[0xa0, 0x34, 0x12]),       // mov al,[0x1234]
+        (CodeSize::Bits16, &[0x66, 0x67, 0x89, 0x03]), // mov [ebx],eax
+        (CodeSize::Bits16, &[0xf3, 0xab]),             // rep stosw
+        (CodeSize::Bits16, &[0x64, 0xf3, 0xa4]),       // rep movsb fs:
         (CodeSize::Bits16, &[0xc6, 0x06, 0x00, 0x80, 0x55]), // mov byte [0x8000],0x55
     ];
     let supported = supported_codes();
@@ -541,7 +765,10 @@ fn mmio_corpus() {
         let mut buf = [0x90u8; 15];
         buf[..bytes.len()].copy_from_slice(bytes);
         check_one(&buf, *code, &supported, &mut stats);
-        assert!(decode(&buf, *code).is_ok(), "{bytes:02x?} must be supported");
+        assert!(
+            decode(&buf, *code).is_ok(),
+            "{bytes:02x?} must be supported"
+        );
     }
     assert_eq!(stats.supported, corpus.len() as u64);
 }

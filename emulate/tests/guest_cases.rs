@@ -20,8 +20,8 @@ fn setup(mode: Mode, off: u64) -> TestCpu {
     match mode {
         Mode::Real => {
             let ds = &mut cpu.segs[Seg::Ds as usize];
-            ds.selector = 0xffff;
-            ds.base = 0xffff0;
+            ds.selector = 0x1fff;
+            ds.base = 0x1fff0;
             cpu.gpr[3] = 0x10 + off;
         }
         Mode::Prot16 => {
@@ -84,8 +84,17 @@ fn mov_store_and_load_every_size_every_mode() {
             let mut code = osz(mode, size);
             code.extend([if size == 1 { 0x88 } else { 0x89 }, 0x08 | rm_bx(mode)]);
             assert_eq!(exec(&mut cpu, &code), Outcome::Done, "{mode:?} {size}");
-            assert_eq!(cpu.mmio_u64(0x40) & mask(size), 0x1122_3344_5566_7788 & mask(size));
-            assert_eq!(cpu.log, vec![A::MmioWrite(MMIO + 0x40, 0x1122_3344_5566_7788u64.to_le_bytes()[..size as usize].to_vec())]);
+            assert_eq!(
+                cpu.mmio_u64(0x40) & mask(size),
+                0x1122_3344_5566_7788 & mask(size)
+            );
+            assert_eq!(
+                cpu.log,
+                vec![A::MmioWrite(
+                    MMIO + 0x40,
+                    0x1122_3344_5566_7788u64.to_le_bytes()[..size as usize].to_vec()
+                )]
+            );
             assert_eq!(cpu.rip, 0x1000 + code.len() as u64);
             assert_eq!(cpu.exits, 1);
 
@@ -99,7 +108,7 @@ fn mov_store_and_load_every_size_every_mode() {
             let expect = match size {
                 4 => v, // 32-bit writes zero-extend (as Linux's emulator does in every mode)
                 8 => v,
-                _ => (u64::MAX & !mask(size)) | v,
+                _ => !mask(size) | v,
             };
             assert_eq!(cpu.gpr[2], expect, "{mode:?} load {size}");
             assert_eq!(cpu.log.len(), 1);
@@ -130,13 +139,19 @@ fn mov_moffs_and_immediate() {
 
     // mov dword [ebx+4], imm32 / mov word [bx], imm16 / mov qword [rbx], simm32
     let mut cpu = setup(Mode::Prot32, 0x200);
-    assert_eq!(exec(&mut cpu, &[0xc7, 0x43, 0x04, 0x78, 0x56, 0x34, 0x12]), Outcome::Done);
+    assert_eq!(
+        exec(&mut cpu, &[0xc7, 0x43, 0x04, 0x78, 0x56, 0x34, 0x12]),
+        Outcome::Done
+    );
     assert_eq!(cpu.mmio_u64(0x204) as u32, 0x1234_5678);
     let mut cpu = setup(Mode::Real, 0x200);
     assert_eq!(exec(&mut cpu, &[0xc7, 0x07, 0xcd, 0xab]), Outcome::Done);
     assert_eq!(cpu.mmio_u64(0x200) as u16, 0xabcd);
     let mut cpu = setup(Mode::Long64, 0x200);
-    assert_eq!(exec(&mut cpu, &[0x48, 0xc7, 0x03, 0x00, 0x00, 0x00, 0x80]), Outcome::Done);
+    assert_eq!(
+        exec(&mut cpu, &[0x48, 0xc7, 0x03, 0x00, 0x00, 0x00, 0x80]),
+        Outcome::Done
+    );
     assert_eq!(cpu.mmio_u64(0x200), 0xffff_ffff_8000_0000);
 }
 
@@ -147,7 +162,11 @@ fn movzx_movsx_movsxd_movbe() {
         cpu.mmio[0x300] = 0x80;
         cpu.mmio[0x301] = 0xff;
         // movzx ax/eax, byte [bx]; movsx cx/ecx, word [bx]
-        let code_zx = [&osz(mode, if is16(mode) { 2 } else { 4 })[..], &[0x0f, 0xb6, rm_bx(mode)]].concat();
+        let code_zx = [
+            &osz(mode, if is16(mode) { 2 } else { 4 })[..],
+            &[0x0f, 0xb6, rm_bx(mode)],
+        ]
+        .concat();
         assert_eq!(exec(&mut cpu, &code_zx), Outcome::Done);
         assert_eq!(cpu.gpr[0] & 0xffff, 0x80, "{mode:?}");
         let mut cpu2 = setup(mode, 0x300);
@@ -183,13 +202,25 @@ fn alu_read_modify_write_on_mmio() {
             let mut cpu = setup(mode, 0x500);
             cpu.mmio[0x500..0x508].fill(0);
             let mut code = osz(mode, size);
-            code.extend([if size == 1 { 0x80 } else { 0x83 }, 0x08 | rm_bx(mode), 0x81]);
+            code.extend([
+                if size == 1 { 0x80 } else { 0x83 },
+                0x08 | rm_bx(mode),
+                0x81,
+            ]);
             assert_eq!(exec(&mut cpu, &code), Outcome::Done);
             let expect = if size == 1 { 0x81 } else { mask(size) & !0x7e };
-            assert_eq!(cpu.mmio_u64(0x500) & mask(size), expect, "{mode:?} or size {size}");
+            assert_eq!(
+                cpu.mmio_u64(0x500) & mask(size),
+                expect,
+                "{mode:?} or size {size}"
+            );
             assert_eq!(cpu.rflags & (SF | ZF | CF | OF), SF);
             // Exactly one read then one write: no double device access on re-execution.
-            assert!(matches!(&cpu.log[..], [A::MmioRead(..), A::MmioWrite(..)]), "{:?}", cpu.log);
+            assert!(
+                matches!(&cpu.log[..], [A::MmioRead(..), A::MmioWrite(..)]),
+                "{:?}",
+                cpu.log
+            );
             assert_eq!(cpu.exits, 2);
         }
     }
@@ -263,7 +294,10 @@ fn exchange_family_on_mmio() {
     assert_eq!(cpu.log.len(), 4);
     // misaligned cmpxchg16b: #GP(0)
     let mut cpu = setup(Mode::Long64, 0x648 + 4);
-    assert_eq!(exec(&mut cpu, &[0x48, 0x0f, 0xc7, 0x0b]), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x48, 0x0f, 0xc7, 0x0b]),
+        Outcome::Exception(Exception::gp0())
+    );
 }
 
 #[test]
@@ -313,13 +347,22 @@ fn sse_moves_split_into_8_byte_accesses() {
     assert_eq!(&cpu.xmm[2][..], &cpu.mmio[0x810..0x820]);
     // movdqa misaligned: #GP(0); CR0.TS: #NM; no OSFXSR: #UD
     let mut cpu = setup(Mode::Long64, 0x808);
-    assert_eq!(exec(&mut cpu, &[0x66, 0x0f, 0x6f, 0x13]), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x66, 0x0f, 0x6f, 0x13]),
+        Outcome::Exception(Exception::gp0())
+    );
     let mut cpu = setup(Mode::Long64, 0x800);
     cpu.cr0 |= 8;
-    assert_eq!(exec(&mut cpu, &[0x66, 0x0f, 0x6f, 0x13]), Outcome::Exception(Exception::nm()));
+    assert_eq!(
+        exec(&mut cpu, &[0x66, 0x0f, 0x6f, 0x13]),
+        Outcome::Exception(Exception::nm())
+    );
     let mut cpu = setup(Mode::Long64, 0x800);
     cpu.cr4 = 0;
-    assert_eq!(exec(&mut cpu, &[0x0f, 0x28, 0x13]), Outcome::Exception(Exception::ud()));
+    assert_eq!(
+        exec(&mut cpu, &[0x0f, 0x28, 0x13]),
+        Outcome::Exception(Exception::ud())
+    );
     // movd eax... movq xmm0, [rbx] zero-extends; movd [rbx], xmm0 writes 4 bytes
     let mut cpu = setup(Mode::Long64, 0x840);
     cpu.xmm[0] = [0xff; 16];
@@ -339,7 +382,7 @@ fn rep_movs_stos_lods_in_every_mode_both_directions() {
             // rep movsb: 10 bytes from RAM (DS:SI) to MMIO (ES:DI).
             let mut cpu = setup(mode, 0);
             let (src, dst) = if is16(mode) {
-                // DS/ES bases: real mode DS = 0xffff0 (MMIO - 0x10); use ES = DS there.
+                // DS/ES bases: real mode DS = 0x1fff0 (MMIO - 0x10); use ES = DS there.
                 cpu.segs[Seg::Es as usize] = cpu.segs[Seg::Ds as usize];
                 let bias = if mode == Mode::Real { 0x10 } else { 0 };
                 (bias + 0x1800u64, bias + 0x900u64) // SI in the second MMIO page? keep RAM below
@@ -348,7 +391,11 @@ fn rep_movs_stos_lods_in_every_mode_both_directions() {
             };
             // For 16-bit modes the source is MMIO too (DS covers only the MMIO window region).
             let count = 10u64;
-            let (s0, d0) = if df { (src + count - 1, dst + count - 1) } else { (src, dst) };
+            let (s0, d0) = if df {
+                (src + count - 1, dst + count - 1)
+            } else {
+                (src, dst)
+            };
             cpu.gpr[6] = s0;
             cpu.gpr[7] = d0;
             cpu.gpr[1] = count;
@@ -367,13 +414,30 @@ fn rep_movs_stos_lods_in_every_mode_both_directions() {
             let code = [0xf3, 0xa4];
             cpu.code(&code);
             let mut emu = Emulator::new();
-            assert_eq!(run_until(&mut emu, &mut cpu, 0x1002), Outcome::Done, "{mode:?}");
-            let doff = (dst - if is16(mode) { if mode == Mode::Real { 0x10 } else { 0 } } else { MMIO }) as usize;
+            assert_eq!(
+                run_until(&mut emu, &mut cpu, 0x1002),
+                Outcome::Done,
+                "{mode:?}"
+            );
+            let doff = (dst
+                - if is16(mode) {
+                    if mode == Mode::Real {
+                        0x10
+                    } else {
+                        0
+                    }
+                } else {
+                    MMIO
+                }) as usize;
             let got = &cpu.mmio[doff..doff + count as usize];
             let want: Vec<u8> = (0..count).map(|i| 0x30 + i as u8).collect();
             assert_eq!(got, &want[..], "{mode:?} df={df}");
             assert_eq!(cpu.gpr[1], 0);
-            let (s1, d1) = if df { (src.wrapping_sub(1), dst.wrapping_sub(1)) } else { (src + count, dst + count) };
+            let (s1, d1) = if df {
+                (src.wrapping_sub(1), dst.wrapping_sub(1))
+            } else {
+                (src + count, dst + count)
+            };
             let am = if is16(mode) { 0xffff } else { u64::MAX };
             assert_eq!(cpu.gpr[6] & am, s1 & am);
             assert_eq!(cpu.gpr[7] & am, d1 & am);
@@ -448,12 +512,23 @@ fn rep_ins_outs_batch_per_exit() {
         cpu.gpr[1] = 100;
         cpu.code(&[0xf3, 0x6c]);
         let mut emu = Emulator::new();
-        assert_eq!(emu.step(&mut cpu), Outcome::NeedsUserspace(Exit::PioIn { port: 0x60, size: 1, count: 100 }));
+        assert_eq!(
+            emu.step(&mut cpu),
+            Outcome::NeedsUserspace(Exit::PioIn {
+                port: 0x60,
+                size: 1,
+                count: 100
+            })
+        );
         let data: Vec<u8> = (0..100).collect();
         assert!(emu.complete_read(&data));
         assert_eq!(emu.step(&mut cpu), Outcome::Done);
         assert_eq!(&cpu.ram[0x7000..0x7064], &data[..]);
-        assert_eq!((cpu.gpr[1], cpu.gpr[7] & 0xffff, cpu.rip), (0, 0x7064, 0x1002), "{mode:?}");
+        assert_eq!(
+            (cpu.gpr[1], cpu.gpr[7] & 0xffff, cpu.rip),
+            (0, 0x7064, 0x1002),
+            "{mode:?}"
+        );
 
         // rep outsw of 50 words ending 20 bytes before a page end: batches stop at the page.
         let mut cpu = TestCpu::new(mode);
@@ -463,10 +538,22 @@ fn rep_ins_outs_batch_per_exit() {
         for i in 0..100 {
             cpu.ram[0x7fec + i] = i as u8;
         }
-        let code: Vec<u8> = if is16(mode) { vec![0xf3, 0x6f] } else { vec![0x66, 0xf3, 0x6f] };
+        let code: Vec<u8> = if is16(mode) {
+            vec![0xf3, 0x6f]
+        } else {
+            vec![0x66, 0xf3, 0x6f]
+        };
         cpu.code(&code);
         let mut emu = Emulator::new();
-        assert_eq!(emu.step(&mut cpu), Outcome::NeedsUserspace(Exit::PioOut { port: 0x3f8, size: 2, count: 10 }), "{mode:?}");
+        assert_eq!(
+            emu.step(&mut cpu),
+            Outcome::NeedsUserspace(Exit::PioOut {
+                port: 0x3f8,
+                size: 2,
+                count: 10
+            }),
+            "{mode:?}"
+        );
         assert_eq!(emu.pio_data(), &(0..20).collect::<Vec<u8>>()[..]);
         assert_eq!(cpu.gpr[1], 40);
         let end = 0x1000 + code.len() as u64;
@@ -474,7 +561,14 @@ fn rep_ins_outs_batch_per_exit() {
         assert_eq!(out, Outcome::Done);
         assert_eq!(cpu.gpr[1], 0);
         assert_eq!(cpu.gpr[6] & 0xffff, 0x7fec + 100);
-        let sent: Vec<u8> = cpu.log.iter().flat_map(|a| match a { A::PioOut(_, _, d) => d.clone(), _ => vec![] }).collect();
+        let sent: Vec<u8> = cpu
+            .log
+            .iter()
+            .flat_map(|a| match a {
+                A::PioOut(_, _, d) => d.clone(),
+                _ => vec![],
+            })
+            .collect();
         assert_eq!(sent, (20..100).collect::<Vec<u8>>());
     }
     // DF=1: one element per exit, descending.
@@ -504,7 +598,10 @@ fn in_out_and_io_permissions() {
     cpu.in_kernel = true;
     cpu.gpr[0] = 0x1234_5678;
     assert_eq!(exec(&mut cpu, &[0xe7, 0x80]), Outcome::Done);
-    assert_eq!(cpu.log, vec![A::PioOut(0x80, 4, vec![0x78, 0x56, 0x34, 0x12])]);
+    assert_eq!(
+        cpu.log,
+        vec![A::PioOut(0x80, 4, vec![0x78, 0x56, 0x34, 0x12])]
+    );
     assert_eq!(cpu.exits, 0);
     // CPL 3, IOPL 0: the TSS bitmap decides.
     for (port, blocked) in [(0x70u16, false), (0x71, true)] {
@@ -525,7 +622,10 @@ fn in_out_and_io_permissions() {
     cpu.cpl = 3;
     cpu.ram[0x8068 + 0x71 / 8] = 1 << (0x71 % 8);
     cpu.gpr[2] = 0x70;
-    assert_eq!(exec(&mut cpu, &[0x66, 0xef]), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x66, 0xef]),
+        Outcome::Exception(Exception::gp0())
+    );
     // IOPL 3 at CPL 3: allowed without the bitmap.
     let mut cpu = TestCpu::new(Mode::Prot32);
     cpu.cpl = 3;
@@ -538,7 +638,10 @@ fn in_out_and_io_permissions() {
     cpu.rflags |= (3 << 12) | (1 << 17);
     cpu.ram[0x8068 + 0x71 / 8] = 0xff;
     cpu.gpr[2] = 0x71;
-    assert_eq!(exec(&mut cpu, &[0xec]), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        exec(&mut cpu, &[0xec]),
+        Outcome::Exception(Exception::gp0())
+    );
 }
 
 #[test]
@@ -549,7 +652,10 @@ fn page_crossing_accesses_are_split() {
     assert_eq!(exec(&mut cpu, &[0x89, 0x03]), Outcome::Done);
     assert_eq!(
         cpu.log,
-        vec![A::MmioWrite(MMIO + 0xffe, vec![0x11, 0x22]), A::MmioWrite(MMIO + 0x1000, vec![0x33, 0x44])]
+        vec![
+            A::MmioWrite(MMIO + 0xffe, vec![0x11, 0x22]),
+            A::MmioWrite(MMIO + 0x1000, vec![0x33, 0x44])
+        ]
     );
     // 8-byte read from RAM into MMIO: 6 bytes RAM, 2 bytes MMIO.
     let mut cpu = TestCpu::new(Mode::Long64);
@@ -569,7 +675,10 @@ fn page_faults_report_error_code_and_cr2() {
     cpu.not_present.insert(MMIO + 0x2000);
     cpu.gpr[0] = u64::MAX;
     let before = cpu.mmio.clone();
-    assert_eq!(exec(&mut cpu, &[0x48, 0x89, 0x03]), Outcome::Exception(Exception::pf(2, MMIO + 0x2000)));
+    assert_eq!(
+        exec(&mut cpu, &[0x48, 0x89, 0x03]),
+        Outcome::Exception(Exception::pf(2, MMIO + 0x2000))
+    );
     assert_eq!(cpu.mmio, before);
     assert!(cpu.log.is_empty());
     assert_eq!(cpu.rip, 0x1000);
@@ -577,38 +686,59 @@ fn page_faults_report_error_code_and_cr2() {
     let mut cpu = setup(Mode::Prot32, 0x10);
     cpu.cpl = 3;
     cpu.read_only.insert(MMIO);
-    assert_eq!(exec(&mut cpu, &[0x83, 0x03, 0x01]), Outcome::Exception(Exception::pf(7, MMIO + 0x10)));
-    assert!(cpu.log.is_empty(), "a faulting RMW must not read the device first");
+    assert_eq!(
+        exec(&mut cpu, &[0x83, 0x03, 0x01]),
+        Outcome::Exception(Exception::pf(7, MMIO + 0x10))
+    );
+    assert!(
+        cpu.log.is_empty(),
+        "a faulting RMW must not read the device first"
+    );
     // Instruction fetch crossing into a not-present page: I/D bit.
     let mut cpu = setup(Mode::Long64, 0);
     cpu.rip = 0x1fff;
     cpu.ram[0x1fff] = 0x8b;
     cpu.not_present.insert(0x2000);
     let mut emu = Emulator::new();
-    assert_eq!(emu.step(&mut cpu), Outcome::Exception(Exception::pf(0x10, 0x2000)));
+    assert_eq!(
+        emu.step(&mut cpu),
+        Outcome::Exception(Exception::pf(0x10, 0x2000))
+    );
 }
 
 #[test]
 fn segment_limit_and_canonical_faults() {
-    // 32-bit: DS limit 0x100fff; a dword at offset 0x100ffe exceeds it: #GP(0).
+    // 32-bit: DS limit MMIO+0xfff; a dword at offset MMIO+0xffe exceeds it: #GP(0).
     let mut cpu = setup(Mode::Prot32, 0xffe);
-    cpu.segs[Seg::Ds as usize].limit = 0x10_0fff;
-    assert_eq!(exec(&mut cpu, &[0x8b, 0x03]), Outcome::Exception(Exception::gp0()));
+    cpu.segs[Seg::Ds as usize].limit = (MMIO + 0xfff) as u32;
+    assert_eq!(
+        exec(&mut cpu, &[0x8b, 0x03]),
+        Outcome::Exception(Exception::gp0())
+    );
     assert!(cpu.log.is_empty());
     // Same access through SS ([ebp]): #SS(0).
     let mut cpu = setup(Mode::Prot32, 0xffe);
     cpu.gpr[5] = cpu.gpr[3];
-    cpu.segs[Seg::Ss as usize].limit = 0x10_0fff;
-    assert_eq!(exec(&mut cpu, &[0x8b, 0x45, 0x00]), Outcome::Exception(Exception::ss0()));
+    cpu.segs[Seg::Ss as usize].limit = (MMIO + 0xfff) as u32;
+    assert_eq!(
+        exec(&mut cpu, &[0x8b, 0x45, 0x00]),
+        Outcome::Exception(Exception::ss0())
+    );
     // Real mode: a word at offset 0xffff crosses the 64 KiB limit: #GP(0).
     let mut cpu = setup(Mode::Real, 0);
     cpu.gpr[3] = 0xffff;
-    assert_eq!(exec(&mut cpu, &[0x8b, 0x07]), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x8b, 0x07]),
+        Outcome::Exception(Exception::gp0())
+    );
     // Expand-down data segment (limit 0xfff, 16-bit): offsets <= limit fault, above are fine.
     let mut cpu = setup(Mode::Prot16, 0x800);
     cpu.segs[Seg::Ds as usize].typ = 0x7;
     cpu.segs[Seg::Ds as usize].limit = 0xfff;
-    assert_eq!(exec(&mut cpu, &[0x8b, 0x07]), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x8b, 0x07]),
+        Outcome::Exception(Exception::gp0())
+    );
     let mut cpu = setup(Mode::Prot16, 0x1800);
     cpu.segs[Seg::Ds as usize].typ = 0x7;
     cpu.segs[Seg::Ds as usize].limit = 0xfff;
@@ -616,18 +746,30 @@ fn segment_limit_and_canonical_faults() {
     // Write to a read-only data segment: #GP(0).
     let mut cpu = setup(Mode::Prot32, 0);
     cpu.segs[Seg::Ds as usize].typ = 0x1;
-    assert_eq!(exec(&mut cpu, &[0x89, 0x03]), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x89, 0x03]),
+        Outcome::Exception(Exception::gp0())
+    );
     // Null (unusable) DS in protected mode: #GP(0).
     let mut cpu = setup(Mode::Prot32, 0);
     cpu.segs[Seg::Ds as usize].unusable = true;
-    assert_eq!(exec(&mut cpu, &[0x8b, 0x03]), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x8b, 0x03]),
+        Outcome::Exception(Exception::gp0())
+    );
     // 64-bit: non-canonical address: #GP(0); through RSP: #SS(0).
     let mut cpu = setup(Mode::Long64, 0);
     cpu.gpr[3] = 0x0000_8000_0000_0000;
-    assert_eq!(exec(&mut cpu, &[0x8b, 0x03]), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x8b, 0x03]),
+        Outcome::Exception(Exception::gp0())
+    );
     let mut cpu = setup(Mode::Long64, 0);
     cpu.gpr[4] = 0x0000_8000_0000_0000;
-    assert_eq!(exec(&mut cpu, &[0x8b, 0x04, 0x24]), Outcome::Exception(Exception::ss0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x8b, 0x04, 0x24]),
+        Outcome::Exception(Exception::ss0())
+    );
     // A REP MOVSB stopping at a segment limit: completed iterations stay, then #GP.
     let mut cpu = setup(Mode::Prot32, 0);
     cpu.segs[Seg::Es as usize].limit = (MMIO + 0x103) as u32;
@@ -636,7 +778,10 @@ fn segment_limit_and_canonical_faults() {
     cpu.gpr[1] = 8;
     cpu.code(&[0xf3, 0xa4]);
     let mut emu = Emulator::new();
-    assert_eq!(run_until(&mut emu, &mut cpu, 0x1002), Outcome::Exception(Exception::gp0()));
+    assert_eq!(
+        run_until(&mut emu, &mut cpu, 0x1002),
+        Outcome::Exception(Exception::gp0())
+    );
     assert_eq!((cpu.gpr[1], cpu.gpr[7], cpu.rip), (4, MMIO + 0x104, 0x1000));
 }
 
@@ -646,11 +791,22 @@ fn alignment_check_and_lock_rules() {
     cpu.cpl = 3;
     cpu.cr0 |= 1 << 18;
     cpu.rflags |= 1 << 18;
-    assert_eq!(exec(&mut cpu, &[0x8b, 0x03]), Outcome::Exception(Exception::ac0()));
+    assert_eq!(
+        exec(&mut cpu, &[0x8b, 0x03]),
+        Outcome::Exception(Exception::ac0())
+    );
     // LOCK on a register destination, on MOV, and on CMP: #UD.
-    for code in [&[0xf0, 0x01, 0xc0][..], &[0xf0, 0x89, 0x03], &[0xf0, 0x39, 0x03]] {
+    for code in [
+        &[0xf0, 0x01, 0xc0][..],
+        &[0xf0, 0x89, 0x03],
+        &[0xf0, 0x39, 0x03],
+    ] {
         let mut cpu = setup(Mode::Long64, 0);
-        assert_eq!(exec(&mut cpu, code), Outcome::Exception(Exception::ud()), "{code:02x?}");
+        assert_eq!(
+            exec(&mut cpu, code),
+            Outcome::Exception(Exception::ud()),
+            "{code:02x?}"
+        );
     }
     // Longer than 15 bytes: #GP(0).
     let mut cpu = setup(Mode::Long64, 0);
@@ -664,7 +820,9 @@ fn unsupported_reports_the_bytes() {
     let mut cpu = setup(Mode::Long64, 0);
     // shl dword [rbx], 1 is outside the supported set.
     match exec(&mut cpu, &[0xd1, 0x23, 0x90]) {
-        Outcome::Unsupported { bytes, len } => assert_eq!(&bytes[..3], &[0xd1, 0x23, 0x90][..len.min(3) as usize]),
+        Outcome::Unsupported { bytes, len } => {
+            assert_eq!(&bytes[..3], &[0xd1, 0x23, 0x90][..len.min(3) as usize])
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(cpu.rip, 0x1000);
@@ -678,17 +836,39 @@ fn resumption_protocol_is_idempotent() {
     cpu.gpr[0] = 5;
     cpu.code(&[0x01, 0x03]);
     let mut emu = Emulator::new();
-    assert_eq!(emu.step(&mut cpu), Outcome::NeedsUserspace(Exit::MmioRead { gpa: MMIO + 0x40, len: 4 }));
+    assert_eq!(
+        emu.step(&mut cpu),
+        Outcome::NeedsUserspace(Exit::MmioRead {
+            gpa: MMIO + 0x40,
+            len: 4
+        })
+    );
     assert_eq!(cpu.rip, 0x1000);
     assert!(emu.in_progress());
     // A wrong length is refused; calling step again without data repeats the request.
     assert!(!emu.complete_read(&[0; 2]));
-    assert_eq!(emu.step(&mut cpu), Outcome::NeedsUserspace(Exit::MmioRead { gpa: MMIO + 0x40, len: 4 }));
+    assert_eq!(
+        emu.step(&mut cpu),
+        Outcome::NeedsUserspace(Exit::MmioRead {
+            gpa: MMIO + 0x40,
+            len: 4
+        })
+    );
     assert!(emu.complete_read(&10u32.to_le_bytes()));
     let mut data = [0u8; 8];
     data[..4].copy_from_slice(&15u32.to_le_bytes());
-    assert_eq!(emu.step(&mut cpu), Outcome::NeedsUserspace(Exit::MmioWrite { gpa: MMIO + 0x40, len: 4, data }));
-    assert_eq!(cpu.rip, 0x1002, "the instruction is committed before its write exit");
+    assert_eq!(
+        emu.step(&mut cpu),
+        Outcome::NeedsUserspace(Exit::MmioWrite {
+            gpa: MMIO + 0x40,
+            len: 4,
+            data
+        })
+    );
+    assert_eq!(
+        cpu.rip, 0x1002,
+        "the instruction is committed before its write exit"
+    );
     assert_eq!(emu.step(&mut cpu), Outcome::Done);
     assert!(!emu.in_progress());
     assert_eq!(cpu.rip, 0x1002);

@@ -136,7 +136,15 @@ enum Kind {
     Not,
 }
 
-fn host(kind: Kind, name: &str, size: u8, a: u64, b: u64, acc: u64, f: u64) -> (u64, u64, u64, u64) {
+fn host(
+    kind: Kind,
+    name: &str,
+    size: u8,
+    a: u64,
+    b: u64,
+    acc: u64,
+    f: u64,
+) -> (u64, u64, u64, u64) {
     // Returns (dst, src register, rax, flags).
     macro_rules! bin {
         ($i:literal) => {
@@ -243,7 +251,17 @@ fn defined(kind: Kind, name: &str) -> u64 {
 
 /// Emulates one instruction with the destination at `at` (RAM or MMIO); returns
 /// (dst, rcx, rax, flags).
-fn emulate_one(code: &[u8], at: u64, size: u8, a: u64, b: u64, acc: u64, f: u64, in_kernel: bool) -> (u64, u64, u64, u64) {
+#[allow(clippy::too_many_arguments)]
+fn emulate_one(
+    code: &[u8],
+    at: u64,
+    size: u8,
+    a: u64,
+    b: u64,
+    acc: u64,
+    f: u64,
+    in_kernel: bool,
+) -> (u64, u64, u64, u64) {
     let mut cpu = TestCpu::new(Mode::Long64);
     cpu.in_kernel = in_kernel;
     cpu.code(code);
@@ -262,7 +280,11 @@ fn emulate_one(code: &[u8], at: u64, size: u8, a: u64, b: u64, acc: u64, f: u64,
     let out = run(&mut emu, &mut cpu);
     assert_eq!(out, Outcome::Done, "{code:02x?}");
     assert_eq!(cpu.rip, 0x1000 + code.len() as u64);
-    let d = if at >= MMIO { cpu.mmio_u64(at - MMIO) } else { cpu.ram_u64(at) };
+    let d = if at >= MMIO {
+        cpu.mmio_u64(at - MMIO)
+    } else {
+        cpu.ram_u64(at)
+    };
     (d & mask(size), cpu.gpr[1], cpu.gpr[0], cpu.rflags)
 }
 
@@ -298,7 +320,11 @@ fn alu_bit_exchange_vs_host() {
                 let a = rng.operand() & m;
                 let b = rng.operand();
                 // Half of the CMPXCHGs take the equal path.
-                let acc = if i % 2 == 0 { a | (rng.next() & !m) } else { rng.operand() };
+                let acc = if i % 2 == 0 {
+                    a | (rng.next() & !m)
+                } else {
+                    rng.operand()
+                };
                 let f = 2 | (rng.next() & STATUS);
                 let (hd, hs, hacc, hf) = host(kind, name, size, a, b, acc, f);
                 // Every 8th case goes to MMIO through userspace exits, every 8th in-kernel.
@@ -392,8 +418,161 @@ fn bit_ops_vs_host() {
             let mut emu = Emulator::new();
             assert_eq!(run(&mut emu, &mut cpu), Outcome::Done);
             let bit = u32::from(imm) % (u32::from(size) * 8);
-            assert_eq!(cpu.mmio_u64(0x300), 1u64 << bit, "bts imm {imm} size {size}");
+            assert_eq!(
+                cpu.mmio_u64(0x300),
+                1u64 << bit,
+                "bts imm {imm} size {size}"
+            );
             assert_eq!(cpu.mmio_u64(0x308), 0);
+        }
+    }
+}
+
+#[test]
+fn cmpxchg8b_16b_and_movbe_vs_host() {
+    let mut rng = Rng(0x0bad_c0de_1234_5678);
+    for i in 0..ITER {
+        // cmpxchg16b: memory operand on the host (16-byte aligned), MMIO in the emulator.
+        #[repr(align(16))]
+        struct A16([u64; 2]);
+        let mut m = A16([rng.operand(), rng.operand()]);
+        let orig = m.0;
+        let (mut rax, mut rdx) = if i % 2 == 0 {
+            (orig[0], orig[1])
+        } else {
+            (rng.operand(), rng.operand())
+        };
+        let (rbx, rcx) = (rng.next(), rng.next());
+        let (rax0, rdx0) = (rax, rdx);
+        let f0 = 2 | (rng.next() & STATUS);
+        let mut f = f0;
+        // SAFETY: `m` is a live, 16-byte aligned 16-byte buffer; rbx is saved around the use (the
+        // other operands are pinned away from rbx: `f` in rdi, `b` in rsi).
+        unsafe {
+            asm!(
+                "xchg rsi, rbx",
+                "push rdi",
+                "popfq",
+                "cmpxchg16b xmmword ptr [r8]",
+                "pushfq",
+                "pop rdi",
+                "xchg rsi, rbx",
+                in("r8") m.0.as_mut_ptr(),
+                inout("rsi") rbx => _,
+                inout("rdi") f,
+                inout("rax") rax,
+                inout("rdx") rdx,
+                in("rcx") rcx,
+            );
+        }
+        let mut cpu = TestCpu::new(Mode::Long64);
+        cpu.code(&[0x48, 0x0f, 0xc7, 0x0e]); // cmpxchg16b [rsi]
+        cpu.gpr[6] = MMIO + 0x200;
+        cpu.mmio[0x200..0x208].copy_from_slice(&orig[0].to_le_bytes());
+        cpu.mmio[0x208..0x210].copy_from_slice(&orig[1].to_le_bytes());
+        cpu.gpr[0] = rax0;
+        cpu.gpr[2] = rdx0;
+        cpu.gpr[3] = rbx;
+        cpu.gpr[1] = rcx;
+        cpu.rflags = f0;
+        let mut emu = Emulator::new();
+        assert_eq!(run(&mut emu, &mut cpu), Outcome::Done);
+        assert_eq!(
+            [cpu.mmio_u64(0x200), cpu.mmio_u64(0x208)],
+            m.0,
+            "cmpxchg16b memory"
+        );
+        assert_eq!((cpu.gpr[0], cpu.gpr[2]), (rax, rdx), "cmpxchg16b rdx:rax");
+        assert_eq!(cpu.rflags & ZF, f & ZF);
+
+        // cmpxchg8b in 64-bit mode (32-bit halves, zero-extended on failure).
+        let mut m8: u64 = rng.operand();
+        let orig8 = m8;
+        let (mut eax, mut edx) = if i % 2 == 0 {
+            (orig8 & 0xffff_ffff, orig8 >> 32)
+        } else {
+            (rng.operand(), rng.operand())
+        };
+        let (eax0, edx0) = (eax, edx);
+        let (ebx, ecx) = (rng.next(), rng.next());
+        let mut f = f0;
+        // SAFETY: `m8` is a live 8-byte buffer; rbx is saved around the use.
+        unsafe {
+            asm!(
+                "xchg rsi, rbx",
+                "push rdi",
+                "popfq",
+                "cmpxchg8b qword ptr [r8]",
+                "pushfq",
+                "pop rdi",
+                "xchg rsi, rbx",
+                in("r8") &mut m8 as *mut u64,
+                inout("rsi") ebx => _,
+                inout("rdi") f,
+                inout("rax") eax,
+                inout("rdx") edx,
+                in("rcx") ecx,
+            );
+        }
+        let mut cpu = TestCpu::new(Mode::Long64);
+        cpu.code(&[0x0f, 0xc7, 0x0e]); // cmpxchg8b [rsi]
+        cpu.gpr[6] = MMIO + 0x300;
+        cpu.mmio[0x300..0x308].copy_from_slice(&orig8.to_le_bytes());
+        cpu.gpr[0] = eax0;
+        cpu.gpr[2] = edx0;
+        cpu.gpr[3] = ebx;
+        cpu.gpr[1] = ecx;
+        cpu.rflags = f0;
+        let mut emu = Emulator::new();
+        assert_eq!(run(&mut emu, &mut cpu), Outcome::Done);
+        assert_eq!(cpu.mmio_u64(0x300), m8, "cmpxchg8b memory");
+        assert_eq!((cpu.gpr[0], cpu.gpr[2]), (eax, edx), "cmpxchg8b edx:eax");
+        assert_eq!(cpu.rflags & ZF, f & ZF);
+
+        // movbe load at 2/4/8 bytes.
+        let v = rng.operand();
+        for (size, code) in [
+            (2u8, &[0x66, 0x0f, 0x38, 0xf0, 0x06][..]),
+            (4, &[0x0f, 0x38, 0xf0, 0x06]),
+            (8, &[0x48, 0x0f, 0x38, 0xf0, 0x06]),
+        ] {
+            let dst0 = rng.next();
+            let host = match size {
+                2 => {
+                    let mut r = dst0;
+                    let src = v as u16;
+                    // SAFETY: reads a live local.
+                    unsafe {
+                        asm!("movbe {r:x}, word ptr [{p}]", r = inout(reg) r, p = in(reg) &src as *const u16)
+                    };
+                    r
+                }
+                4 => {
+                    let mut r = dst0;
+                    let src = v as u32;
+                    // SAFETY: reads a live local.
+                    unsafe {
+                        asm!("movbe {r:e}, dword ptr [{p}]", r = inout(reg) r, p = in(reg) &src as *const u32)
+                    };
+                    r
+                }
+                _ => {
+                    let mut r = dst0;
+                    // SAFETY: reads a live local.
+                    unsafe {
+                        asm!("movbe {r}, qword ptr [{p}]", r = inout(reg) r, p = in(reg) &v as *const u64)
+                    };
+                    r
+                }
+            };
+            let mut cpu = TestCpu::new(Mode::Long64);
+            cpu.code(code);
+            cpu.gpr[6] = MMIO + 0x400;
+            cpu.mmio[0x400..0x408].copy_from_slice(&v.to_le_bytes());
+            cpu.gpr[0] = dst0;
+            let mut emu = Emulator::new();
+            assert_eq!(run(&mut emu, &mut cpu), Outcome::Done);
+            assert_eq!(cpu.gpr[0], host, "movbe size {size}");
         }
     }
 }

@@ -5,9 +5,9 @@
 use emulate::{Access, Cpu, Emulator, Exit, Mem, Outcome, PageFault, Seg, Segment};
 use std::collections::HashSet;
 
-pub const RAM_SIZE: usize = 0x20_0000;
+pub const RAM_SIZE: usize = 0x2_0000;
 /// Two MMIO pages: linear = physical.
-pub const MMIO: u64 = 0x10_0000;
+pub const MMIO: u64 = 0x2_0000;
 pub const MMIO_LEN: u64 = 0x2000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,9 +69,24 @@ fn seg(base: u64, limit: u32, typ: u8, db: bool, l: bool) -> Segment {
 impl TestCpu {
     pub fn new(mode: Mode) -> TestCpu {
         let (cr0, efer, cs, data) = match mode {
-            Mode::Real => (0, 0, seg(0, 0xffff, 0xb, false, false), seg(0, 0xffff, 3, false, false)),
-            Mode::Prot16 => (1, 0, seg(0, 0xfffff, 0xb, false, false), seg(0, 0xffff_ffff, 3, false, false)),
-            Mode::Prot32 => (1, 0, seg(0, 0xffff_ffff, 0xb, true, false), seg(0, 0xffff_ffff, 3, true, false)),
+            Mode::Real => (
+                0,
+                0,
+                seg(0, 0xffff, 0xb, false, false),
+                seg(0, 0xffff, 3, false, false),
+            ),
+            Mode::Prot16 => (
+                1,
+                0,
+                seg(0, 0xfffff, 0xb, false, false),
+                seg(0, 0xffff_ffff, 3, false, false),
+            ),
+            Mode::Prot32 => (
+                1,
+                0,
+                seg(0, 0xffff_ffff, 0xb, true, false),
+                seg(0, 0xffff_ffff, 3, true, false),
+            ),
             Mode::Long64 => (
                 0x8000_0001,
                 0x500,
@@ -95,7 +110,9 @@ impl TestCpu {
             cpl: 0,
             xmm: [[0; 16]; 16],
             ram: vec![0; RAM_SIZE],
-            mmio: (0..MMIO_LEN).map(|i| (i as u8).wrapping_mul(7).wrapping_add(1)).collect(),
+            mmio: (0..MMIO_LEN)
+                .map(|i| (i as u8).wrapping_mul(7).wrapping_add(1))
+                .collect(),
             not_present: HashSet::new(),
             read_only: HashSet::new(),
             in_kernel: false,
@@ -115,7 +132,11 @@ impl TestCpu {
     }
 
     pub fn mmio_u64(&self, off: u64) -> u64 {
-        u64::from_le_bytes(self.mmio[off as usize..off as usize + 8].try_into().unwrap())
+        u64::from_le_bytes(
+            self.mmio[off as usize..off as usize + 8]
+                .try_into()
+                .unwrap(),
+        )
     }
 
     pub fn ram_u64(&self, at: u64) -> u64 {
@@ -135,20 +156,32 @@ impl TestCpu {
             ec |= 16;
         }
         if self.not_present.contains(&page) {
-            return Err(PageFault { error_code: ec, address: la });
+            return Err(PageFault {
+                error_code: ec,
+                address: la,
+            });
         }
         if write && self.read_only.contains(&page) {
-            return Err(PageFault { error_code: ec | 1, address: la });
+            return Err(PageFault {
+                error_code: ec | 1,
+                address: la,
+            });
         }
         if (MMIO..MMIO + MMIO_LEN).contains(&la) {
             return Ok(Some(la));
         }
-        assert!((la as usize) < RAM_SIZE, "test RAM access out of range: {la:#x}");
+        assert!(
+            (la as usize) < RAM_SIZE,
+            "test RAM access out of range: {la:#x}"
+        );
         Ok(None)
     }
 
     fn mmio_off(gpa: u64, len: usize) -> usize {
-        assert!(gpa >= MMIO && gpa + len as u64 <= MMIO + MMIO_LEN, "MMIO {gpa:#x}+{len}");
+        assert!(
+            gpa >= MMIO && gpa + len as u64 <= MMIO + MMIO_LEN,
+            "MMIO {gpa:#x}+{len}"
+        );
         (gpa - MMIO) as usize
     }
 
@@ -169,7 +202,11 @@ impl TestCpu {
             *b = self.port_counter;
             self.port_counter = self.port_counter.wrapping_add(1);
         }
-        self.log.push(Access_::PioIn(port, size, (buf.len() / size as usize) as u32));
+        self.log.push(Access_::PioIn(
+            port,
+            size,
+            (buf.len() / size as usize) as u32,
+        ));
     }
 }
 
@@ -214,7 +251,10 @@ impl Cpu for TestCpu {
         self.xmm[n] = value;
     }
     fn read_linear(&mut self, la: u64, buf: &mut [u8], access: Access) -> Result<Mem, PageFault> {
-        assert!(buf.is_empty() || (la & 0xfff) + buf.len() as u64 <= 0x1000, "read crosses a page");
+        assert!(
+            buf.is_empty() || (la & 0xfff) + buf.len() as u64 <= 0x1000,
+            "read crosses a page"
+        );
         let write = access == Access::ReadForWrite;
         match self.translate(la, write, access == Access::Fetch)? {
             Some(gpa) => Ok(Mem::Mmio(gpa)),
@@ -225,7 +265,10 @@ impl Cpu for TestCpu {
         }
     }
     fn write_linear(&mut self, la: u64, data: &[u8]) -> Result<Mem, PageFault> {
-        assert!(data.is_empty() || (la & 0xfff) + data.len() as u64 <= 0x1000, "write crosses a page");
+        assert!(
+            data.is_empty() || (la & 0xfff) + data.len() as u64 <= 0x1000,
+            "write crosses a page"
+        );
         match self.translate(la, true, false)? {
             Some(gpa) => Ok(Mem::Mmio(gpa)),
             None => {

@@ -576,3 +576,53 @@ fn cmpxchg8b_16b_and_movbe_vs_host() {
         }
     }
 }
+
+/// The register-register forms (`op edx, ecx` style: r/m = RDX, reg = RCX) with full 64-bit
+/// register contents: partial-register merging and 32-bit zero-extension against the host.
+#[test]
+fn register_forms_vs_host() {
+    let ops: &[(Kind, &str)] = &[
+        (Kind::Alu(0x00), "add"),
+        (Kind::Alu(0x18), "sbb"),
+        (Kind::Alu(0x30), "xor"),
+        (Kind::Cmp, "cmp"),
+        (Kind::Test, "test"),
+        (Kind::Xchg, "xchg"),
+        (Kind::Xadd, "xadd"),
+        (Kind::Cmpxchg, "cmpxchg"),
+        (Kind::Inc, "inc"),
+        (Kind::Neg, "neg"),
+        (Kind::Not, "not"),
+    ];
+    let mut rng = Rng(0x7777_1234_abcd_0001);
+    for &(kind, name) in ops {
+        for size in [1u8, 2, 4, 8] {
+            // Same encodings with mod=3 and r/m=RDX instead of [rbx].
+            let mut code = encode(kind, size);
+            let last = code.len() - 1;
+            code[last] = 0xc0 | (code[last] & 0x38) | 2;
+            for i in 0..ITER / 3 {
+                let a = rng.next();
+                let b = rng.next();
+                let acc = if i % 2 == 0 { a } else { rng.next() };
+                let f = 2 | (rng.next() & STATUS);
+                let (hd, hs, hacc, hf) = host(kind, name, size, a, b, acc, f);
+                let mut cpu = TestCpu::new(Mode::Long64);
+                cpu.code(&code);
+                cpu.gpr[2] = a;
+                cpu.gpr[1] = b;
+                cpu.gpr[0] = acc;
+                cpu.rflags = f;
+                let mut emu = Emulator::new();
+                assert_eq!(run(&mut emu, &mut cpu), Outcome::Done);
+                let ctx = format!("{name} reg size {size} a={a:#x} b={b:#x} rax={acc:#x}");
+                assert_eq!(cpu.gpr[2], hd, "dst: {ctx}");
+                assert_eq!(cpu.gpr[1], hs, "src: {ctx}");
+                assert_eq!(cpu.gpr[0], hacc, "rax: {ctx}");
+                let dm = defined(kind, name);
+                assert_eq!(cpu.rflags & dm, hf & dm, "flags: {ctx}");
+                assert!(cpu.log.is_empty());
+            }
+        }
+    }
+}

@@ -19,6 +19,7 @@
 mod guest_memory;
 mod pfec;
 mod regs;
+mod shadow;
 mod walk;
 
 #[cfg(test)]
@@ -31,6 +32,10 @@ pub use pfec::{PageFault, PFEC_I, PFEC_P, PFEC_PK, PFEC_RSVD, PFEC_U, PFEC_W};
 pub use regs::{
     CpuModel, PagingMode, PagingRegs, CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PKE, CR4_PKS,
     CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE,
+};
+pub use shadow::{
+    Error, FaultOutcome, FaultResult, Flush, GuestFrames, HostFrame, RootId, ShadowMmu, MAX_PAGES,
+    MAX_ROOTS, MIN_PAGES,
 };
 pub use walk::{
     level_geometry, load_pdptes, walk, Access, AccessKind, PageSize, PdpteError, Permissions,

@@ -142,7 +142,7 @@ pub struct Translation {
     pub pat_index: u8,
     /// Leaf G flag.
     pub global: bool,
-    /// Leaf D flag after the walk's own update.
+    /// Leaf D flag after the walk's own update (always true when paging is off: no D flag).
     pub dirty: bool,
     /// Guest-physical addresses of the paging-structure pages read, top-down (the PAE PDPT is
     /// not among them: its entries were cached at CR3 load). Empty when paging is off.
@@ -335,7 +335,7 @@ pub fn walk(
             pkey: 0,
             pat_index: 0,
             global: false,
-            dirty: false,
+            dirty: true,
             tables: [0; MAX_WALK_TABLES],
             table_count: 0,
         });

@@ -13,7 +13,12 @@
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
 )]
 
 mod guest_memory;
@@ -30,8 +35,8 @@ mod walk_tests;
 pub use guest_memory::{GuestMemory, NotRam};
 pub use pfec::{PageFault, PFEC_I, PFEC_P, PFEC_PK, PFEC_RSVD, PFEC_U, PFEC_W};
 pub use regs::{
-    CpuModel, PagingMode, PagingRegs, CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PKE, CR4_PKS,
-    CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE,
+    CpuModel, PagingMode, PagingRegs, CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PKE, CR4_PKS, CR4_PSE,
+    CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE,
 };
 pub use shadow::{
     Error, FaultOutcome, FaultResult, Flush, GuestFrames, HostFrame, RootId, ShadowMmu, MAX_PAGES,
@@ -39,6 +44,6 @@ pub use shadow::{
 };
 pub use walk::{
     level_geometry, load_pdptes, walk, Access, AccessKind, PageSize, PdpteError, Permissions,
-    Translation, WalkError, MAX_WALK_TABLES, PTE_A, PTE_D, PTE_G, PTE_P, PTE_PAT_4K,
-    PTE_PAT_LARGE, PTE_PCD, PTE_PS, PTE_PWT, PTE_RW, PTE_US, PTE_XD,
+    Translation, WalkError, MAX_WALK_TABLES, PTE_A, PTE_D, PTE_G, PTE_P, PTE_PAT_4K, PTE_PAT_LARGE,
+    PTE_PCD, PTE_PS, PTE_PWT, PTE_RW, PTE_US, PTE_XD,
 };

@@ -58,7 +58,10 @@ impl PagingMode {
 
     /// True for the modes whose entries are 64 bits wide and may carry XD (PAE, 4- and 5-level).
     pub fn is_pae_format(self) -> bool {
-        matches!(self, PagingMode::Pae | PagingMode::Level4 | PagingMode::Level5)
+        matches!(
+            self,
+            PagingMode::Pae | PagingMode::Level4 | PagingMode::Level5
+        )
     }
 
     /// True in IA-32e mode (4-level or 5-level paging).
@@ -121,6 +124,9 @@ impl CpuModel {
 
 impl Default for CpuModel {
     fn default() -> Self {
-        CpuModel { max_phys_addr: 46, gbpages: true }
+        CpuModel {
+            max_phys_addr: 46,
+            gbpages: true,
+        }
     }
 }

@@ -39,7 +39,10 @@ impl TestMem {
         let w = self.word(gpa & !7).unwrap();
         let shift = (gpa & 4) * 8;
         let old = w.load(Ordering::SeqCst);
-        w.store((old & !(0xFFFF_FFFFu64 << shift)) | (u64::from(v) << shift), Ordering::SeqCst);
+        w.store(
+            (old & !(0xFFFF_FFFFu64 << shift)) | (u64::from(v) << shift),
+            Ordering::SeqCst,
+        );
     }
 
     pub fn read64(&self, gpa: u64) -> u64 {
@@ -49,10 +52,6 @@ impl TestMem {
     pub fn read32(&self, gpa: u64) -> u32 {
         (self.read64(gpa & !7) >> ((gpa & 4) * 8)) as u32
     }
-
-    pub fn is_ram(&self, gpa: u64) -> bool {
-        self.pages.contains_key(&(gpa & !0xFFF))
-    }
 }
 
 impl GuestMemory for TestMem {
@@ -61,6 +60,9 @@ impl GuestMemory for TestMem {
     }
 
     fn cmpxchg_u64(&self, gpa: u64, old: u64, new: u64) -> Result<bool, NotRam> {
-        Ok(self.word(gpa)?.compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst).is_ok())
+        Ok(self
+            .word(gpa)?
+            .compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok())
     }
 }

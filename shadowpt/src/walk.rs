@@ -73,12 +73,24 @@ pub struct Access {
 impl Access {
     /// An explicit access at `cpl` with RFLAGS.AC = `ac`, updating A/D flags.
     pub fn new(kind: AccessKind, cpl: u8, ac: bool) -> Self {
-        Access { kind, cpl, implicit: false, ac, update_ad: true }
+        Access {
+            kind,
+            cpl,
+            implicit: false,
+            ac,
+            update_ad: true,
+        }
     }
 
     /// An implicit supervisor-mode access (descriptor tables, TSS), updating A/D flags.
     pub fn implicit(kind: AccessKind) -> Self {
-        Access { kind, cpl: 0, implicit: true, ac: false, update_ad: true }
+        Access {
+            kind,
+            cpl: 0,
+            implicit: true,
+            ac: false,
+            update_ad: true,
+        }
     }
 
     /// True for a user-mode access: CPL 3 and not implicit (SDM §4.6.1).
@@ -154,7 +166,9 @@ pub struct Translation {
 impl Translation {
     /// The paging-structure pages read, top-down.
     pub fn tables(&self) -> &[u64] {
-        self.tables.get(..usize::from(self.table_count)).unwrap_or(&[])
+        self.tables
+            .get(..usize::from(self.table_count))
+            .unwrap_or(&[])
     }
 }
 
@@ -195,11 +209,26 @@ struct Level {
 /// Levels walked in memory for a mode, top-down (the PAE PDPT comes from the cache).
 fn levels(mode: PagingMode) -> &'static [Level] {
     const fn l64(number: u8) -> Level {
-        Level { shift: 12 + 9 * (number as u32 - 1), index_mask: 511, entry_bytes: 8, number }
+        Level {
+            shift: 12 + 9 * (number as u32 - 1),
+            index_mask: 511,
+            entry_bytes: 8,
+            number,
+        }
     }
     const L32: [Level; 2] = [
-        Level { shift: 22, index_mask: 1023, entry_bytes: 4, number: 2 },
-        Level { shift: 12, index_mask: 1023, entry_bytes: 4, number: 1 },
+        Level {
+            shift: 22,
+            index_mask: 1023,
+            entry_bytes: 4,
+            number: 2,
+        },
+        Level {
+            shift: 12,
+            index_mask: 1023,
+            entry_bytes: 4,
+            number: 1,
+        },
     ];
     const L5: [Level; 5] = [l64(5), l64(4), l64(3), l64(2), l64(1)];
     match mode {
@@ -214,13 +243,19 @@ fn levels(mode: PagingMode) -> &'static [Level] {
 /// Linear-address index and shift facts of each guest level, for callers tracking dependencies:
 /// `(shift, index_mask, entry_bytes)` top-down, in the same order as [`Translation::tables`].
 pub fn level_geometry(mode: PagingMode) -> impl Iterator<Item = (u32, u64, u64)> {
-    levels(mode).iter().map(|l| (l.shift, l.index_mask, l.entry_bytes))
+    levels(mode)
+        .iter()
+        .map(|l| (l.shift, l.index_mask, l.entry_bytes))
 }
 
 /// Reads the entry of `bytes` (4 or 8) at `gpa` through the aligned 64-bit word containing it.
 fn read_entry(mem: &dyn GuestMemory, gpa: u64, bytes: u64) -> Result<u64, NotRam> {
     let word = mem.read_u64(gpa & !7).map_err(|_| NotRam { gpa })?;
-    Ok(if bytes == 4 { (word >> ((gpa & 4) * 8)) & 0xFFFF_FFFF } else { word })
+    Ok(if bytes == 4 {
+        (word >> ((gpa & 4) * 8)) & 0xFFFF_FFFF
+    } else {
+        word
+    })
 }
 
 /// Sets `bits` in the entry at `gpa` if it still equals `old`. Ok(false) when it changed.
@@ -291,7 +326,11 @@ fn reserved_bits(mode: PagingMode, level: u8, ps: bool, nxe: bool, cpu: &CpuMode
         }
         return Some(0);
     }
-    let high = if mode == PagingMode::Pae { bits(62, m) } else { bits(51, m) };
+    let high = if mode == PagingMode::Pae {
+        bits(62, m)
+    } else {
+        bits(51, m)
+    };
     let xd = if nxe { 0 } else { PTE_XD };
     let large = match (level, ps) {
         (_, false) => 0,
@@ -331,7 +370,11 @@ pub fn walk(
         return Ok(Translation {
             gpa: la & 0xFFFF_FFFF,
             page_size: PageSize::Size4K,
-            perms: Permissions { user: true, writable: true, executable: true },
+            perms: Permissions {
+                user: true,
+                writable: true,
+                executable: true,
+            },
             pkey: 0,
             pat_index: 0,
             global: false,
@@ -346,10 +389,14 @@ pub fn walk(
         let (pkey, pk_fault) = protection_key(regs, mode, access, &w);
         if let Some(ec) = rights_violation(regs, access, &w.perms) {
             let pk = if pk_fault { PFEC_PK } else { 0 };
-            return Err(WalkError::PageFault(PageFault { error_code: ec | base_ec | pk }));
+            return Err(WalkError::PageFault(PageFault {
+                error_code: ec | base_ec | pk,
+            }));
         }
         if pk_fault {
-            return Err(WalkError::PageFault(PageFault { error_code: PFEC_P | PFEC_PK | base_ec }));
+            return Err(WalkError::PageFault(PageFault {
+                error_code: PFEC_P | PFEC_PK | base_ec,
+            }));
         }
         let write = access.kind == AccessKind::Write;
         if access.update_ad && !set_accessed_dirty(mem, &w, write).map_err(WalkError::NotRam)? {
@@ -357,7 +404,11 @@ pub fn walk(
         }
         let leaf = w.leaf;
         let large = w.page_size != PageSize::Size4K;
-        let pat = if large { leaf & PTE_PAT_LARGE != 0 } else { leaf & PTE_PAT_4K != 0 };
+        let pat = if large {
+            leaf & PTE_PAT_LARGE != 0
+        } else {
+            leaf & PTE_PAT_4K != 0
+        };
         return Ok(Translation {
             gpa: w.gpa,
             page_size: w.page_size,
@@ -399,8 +450,12 @@ fn walk_once(
 ) -> Result<Walked, WalkError> {
     let mode = regs.mode();
     let nxe = regs.nx_enabled();
-    let not_present = WalkError::PageFault(PageFault { error_code: base_ec });
-    let rsvd = WalkError::PageFault(PageFault { error_code: base_ec | PFEC_P | PFEC_RSVD });
+    let not_present = WalkError::PageFault(PageFault {
+        error_code: base_ec,
+    });
+    let rsvd = WalkError::PageFault(PageFault {
+        error_code: base_ec | PFEC_P | PFEC_RSVD,
+    });
     let addr_mask = cpu.addr_mask();
     let mut table = match mode {
         PagingMode::Bits32 => regs.cr3 & 0xFFFF_F000,
@@ -420,7 +475,11 @@ fn walk_once(
     let mut w = Walked {
         gpa: 0,
         page_size: PageSize::Size4K,
-        perms: Permissions { user: true, writable: true, executable: true },
+        perms: Permissions {
+            user: true,
+            writable: true,
+            executable: true,
+        },
         leaf: 0,
         used: [(0, 0, 0); MAX_WALK_TABLES],
         used_count: 0,
@@ -444,7 +503,8 @@ fn walk_once(
         w.perms.user &= e & PTE_US != 0;
         w.perms.writable &= e & PTE_RW != 0;
         w.perms.executable &= !(nxe && e & PTE_XD != 0);
-        if let (Some(slot), Some(t)) = (w.used.get_mut(w.used_count), w.tables.get_mut(w.used_count))
+        if let (Some(slot), Some(t)) =
+            (w.used.get_mut(w.used_count), w.tables.get_mut(w.used_count))
         {
             *slot = (entry_gpa, e, lv.entry_bytes);
             *t = table;
@@ -473,7 +533,10 @@ fn leaf_frame(mode: PagingMode, level: u8, e: u64, addr_mask: u64) -> (PageSize,
         (PagingMode::Bits32, _) => {
             // PSE-36: bits 20:13 hold physical-address bits 39:32 (bits beyond MAXPHYADDR
             // are reserved and already rejected).
-            (PageSize::Size4M, (e & 0xFFC0_0000) | (((e >> 13) & 0xFF) << 32))
+            (
+                PageSize::Size4M,
+                (e & 0xFFC0_0000) | (((e >> 13) & 0xFF) << 32),
+            )
         }
         (_, 1) => (PageSize::Size4K, e & addr_mask),
         (_, 2) => (PageSize::Size2M, e & addr_mask & !((1 << 21) - 1)),
@@ -489,7 +552,11 @@ fn rights_violation(regs: &PagingRegs, access: &Access, perms: &Permissions) -> 
     let user = access.is_user();
     let allowed = match access.kind {
         AccessKind::Fetch => {
-            let mode_ok = if user { perms.user } else { !(smep && perms.user) };
+            let mode_ok = if user {
+                perms.user
+            } else {
+                !(smep && perms.user)
+            };
             mode_ok && perms.executable
         }
         AccessKind::Read => {
@@ -535,8 +602,8 @@ fn protection_key(regs: &PagingRegs, mode: PagingMode, access: &Access, w: &Walk
     let rights = reg >> (2 * u32::from(pkey));
     let access_disabled = rights & 1 != 0;
     let write_disabled = rights & 2 != 0;
-    let write_checked = access.kind == AccessKind::Write
-        && (access.is_user() || regs.cr0 & CR0_WP != 0);
+    let write_checked =
+        access.kind == AccessKind::Write && (access.is_user() || regs.cr0 & CR0_WP != 0);
     (pkey, access_disabled || (write_disabled && write_checked))
 }
 

@@ -12,11 +12,19 @@ const PS: u64 = PTE_PS;
 const XD: u64 = PTE_XD;
 
 fn cpu() -> CpuModel {
-    CpuModel { max_phys_addr: 46, gbpages: true }
+    CpuModel {
+        max_phys_addr: 46,
+        gbpages: true,
+    }
 }
 
 fn r32(cr4: u64) -> PagingRegs {
-    PagingRegs { cr0: CR0_PG | CR0_WP, cr3: 0x1000, cr4, ..Default::default() }
+    PagingRegs {
+        cr0: CR0_PG | CR0_WP,
+        cr3: 0x1000,
+        cr4,
+        ..Default::default()
+    }
 }
 
 fn rpae(mem: &TestMem, efer: u64) -> PagingRegs {
@@ -95,7 +103,10 @@ fn bits32_4k_translation_sets_accessed_then_dirty() {
     assert!(!t.dirty);
     let t = ok(&mem, &regs, wr(3), 0x0040_3123);
     assert!(t.dirty);
-    assert_eq!(mem.read32(0x200C), 0x0055_5000 | (P | RW | US | A | D) as u32);
+    assert_eq!(
+        mem.read32(0x200C),
+        0x0055_5000 | (P | RW | US | A | D) as u32
+    );
     // D is never set in a non-leaf entry.
     assert_eq!(mem.read32(0x1004), 0x2000 | (P | RW | US | A) as u32);
 }
@@ -116,7 +127,10 @@ fn bits32_ps_ignored_without_cr4_pse() {
 fn bits32_pse36_large_page() {
     let mut mem = TestMem::new();
     // PDE 1: frame 0x0840_0000, bits 39:32 = 0x05 in PDE bits 20:13, PAT (bit 12), dirty write.
-    mem.write32(0x1004, 0x0840_0000 | (0x05 << 13) | (1 << 12) | (P | RW | PS) as u32);
+    mem.write32(
+        0x1004,
+        0x0840_0000 | (0x05 << 13) | (1 << 12) | (P | RW | PS) as u32,
+    );
     let regs = r32(CR4_PSE);
     let t = ok(&mem, &regs, wr(0), 0x0043_2100);
     assert_eq!(t.gpa, 0x5_0843_2100);
@@ -125,15 +139,32 @@ fn bits32_pse36_large_page() {
     assert_eq!(mem.read32(0x1004) as u64 & (A | D), A | D);
     // MAXPHYADDR 36: bit 36 of the address (PDE bit 17) is reserved.
     mem.write32(0x1004, 0x0840_0000 | (0x10 << 13) | (P | RW | PS) as u32);
-    let c36 = CpuModel { max_phys_addr: 36, gbpages: false };
+    let c36 = CpuModel {
+        max_phys_addr: 36,
+        gbpages: false,
+    };
     let e = walk(&mem, &regs, &c36, &rd(0), 0x0040_0000);
-    assert_eq!(e, Err(WalkError::PageFault(PageFault { error_code: PFEC_P | PFEC_RSVD })));
+    assert_eq!(
+        e,
+        Err(WalkError::PageFault(PageFault {
+            error_code: PFEC_P | PFEC_RSVD
+        }))
+    );
     // ... but fine with MAXPHYADDR 40.
-    let c40 = CpuModel { max_phys_addr: 40, gbpages: false };
-    assert_eq!(walk(&mem, &regs, &c40, &rd(0), 0x0040_0000).unwrap().gpa, 0x10_0840_0000);
+    let c40 = CpuModel {
+        max_phys_addr: 40,
+        gbpages: false,
+    };
+    assert_eq!(
+        walk(&mem, &regs, &c40, &rd(0), 0x0040_0000).unwrap().gpa,
+        0x10_0840_0000
+    );
     // Bit 21 is always reserved in a 4 MiB PDE.
     mem.write32(0x1004, 0x0840_0000 | (1 << 21) | (P | PS) as u32);
-    assert_eq!(pf(&mem, &regs, wr(3), 0x0040_0000), PFEC_P | PFEC_RSVD | PFEC_W | PFEC_U);
+    assert_eq!(
+        pf(&mem, &regs, wr(3), 0x0040_0000),
+        PFEC_P | PFEC_RSVD | PFEC_W | PFEC_U
+    );
 }
 
 #[test]
@@ -193,7 +224,10 @@ fn pae_4k_and_2m_pages() {
     assert_eq!(mem.read64(0x3008), 0x1_0060_0000 | P | RW | US | PS | A | D);
     // Bits 20:13 of a 2 MiB PDE are reserved.
     mem.write64(0x3008, 0x1_0060_0000 | (1 << 13) | P | RW | US | PS);
-    assert_eq!(pf(&mem, &regs, rd(3), 0xC020_1ABC), PFEC_P | PFEC_RSVD | PFEC_U);
+    assert_eq!(
+        pf(&mem, &regs, rd(3), 0xC020_1ABC),
+        PFEC_P | PFEC_RSVD | PFEC_U
+    );
 }
 
 #[test]
@@ -225,7 +259,11 @@ fn pae_pdptes_are_cached_and_checked_at_load() {
     // Reserved bits in a present PDPTE (bits 2:1, 8:5, 63:M) fail the load (#GP).
     for bad in [RW, US, A, 1 << 8, 1 << 50, XD] {
         mem.write64(0x1038, 0x3000 | P | bad);
-        assert_eq!(load_pdptes(&mem, 0x1020, &cpu()), Err(PdpteError::ReservedBit), "{bad:#x}");
+        assert_eq!(
+            load_pdptes(&mem, 0x1020, &cpu()),
+            Err(PdpteError::ReservedBit),
+            "{bad:#x}"
+        );
     }
     // Reserved bits in a not-present PDPTE do not matter.
     mem.write64(0x1038, 0x3000 | RW);
@@ -259,7 +297,16 @@ fn level4_4k_translation_and_ad_bits() {
     }
     assert_eq!(mem.read64(0x4018) & (A | D), A | D);
     // Upper address bits (sign extension) are not used by the 4-level walk.
-    assert_eq!(ok(&mem, &regs, rd(0), 0xFFFF_7F80_4020_3456 & 0x0000_FFFF_FFFF_FFFF).gpa, 0xABC456);
+    assert_eq!(
+        ok(
+            &mem,
+            &regs,
+            rd(0),
+            0xFFFF_7F80_4020_3456 & 0x0000_FFFF_FFFF_FFFF
+        )
+        .gpa,
+        0xABC456
+    );
 }
 
 #[test]
@@ -267,17 +314,25 @@ fn level4_large_pages_and_their_reserved_bits() {
     let mut mem = setup_4level();
     let regs = r64(0, EFER_NXE);
     // 1 GiB page.
-    mem.write64(0x2008, 0x40_0000_0000 | P | RW | US | PS | PTE_PAT_LARGE | PTE_PCD);
+    mem.write64(
+        0x2008,
+        0x40_0000_0000 | P | RW | US | PS | PTE_PAT_LARGE | PTE_PCD,
+    );
     let t = ok(&mem, &regs, rd(3), LA4);
     assert_eq!(t.page_size, PageSize::Size1G);
     assert_eq!(t.gpa, 0x40_0020_3456);
     assert_eq!(t.pat_index, 0b110);
     assert_eq!(t.tables(), &[0x1000, 0x2000]);
     // Without 1 GiB page support, PS in a PDPTE is reserved.
-    let c = CpuModel { max_phys_addr: 46, gbpages: false };
+    let c = CpuModel {
+        max_phys_addr: 46,
+        gbpages: false,
+    };
     assert_eq!(
         walk(&mem, &regs, &c, &rd(3), LA4),
-        Err(WalkError::PageFault(PageFault { error_code: PFEC_P | PFEC_RSVD | PFEC_U }))
+        Err(WalkError::PageFault(PageFault {
+            error_code: PFEC_P | PFEC_RSVD | PFEC_U
+        }))
     );
     // Bits 29:13 of a 1 GiB PDPTE are reserved.
     mem.write64(0x2008, 0x40_0000_0000 | (1 << 29) | P | RW | US | PS);
@@ -289,24 +344,34 @@ fn level4_large_pages_and_their_reserved_bits() {
     assert_eq!((t.page_size, t.gpa), (PageSize::Size2M, 0x0060_3456));
     // PS in a PML4E is reserved; so is it in a PML5E.
     mem.write64(0x1000 + 255 * 8, 0x2000 | P | RW | US | PS);
-    assert_eq!(pf(&mem, &regs, fx(3), LA4), PFEC_P | PFEC_RSVD | PFEC_U | PFEC_I);
+    assert_eq!(
+        pf(&mem, &regs, fx(3), LA4),
+        PFEC_P | PFEC_RSVD | PFEC_U | PFEC_I
+    );
 }
 
 #[test]
 fn level4_maxphyaddr_and_ignored_bits() {
     let mut mem = setup_4level();
     let regs = r64(0, 0);
-    let c36 = CpuModel { max_phys_addr: 36, gbpages: true };
+    let c36 = CpuModel {
+        max_phys_addr: 36,
+        gbpages: true,
+    };
     // Bit 40 is beyond MAXPHYADDR 36: reserved in any level.
     mem.write64(0x3008, 0x4000 | (1 << 40) | P | RW | US);
     assert_eq!(
         walk(&mem, &regs, &c36, &wr(0), LA4),
-        Err(WalkError::PageFault(PageFault { error_code: PFEC_P | PFEC_RSVD | PFEC_W }))
+        Err(WalkError::PageFault(PageFault {
+            error_code: PFEC_P | PFEC_RSVD | PFEC_W
+        }))
     );
     // With MAXPHYADDR 46 the same bit is an address bit (the table is then not RAM).
     assert_eq!(
         walk(&mem, &regs, &cpu(), &wr(0), LA4),
-        Err(WalkError::NotRam(NotRam { gpa: 0x100_0000_4018 }))
+        Err(WalkError::NotRam(NotRam {
+            gpa: 0x100_0000_4018
+        }))
     );
     // Bits 58:52 are ignored; bit 63 is reserved without NXE.
     mem.write64(0x3008, 0x4000 | (0x7F << 52) | P | RW | US);
@@ -356,7 +421,14 @@ fn user_supervisor_and_read_write_rights() {
     assert_eq!(pf(&mem, &regs, fx(3), LA4), PFEC_P | PFEC_U | PFEC_I);
     assert!(!ok(&mem, &regs, rd(0), LA4).perms.user);
     // Implicit supervisor access at CPL 3 is a supervisor access.
-    assert!(walk(&mem, &regs, &cpu(), &Access::implicit(AccessKind::Read), LA4).is_ok());
+    assert!(walk(
+        &mem,
+        &regs,
+        &cpu(),
+        &Access::implicit(AccessKind::Read),
+        LA4
+    )
+    .is_ok());
     // Read-only (R/W = 0 in an upper level).
     let mem = perm_mem(US, RW | US);
     assert_eq!(pf(&mem, &regs, wr(3), LA4), PFEC_P | PFEC_W | PFEC_U);
@@ -425,7 +497,10 @@ fn protection_keys() {
     assert_eq!(ok(&mem, &regs, fx(3), LA4).pkey, 5);
     regs.pkru = 2 << (2 * key); // WD5
     ok(&mem, &regs, rd(3), LA4);
-    assert_eq!(pf(&mem, &regs, wr(3), LA4), PFEC_P | PFEC_W | PFEC_U | PFEC_PK);
+    assert_eq!(
+        pf(&mem, &regs, wr(3), LA4),
+        PFEC_P | PFEC_W | PFEC_U | PFEC_PK
+    );
     assert_eq!(pf(&mem, &regs, wr(0), LA4), PFEC_P | PFEC_W | PFEC_PK);
     let mut nowp = regs;
     nowp.cr0 &= !CR0_WP;
@@ -439,7 +514,10 @@ fn protection_keys() {
     // A key violation together with a rights violation: both reported.
     let mem = perm_mem(US, US | (key << 59));
     regs.pkru = 2 << (2 * key);
-    assert_eq!(pf(&mem, &regs, wr(3), LA4), PFEC_P | PFEC_W | PFEC_U | PFEC_PK);
+    assert_eq!(
+        pf(&mem, &regs, wr(3), LA4),
+        PFEC_P | PFEC_W | PFEC_U | PFEC_PK
+    );
     // Supervisor pages use PKRS under CR4.PKS.
     let mem = perm_mem(RW, RW | (key << 59));
     let mut pks = r64(CR4_PKS, 0);
@@ -474,7 +552,10 @@ impl GuestMemory for Racy {
 #[test]
 fn lost_ad_races_end_in_contended() {
     let mem = Racy(setup_4level());
-    assert_eq!(walk(&mem, &r64(0, 0), &cpu(), &rd(0), LA4), Err(WalkError::Contended));
+    assert_eq!(
+        walk(&mem, &r64(0, 0), &cpu(), &rd(0), LA4),
+        Err(WalkError::Contended)
+    );
     // Already-set A flags need no exchange.
     let m = setup_4level();
     ok(&m, &r64(0, 0), rd(0), LA4);

@@ -1,8 +1,8 @@
 //! Descriptors of shadow page tables (the leaf level), stored in metadata pages from
 //! [`TableMemory`]: no heap. 64 descriptors of 8 words per page.
 
-use ept::TableMemory;
 use core::sync::atomic::Ordering;
+use ept::TableMemory;
 
 /// Descriptors per metadata page.
 const DESCS_PER_PAGE: usize = 64;
@@ -51,7 +51,10 @@ pub(crate) struct DescStore {
 
 impl DescStore {
     pub const fn new() -> Self {
-        DescStore { pages: [0; MAX_META_PAGES], count: 0 }
+        DescStore {
+            pages: [0; MAX_META_PAGES],
+            count: 0,
+        }
     }
 
     /// Number of slots available in allocated pages.
@@ -71,7 +74,10 @@ impl DescStore {
 
     fn load(&self, tm: &dyn TableMemory, slot: usize, w: usize) -> u64 {
         match self.word(slot, w) {
-            Some((page, i)) => tm.entries(page).get(i).map_or(0, |a| a.load(Ordering::Relaxed)),
+            Some((page, i)) => tm
+                .entries(page)
+                .get(i)
+                .map_or(0, |a| a.load(Ordering::Relaxed)),
             None => 0,
         }
     }
@@ -110,7 +116,12 @@ impl DescStore {
     /// Writes descriptor `slot`.
     pub fn set(&self, tm: &dyn TableMemory, slot: usize, d: &Desc) {
         self.store(tm, slot, 0, d.pt | (d.flags & 0xFFF));
-        self.store(tm, slot, 1, u64::from(d.root) | (u64::from(d.chain_len) << 8));
+        self.store(
+            tm,
+            slot,
+            1,
+            u64::from(d.root) | (u64::from(d.chain_len) << 8),
+        );
         self.store(tm, slot, 2, d.region);
         for (k, c) in d.chain.iter().enumerate() {
             self.store(tm, slot, 3 + k, *c);
@@ -152,6 +163,9 @@ impl DescStore {
     pub fn take_pages(&mut self) -> impl Iterator<Item = u64> + '_ {
         let n = self.count;
         self.count = 0;
-        self.pages.iter_mut().take(n).map(|p| core::mem::replace(p, 0))
+        self.pages
+            .iter_mut()
+            .take(n)
+            .map(|p| core::mem::replace(p, 0))
     }
 }

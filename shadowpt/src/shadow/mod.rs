@@ -136,7 +136,13 @@ struct RootKey {
 impl RootKey {
     fn from_regs(regs: &PagingRegs, cpu: &CpuModel) -> Self {
         let mode = regs.mode();
-        let mut k = RootKey { mode, table: 0, pdptes: [0; 4], pse: false, nxe: false };
+        let mut k = RootKey {
+            mode,
+            table: 0,
+            pdptes: [0; 4],
+            pse: false,
+            nxe: false,
+        };
         match mode {
             PagingMode::Off => {}
             PagingMode::Bits32 => {
@@ -168,7 +174,13 @@ struct RootSlot {
 }
 
 const EMPTY_ROOT: RootSlot = RootSlot {
-    key: RootKey { mode: PagingMode::Off, table: 0, pdptes: [0; 4], pse: false, nxe: false },
+    key: RootKey {
+        mode: PagingMode::Off,
+        table: 0,
+        pdptes: [0; 4],
+        pse: false,
+        nxe: false,
+    },
     pa: 0,
     pds: [0; 4],
     users: 0,
@@ -201,7 +213,9 @@ fn sidx(la: u64, level: u8) -> usize {
 const REGION: u64 = 1 << 21;
 
 fn load(tm: &dyn TableMemory, pa: u64, i: usize) -> u64 {
-    tm.entries(pa).get(i).map_or(0, |a| a.load(Ordering::Acquire))
+    tm.entries(pa)
+        .get(i)
+        .map_or(0, |a| a.load(Ordering::Acquire))
 }
 
 fn store(tm: &dyn TableMemory, pa: u64, i: usize, v: u64) {
@@ -356,7 +370,13 @@ impl ShadowMmu {
             }
         }
         if let Some(slot) = self.roots.get_mut(idx) {
-            *slot = RootSlot { key, pa, pds, users: 0, last_used: self.tick };
+            *slot = RootSlot {
+                key,
+                pa,
+                pds,
+                users: 0,
+                last_used: self.tick,
+            };
         }
         Ok(idx)
     }
@@ -397,7 +417,9 @@ impl ShadowMmu {
                 }
             }
         }
-        let Some(root) = self.roots.get(idx).copied() else { return };
+        let Some(root) = self.roots.get(idx).copied() else {
+            return;
+        };
         if root.pa == 0 || !root.key.mode.is_long() {
             return; // legacy roots keep their four page directories
         }
@@ -406,7 +428,9 @@ impl ShadowMmu {
         let mut stack = [(root.pa, top, 0usize); 5];
         let mut depth = 1usize;
         while depth > 0 {
-            let Some(&(pa, level, next)) = stack.get(depth - 1) else { break };
+            let Some(&(pa, level, next)) = stack.get(depth - 1) else {
+                break;
+            };
             let child = if level > 2 {
                 (next..512).find(|&i| spte::present(load(tm, pa, i)))
             } else {
@@ -488,7 +512,9 @@ impl ShadowMmu {
 
     /// Number of tables (intermediate + page table) missing on the path to `la`'s leaf.
     fn missing_tables(&self, tm: &dyn TableMemory, idx: usize, la: u64) -> usize {
-        let Some(root) = self.roots.get(idx) else { return 0 };
+        let Some(root) = self.roots.get(idx) else {
+            return 0;
+        };
         let mut table = root.pa;
         let mut level = hw_levels(root.key.mode);
         while level > 1 {
@@ -655,8 +681,7 @@ impl ShadowMmu {
                     // The page table itself: one guest PTE per shadow leaf.
                     let base = (d.region >> 12) & mask;
                     for i in first.max(base)..=last.min(base + 511) {
-                        if self.zap_leaf(tm, slot, &self.descs.get(tm, slot), (i - base) as usize)
-                        {
+                        if self.zap_leaf(tm, slot, &self.descs.get(tm, slot), (i - base) as usize) {
                             flush = Flush::All;
                         }
                     }
@@ -675,7 +700,12 @@ impl ShadowMmu {
 
     /// Guest INVLPG of `la` on a vCPU running on `root` (also INVPCID individual-address with
     /// `root` = each root): zaps the shadow entries of the guest page containing `la`.
-    pub fn invlpg(&mut self, tm: &mut dyn TableMemory, root: RootId, la: u64) -> Result<Flush, Error> {
+    pub fn invlpg(
+        &mut self,
+        tm: &mut dyn TableMemory,
+        root: RootId,
+        la: u64,
+    ) -> Result<Flush, Error> {
         let mode = self.root(root)?.key.mode;
         let la = la & la_mask(mode);
         let depth = level_geometry(mode).count();
@@ -718,7 +748,11 @@ impl ShadowMmu {
     pub fn invpcid_address(&mut self, tm: &mut dyn TableMemory, la: u64) -> Flush {
         let mut flush = Flush::None;
         for idx in 0..MAX_ROOTS {
-            if self.roots.get(idx).is_some_and(|r| r.pa != 0 && r.users > 0) {
+            if self
+                .roots
+                .get(idx)
+                .is_some_and(|r| r.pa != 0 && r.users > 0)
+            {
                 if let Ok(f) = self.invlpg(tm, RootId(idx as u8), la) {
                     flush = flush.merge(f);
                 }
@@ -759,10 +793,22 @@ impl ShadowMmu {
             AccessKind::Read
         };
         let access = if error_code & PFEC_U != 0 {
-            Access { kind, cpl: 3, implicit: false, ac, update_ad: true }
+            Access {
+                kind,
+                cpl: 3,
+                implicit: false,
+                ac,
+                update_ad: true,
+            }
         } else {
             // A supervisor access at CPL 3 can only be implicit.
-            Access { kind, cpl: if cpl == 3 { 0 } else { cpl }, implicit: cpl == 3, ac, update_ad: true }
+            Access {
+                kind,
+                cpl: if cpl == 3 { 0 } else { cpl },
+                implicit: cpl == 3,
+                ac,
+                update_ad: true,
+            }
         };
         let done = |outcome, flush| Ok(FaultResult { outcome, flush });
         let t = match walk(mem, regs, &self.cpu, &access, la) {
@@ -783,7 +829,9 @@ impl ShadowMmu {
         };
         match self.install(tm, frames, idx, &r, &t, la, frame) {
             Ok(Installed::Changed(flush)) => {
-                let outcome = self.write_outcome(tm, kind, &t, frame).unwrap_or(FaultOutcome::Retry);
+                let outcome = self
+                    .write_outcome(tm, kind, &t, frame)
+                    .unwrap_or(FaultOutcome::Retry);
                 done(outcome, flush)
             }
             Ok(Installed::Unchanged(flush)) => {
@@ -797,12 +845,11 @@ impl ShadowMmu {
                     None if error_code & PFEC_P != 0 && wp0_supervisor_write => {
                         FaultOutcome::Emulate { gpa: t.gpa }
                     }
-                    // The hardware faulted on an entry equal to the guest's translation: a
-                    // check only the hardware knew about (SMAP on an implicit access at CPL<3).
-                    None if error_code & PFEC_P != 0 && mode != PagingMode::Off => {
-                        FaultOutcome::InjectPf(error_code)
-                    }
-                    None if error_code & PFEC_P != 0 => FaultOutcome::Emulate { gpa: t.gpa },
+                    // The entry already allows the access as the guest's tables do: a stale
+                    // TLB entry (another vCPU's leaf upgrade) made the fault spurious. Retry
+                    // after a local flush, as KVM does. (An implicit supervisor access at CPL < 3
+                    // with RFLAGS.AC = 1 to a user page, which SMAP blocks, looks the same and
+                    // is retried too: the hardware error code cannot tell implicit accesses.)
                     None => FaultOutcome::Retry,
                 };
                 done(outcome, flush.merge(Flush::Page(la)))
@@ -847,7 +894,9 @@ impl ShadowMmu {
         let region = la & !(REGION - 1);
         let mut flush = Flush::None;
         let existing = self.find_desc(tm, idx, region);
-        let stale = existing.as_ref().is_some_and(|(_, d)| d.chain() != t.tables());
+        let stale = existing
+            .as_ref()
+            .is_some_and(|(_, d)| d.chain() != t.tables());
         // Make room first: nothing below is undone on failure except what we allocated.
         let need = self.missing_tables(tm, idx, la) + usize::from(stale);
         if self.pages + need > self.max_pages {
@@ -975,7 +1024,11 @@ impl ShadowMmu {
     /// Frees every cached root no vCPU holds.
     fn evict_unused_roots(&mut self, tm: &mut dyn TableMemory, frames: &mut dyn GuestFrames) {
         for idx in 0..MAX_ROOTS {
-            if self.roots.get(idx).is_some_and(|r| r.pa != 0 && r.users == 0) {
+            if self
+                .roots
+                .get(idx)
+                .is_some_and(|r| r.pa != 0 && r.users == 0)
+            {
                 self.drop_root(tm, frames, idx);
             }
         }

@@ -3,12 +3,12 @@
 //! walker itself in the host's mode) is checked against the guest walk after every step.
 
 use super::*;
+use crate::pfec::PageFault;
 use crate::regs::*;
 use crate::test_mem::TestMem;
 use crate::walk::*;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use crate::pfec::PageFault;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 
@@ -30,26 +30,37 @@ struct Tables {
 
 impl Tables {
     fn new(fail_every: u64) -> Self {
-        Tables { pages: HashMap::new(), next: 0x100_0000, allocs: 0, fail_every }
+        Tables {
+            pages: HashMap::new(),
+            next: 0x100_0000,
+            allocs: 0,
+            fail_every,
+        }
     }
 }
 
 impl TableMemory for Tables {
     fn alloc_page(&mut self) -> Option<u64> {
         self.allocs += 1;
-        if self.fail_every != 0 && self.allocs % self.fail_every == 0 {
+        if self.fail_every != 0 && self.allocs.is_multiple_of(self.fail_every) {
             return None;
         }
         let pa = self.next;
         self.next += 0x1000;
-        self.pages.insert(pa, Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        self.pages
+            .insert(pa, Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
         Some(pa)
     }
     fn free_page(&mut self, pa: u64) {
-        assert!(self.pages.remove(&pa).is_some(), "free of unknown page {pa:#x}");
+        assert!(
+            self.pages.remove(&pa).is_some(),
+            "free of unknown page {pa:#x}"
+        );
     }
     fn entries(&self, pa: u64) -> &[AtomicU64; 512] {
-        self.pages.get(&pa).unwrap_or_else(|| panic!("entries of unknown page {pa:#x}"))
+        self.pages
+            .get(&pa)
+            .unwrap_or_else(|| panic!("entries of unknown page {pa:#x}"))
     }
 }
 
@@ -72,7 +83,10 @@ struct Frames {
 
 impl Frames {
     fn frame(gpa: u64) -> Option<HostFrame> {
-        (gpa < RAM_END).then_some(HostFrame { hpa: (gpa & !0xFFF) + HPA_OFF, writable: gpa < RO_START })
+        (gpa < RAM_END).then_some(HostFrame {
+            hpa: (gpa & !0xFFF) + HPA_OFF,
+            writable: gpa < RO_START,
+        })
     }
     fn total(&self) -> i64 {
         self.pins.values().sum()
@@ -86,7 +100,10 @@ impl GuestFrames for Frames {
         Some(f)
     }
     fn unpin(&mut self, hpa: u64) {
-        let c = self.pins.get_mut(&hpa).unwrap_or_else(|| panic!("unpin of unpinned {hpa:#x}"));
+        let c = self
+            .pins
+            .get_mut(&hpa)
+            .unwrap_or_else(|| panic!("unpin of unpinned {hpa:#x}"));
         *c -= 1;
         assert!(*c >= 0, "pin count below zero for {hpa:#x}");
         if *c == 0 {
@@ -96,7 +113,10 @@ impl GuestFrames for Frames {
 }
 
 fn cpu() -> CpuModel {
-    CpuModel { max_phys_addr: 46, gbpages: true }
+    CpuModel {
+        max_phys_addr: 46,
+        gbpages: true,
+    }
 }
 
 /// The hardware registers the core would use to run the guest on `root`.
@@ -130,7 +150,12 @@ fn hw_regs(mmu: &ShadowMmu, tm: &Tables, root: RootId, guest: &PagingRegs) -> Pa
 }
 
 /// The guest's translation with no side effects.
-fn oracle(mem: &TestMem, regs: &PagingRegs, acc: &Access, la: u64) -> Result<Translation, WalkError> {
+fn oracle(
+    mem: &TestMem,
+    regs: &PagingRegs,
+    acc: &Access,
+    la: u64,
+) -> Result<Translation, WalkError> {
     let mut a = *acc;
     a.update_ad = false;
     walk(mem, regs, &cpu(), &a, la)
@@ -149,18 +174,27 @@ fn check_coherent(
     let mut leaves = 0i64;
     let zombies = mmu.for_each_leaf(tm, |root, la, e| {
         leaves += 1;
-        let regs = roots.get(&root).expect("leaf in a root the test never selected");
+        let regs = roots
+            .get(&root)
+            .expect("leaf in a root the test never selected");
         let mut plain = *regs;
         plain.cr4 &= !(CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_PKS);
-        let t = oracle(mem, &plain, &Access::new(AccessKind::Read, 0, false), la)
-            .unwrap_or_else(|err| panic!("stale shadow leaf {e:#x} for la {la:#x}: guest says {err:?}"));
+        let t = oracle(mem, &plain, &Access::new(AccessKind::Read, 0, false), la).unwrap_or_else(
+            |err| panic!("stale shadow leaf {e:#x} for la {la:#x}: guest says {err:?}"),
+        );
         let f = Frames::frame(t.gpa).expect("shadow leaf for a non-RAM frame");
         assert_eq!(e & SPTE_ADDR, f.hpa, "la {la:#x}");
         assert_eq!(e & PTE_US != 0, t.perms.user, "U/S of la {la:#x}");
         assert_eq!(e & PTE_XD != 0, !t.perms.executable, "XD of la {la:#x}");
         if e & PTE_RW != 0 {
-            assert!(t.perms.writable && t.dirty && f.writable, "writable leaf for la {la:#x}");
-            assert!(!mmu.is_write_protected(tm, t.gpa), "writable leaf maps a guest page table");
+            assert!(
+                t.perms.writable && t.dirty && f.writable,
+                "writable leaf for la {la:#x}"
+            );
+            assert!(
+                !mmu.is_write_protected(tm, t.gpa),
+                "writable leaf maps a guest page table"
+            );
         }
         if regs.mode().is_long() {
             assert_eq!((e >> 59) & 0xF, u64::from(t.pkey));
@@ -192,7 +226,12 @@ impl Layout {
             PagingMode::Bits32 => vec![(22, &[0, 1, 1023]), (12, &[0, 1, 1023])],
             PagingMode::Pae => vec![(30, &[0, 3]), (21, &[0, 1, 511]), (12, &[0, 1, 511])],
             PagingMode::Level4 => {
-                vec![(39, &[0, 511]), (30, &[0, 1]), (21, &[0, 1, 511]), (12, &[0, 1, 511])]
+                vec![
+                    (39, &[0, 511]),
+                    (30, &[0, 1]),
+                    (21, &[0, 1, 511]),
+                    (12, &[0, 1, 511]),
+                ]
             }
             PagingMode::Level5 => vec![
                 (48, &[0, 1]),
@@ -252,17 +291,25 @@ impl Layout {
         }
         let target = if leaf {
             match pct(28) {
-                0..=59 => 0x10000 + ((v >> 35) % 40) * 0x1000, // RAM
+                0..=59 => 0x10000 + ((v >> 35) % 40) * 0x1000,  // RAM
                 60..=74 => RO_START + ((v >> 35) % 8) * 0x1000, // read-only slot
-                75..=84 => RAM_END + ((v >> 35) % 8) * 0x1000, // MMIO
+                75..=84 => RAM_END + ((v >> 35) % 8) * 0x1000,  // MMIO
                 _ => pool_page(v >> 35),                        // a page table as data
             }
         } else {
             let next = level + 1;
-            let k = if pct(42) < 95 { 1 + 2 * next + (v >> 49) % 2 } else { 1 + (v >> 49) % 12 };
+            let k = if pct(42) < 95 {
+                1 + 2 * next + (v >> 49) % 2
+            } else {
+                1 + (v >> 49) % 12
+            };
             k * 0x1000
         };
-        e |= if leaf && level + 1 < depth { target & !((1u64 << shift) - 1) } else { target };
+        e |= if leaf && level + 1 < depth {
+            target & !((1u64 << shift) - 1)
+        } else {
+            target
+        };
         if self.mode.is_pae_format() && pct(50) < 8 {
             e |= PTE_XD;
         }
@@ -292,7 +339,11 @@ impl Layout {
     }
 
     fn regs(&self, cr3_sel: u64, flags: u64, mem: &TestMem) -> Option<PagingRegs> {
-        let mut r = PagingRegs { cr0: CR0_PG, cr3: pool_page(cr3_sel % 3), ..Default::default() };
+        let mut r = PagingRegs {
+            cr0: CR0_PG,
+            cr3: pool_page(cr3_sel % 3),
+            ..Default::default()
+        };
         if flags & 1 != 0 {
             r.cr0 |= CR0_WP;
         }
@@ -361,7 +412,11 @@ impl World {
             mem.add_page(p * 0x1000);
         }
         // Every (pool page, exercised index) slot gets an entry.
-        let idxs: Vec<u64> = layout.levels().iter().flat_map(|(_, i)| i.iter().copied()).collect();
+        let idxs: Vec<u64> = layout
+            .levels()
+            .iter()
+            .flat_map(|(_, i)| i.iter().copied())
+            .collect();
         let mut k = 0usize;
         for page in 1..=12u64 {
             for &i in &idxs {
@@ -376,7 +431,11 @@ impl World {
             // Valid PDPTEs for the four possible CR3 values.
             for i in 0..16u64 {
                 let v = init.get(i as usize).copied().unwrap_or(i);
-                let pdpte = if v % 7 == 0 { 0 } else { (3 + (v >> 8) % 2) * 0x1000 | PTE_P };
+                let pdpte = if v % 7 == 0 {
+                    0
+                } else {
+                    ((3 + (v >> 8) % 2) * 0x1000) | PTE_P
+                };
                 mem.write64(0x1000 + i * 8, pdpte);
             }
         }
@@ -402,8 +461,13 @@ impl World {
     }
 
     fn switch(&mut self, cr3_sel: u64, flags: u64) {
-        let Some(regs) = self.layout.regs(cr3_sel, flags, &self.mem) else { return };
-        match self.mmu.switch_root(&mut self.tm, &mut self.frames, self.root, &regs) {
+        let Some(regs) = self.layout.regs(cr3_sel, flags, &self.mem) else {
+            return;
+        };
+        match self
+            .mmu
+            .switch_root(&mut self.tm, &mut self.frames, self.root, &regs)
+        {
             Ok(id) => {
                 self.root = Some(id);
                 self.regs = regs;
@@ -420,10 +484,23 @@ impl World {
         let acc = Access::new(kind, cpl, ac);
         for _ in 0..6 {
             let hw = hw_regs(&self.mmu, &self.tm, root, &self.regs);
-            match walk(&self.tm, &hw, &CpuModel { max_phys_addr: 46, gbpages: false }, &Access { update_ad: false, ..acc }, la) {
+            match walk(
+                &self.tm,
+                &hw,
+                &CpuModel {
+                    max_phys_addr: 46,
+                    gbpages: false,
+                },
+                &Access {
+                    update_ad: false,
+                    ..acc
+                },
+                la,
+            ) {
                 Ok(h) => {
-                    let t = oracle(&self.mem, &self.regs, &acc, la)
-                        .unwrap_or_else(|e| panic!("hardware allowed {kind:?} at {la:#x}, guest: {e:?}"));
+                    let t = oracle(&self.mem, &self.regs, &acc, la).unwrap_or_else(|e| {
+                        panic!("hardware allowed {kind:?} at {la:#x}, guest: {e:?}")
+                    });
                     assert_eq!(h.gpa, t.gpa + HPA_OFF, "translation of {la:#x}");
                     if kind == AccessKind::Write {
                         assert!(t.dirty, "write through a shadow entry while guest D = 0");
@@ -455,7 +532,11 @@ impl World {
                     match res.outcome {
                         FaultOutcome::Retry => continue,
                         FaultOutcome::InjectPf(ec) => {
-                            assert_eq!(guest, Err(WalkError::PageFault(PageFault { error_code: ec })), "la {la:#x}");
+                            assert_eq!(
+                                guest,
+                                Err(WalkError::PageFault(PageFault { error_code: ec })),
+                                "la {la:#x}"
+                            );
                             self.stats[1] += 1;
                         }
                         FaultOutcome::NotRam(n) => {
@@ -477,7 +558,9 @@ impl World {
                             assert_eq!(kind, AccessKind::Write);
                             let wp0 = self.regs.cr0 & CR0_WP == 0 && !acc.is_user();
                             assert!(
-                                !t.perms.writable || wp0 || self.mmu.is_write_protected(&self.tm, gpa),
+                                !t.perms.writable
+                                    || wp0
+                                    || self.mmu.is_write_protected(&self.tm, gpa),
                                 "needless emulation at {la:#x}"
                             );
                             self.stats[4] += 1;
@@ -504,7 +587,9 @@ impl World {
         if writable_mapped {
             self.stats[5] += 1;
         } else {
-            let f = self.mmu.guest_pt_write(&mut self.tm, gpa, self.layout.entry_bytes());
+            let f = self
+                .mmu
+                .guest_pt_write(&mut self.tm, gpa, self.layout.entry_bytes());
             self.settle(f);
             self.stats[6] += 1;
         }
@@ -514,14 +599,18 @@ impl World {
         match op % 16 {
             0..=7 => {
                 let la = self.layout.la(a);
-                let kind = [AccessKind::Read, AccessKind::Write, AccessKind::Fetch][(b % 3) as usize];
-                let cpl = if (b >> 2) % 2 == 0 { 0 } else { 3 };
+                let kind =
+                    [AccessKind::Read, AccessKind::Write, AccessKind::Fetch][(b % 3) as usize];
+                let cpl = if (b >> 2).is_multiple_of(2) { 0 } else { 3 };
                 self.access(la, kind, cpl, (b >> 3) % 2 == 1);
             }
             8..=11 => self.write_pte(self.layout.entry_gpa(a), b),
             12 => {
                 if let Some(root) = self.root {
-                    let f = self.mmu.invlpg(&mut self.tm, root, self.layout.la(a)).unwrap();
+                    let f = self
+                        .mmu
+                        .invlpg(&mut self.tm, root, self.layout.la(a))
+                        .unwrap();
                     self.settle(f);
                 }
             }
@@ -536,7 +625,11 @@ impl World {
 
     fn finish(mut self) -> [u64; 8] {
         self.mmu.teardown(&mut self.tm, &mut self.frames);
-        assert!(self.tm.pages.is_empty(), "{} table pages leaked", self.tm.pages.len());
+        assert!(
+            self.tm.pages.is_empty(),
+            "{} table pages leaked",
+            self.tm.pages.len()
+        );
         assert_eq!(self.frames.total(), 0, "pins leaked");
         assert!(self.frames.pins.is_empty());
         self.stats
@@ -544,11 +637,22 @@ impl World {
 }
 
 fn mode_of(m: u8) -> PagingMode {
-    [PagingMode::Off, PagingMode::Bits32, PagingMode::Pae, PagingMode::Level4, PagingMode::Level5]
-        [usize::from(m % 5)]
+    [
+        PagingMode::Off,
+        PagingMode::Bits32,
+        PagingMode::Pae,
+        PagingMode::Level4,
+        PagingMode::Level5,
+    ][usize::from(m % 5)]
 }
 
-fn run(mode: PagingMode, max_pages: usize, fail_every: u64, init: &[u64], ops: &[(u8, u64, u64)]) -> [u64; 8] {
+fn run(
+    mode: PagingMode,
+    max_pages: usize,
+    fail_every: u64,
+    init: &[u64],
+    ops: &[(u8, u64, u64)],
+) -> [u64; 8] {
     let mut w = World::new(mode, max_pages, fail_every, init);
     w.switch(0, init[0] >> 8);
     for &(op, a, b) in ops {
@@ -595,8 +699,290 @@ fn workloads_reach_every_outcome() {
         eprintln!("{:?}: {per_mode:?}", mode_of(m));
     }
     eprintln!("outcomes: {total:?}");
-    let names = ["hw ok", "inject", "notram", "mmio", "emulate", "direct pt write", "trapped pt write"];
+    let names = [
+        "hw ok",
+        "inject",
+        "notram",
+        "mmio",
+        "emulate",
+        "direct pt write",
+        "trapped pt write",
+    ];
     for (n, v) in names.iter().zip(total) {
         assert!(v > 0, "no {n} in the generated workloads: {total:?}");
     }
+}
+
+/// A 4-level guest: PML4 0x1000 → PDPT 0x2000 → PD 0x3000 → PT 0x4000, with PTE `i` mapping
+/// la `i << 12` to frame `0x10000 + (i << 12)` (user, writable, not yet dirty), PTE 8 mapping
+/// the PT page itself.
+fn simple_guest() -> (TestMem, PagingRegs) {
+    let mut mem = TestMem::new();
+    for p in 0..(RAM_END / 0x1000) {
+        mem.add_page(p * 0x1000);
+    }
+    mem.write64(0x1000, 0x2000 | PTE_P | PTE_RW | PTE_US);
+    mem.write64(0x2000, 0x3000 | PTE_P | PTE_RW | PTE_US);
+    mem.write64(0x3000, 0x4000 | PTE_P | PTE_RW | PTE_US);
+    for i in 0..8u64 {
+        mem.write64(
+            0x4000 + i * 8,
+            (0x10000 + (i << 12)) | PTE_P | PTE_RW | PTE_US,
+        );
+    }
+    mem.write64(0x4000 + 8 * 8, 0x4000 | PTE_P | PTE_RW | PTE_US | PTE_D);
+    let regs = PagingRegs {
+        cr0: CR0_PG | CR0_WP,
+        cr3: 0x1000,
+        cr4: CR4_PAE,
+        efer: EFER_LMA | EFER_NXE,
+        ..Default::default()
+    };
+    (mem, regs)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fault(
+    mmu: &mut ShadowMmu,
+    tm: &mut Tables,
+    fr: &mut Frames,
+    mem: &TestMem,
+    root: RootId,
+    regs: &PagingRegs,
+    la: u64,
+    ec: u32,
+) -> FaultResult {
+    let r = mmu
+        .page_fault(tm, fr, mem, root, regs, 3, false, la, ec)
+        .unwrap();
+    if r.flush == Flush::All {
+        mmu.flush_done(tm, fr);
+    }
+    r
+}
+
+#[test]
+fn writable_only_once_guest_dirty_is_set() {
+    let (mem, regs) = simple_guest();
+    let (mut tm, mut fr) = (Tables::new(0), Frames::default());
+    let mut mmu = ShadowMmu::new(cpu(), 64).unwrap();
+    let root = mmu.switch_root(&mut tm, &mut fr, None, &regs).unwrap();
+    let r = fault(
+        &mut mmu, &mut tm, &mut fr, &mem, root, &regs, 0x1000, PFEC_U,
+    );
+    assert_eq!(r.outcome, FaultOutcome::Retry);
+    let e = mmu.lookup(&tm, root, 0x1000).unwrap();
+    assert_eq!(e & SPTE_ADDR, 0x11000 + HPA_OFF);
+    assert_eq!(
+        e & (PTE_RW | PTE_US | PTE_P),
+        PTE_US | PTE_P,
+        "read fill is read-only: D = 0"
+    );
+    assert_eq!(mem.read64(0x4008) & (PTE_A | PTE_D), PTE_A);
+    let r = fault(
+        &mut mmu,
+        &mut tm,
+        &mut fr,
+        &mem,
+        root,
+        &regs,
+        0x1000,
+        PFEC_U | PFEC_W | PFEC_P,
+    );
+    assert_eq!(r.outcome, FaultOutcome::Retry);
+    assert_eq!(mem.read64(0x4008) & PTE_D, PTE_D);
+    assert_ne!(mmu.lookup(&tm, root, 0x1000).unwrap() & PTE_RW, 0);
+    assert_eq!(fr.total(), 1, "the upgrade keeps one pin");
+    mmu.teardown(&mut tm, &mut fr);
+    assert!(tm.pages.is_empty() && fr.pins.is_empty());
+}
+
+#[test]
+fn guest_page_tables_are_write_protected_and_writes_zap() {
+    let (mem, regs) = simple_guest();
+    let (mut tm, mut fr) = (Tables::new(0), Frames::default());
+    let mut mmu = ShadowMmu::new(cpu(), 64).unwrap();
+    let root = mmu.switch_root(&mut tm, &mut fr, None, &regs).unwrap();
+    // la 0x8000 maps the guest PT page: a write must be emulated, the leaf stays read-only.
+    let r = fault(
+        &mut mmu,
+        &mut tm,
+        &mut fr,
+        &mem,
+        root,
+        &regs,
+        0x8000,
+        PFEC_U | PFEC_W,
+    );
+    assert_eq!(r.outcome, FaultOutcome::Emulate { gpa: 0x4000 });
+    assert_eq!(mmu.lookup(&tm, root, 0x8000).unwrap() & PTE_RW, 0);
+    fault(
+        &mut mmu, &mut tm, &mut fr, &mem, root, &regs, 0x2000, PFEC_U,
+    );
+    assert!(mmu.lookup(&tm, root, 0x2000).is_some());
+    // The emulated write to PTE 2 zaps exactly that leaf; its pin lives until flush_done.
+    let pins = fr.total();
+    assert_eq!(mmu.guest_pt_write(&mut tm, 0x4010, 8), Flush::All);
+    assert!(mmu.lookup(&tm, root, 0x2000).is_none());
+    assert!(mmu.lookup(&tm, root, 0x8000).is_some());
+    assert_eq!(fr.total(), pins);
+    mmu.flush_done(&mut tm, &mut fr);
+    assert_eq!(fr.total(), pins - 1);
+    // A write to the PDE zaps the whole page table.
+    assert_eq!(mmu.guest_pt_write(&mut tm, 0x3000, 8), Flush::All);
+    assert!(mmu.lookup(&tm, root, 0x8000).is_none());
+    mmu.flush_done(&mut tm, &mut fr);
+    assert_eq!(fr.total(), 0);
+    // A write elsewhere in the PD (another PDE) changes nothing.
+    fault(
+        &mut mmu, &mut tm, &mut fr, &mem, root, &regs, 0x1000, PFEC_U,
+    );
+    assert_eq!(mmu.guest_pt_write(&mut tm, 0x3008, 8), Flush::None);
+    mmu.teardown(&mut tm, &mut fr);
+    assert!(tm.pages.is_empty() && fr.pins.is_empty());
+}
+
+#[test]
+fn data_page_becoming_a_page_table_loses_write_access() {
+    let (mut mem, regs) = simple_guest();
+    let (mut tm, mut fr) = (Tables::new(0), Frames::default());
+    let mut mmu = ShadowMmu::new(cpu(), 64).unwrap();
+    let root = mmu.switch_root(&mut tm, &mut fr, None, &regs).unwrap();
+    // la 0x1000 → frame 0x11000, written (writable leaf).
+    fault(
+        &mut mmu,
+        &mut tm,
+        &mut fr,
+        &mem,
+        root,
+        &regs,
+        0x1000,
+        PFEC_U | PFEC_W,
+    );
+    assert_ne!(mmu.lookup(&tm, root, 0x1000).unwrap() & PTE_RW, 0);
+    // The guest makes frame 0x11000 a page table for la 0x20_0000 (PDE 1), and touches it.
+    mem.write64(0x3008, 0x11000 | PTE_P | PTE_RW | PTE_US);
+    mem.write64(0x11000, 0x12000 | PTE_P | PTE_US);
+    assert_eq!(mmu.guest_pt_write(&mut tm, 0x3008, 8), Flush::None);
+    let r = fault(
+        &mut mmu, &mut tm, &mut fr, &mem, root, &regs, 0x20_0000, PFEC_U,
+    );
+    assert_eq!(
+        r.flush,
+        Flush::All,
+        "downgrade of the data mapping needs a flush"
+    );
+    assert_eq!(mmu.lookup(&tm, root, 0x1000).unwrap() & PTE_RW, 0);
+    mmu.teardown(&mut tm, &mut fr);
+    assert!(tm.pages.is_empty() && fr.pins.is_empty());
+}
+
+#[test]
+fn roots_are_cached_evicted_lru_and_bounded() {
+    let (mem, mut regs) = simple_guest();
+    let (mut tm, mut fr) = (Tables::new(0), Frames::default());
+    let mut mmu = ShadowMmu::new(cpu(), 64).unwrap();
+    let a = mmu.switch_root(&mut tm, &mut fr, None, &regs).unwrap();
+    fault(&mut mmu, &mut tm, &mut fr, &mem, a, &regs, 0x1000, PFEC_U);
+    let mut other = regs;
+    other.cr3 = 0x5000;
+    let b = mmu.switch_root(&mut tm, &mut fr, Some(a), &other).unwrap();
+    assert_ne!(a, b);
+    // Back to the first CR3: the cached root and its entries are reused.
+    let a2 = mmu.switch_root(&mut tm, &mut fr, Some(b), &regs).unwrap();
+    assert_eq!(a, a2);
+    assert!(mmu.lookup(&tm, a2, 0x1000).is_some());
+    // A mode change (NXE) selects another root.
+    regs.efer &= !EFER_NXE;
+    let c = mmu.switch_root(&mut tm, &mut fr, Some(a2), &regs).unwrap();
+    assert_ne!(c, a2);
+    // Held roots are never evicted; with every slot held, a new root is refused.
+    let mut held = vec![c];
+    for i in 0..MAX_ROOTS as u64 + 4 {
+        let mut r = other;
+        r.cr3 = 0x10000 + i * 0x1000;
+        match mmu.switch_root(&mut tm, &mut fr, None, &r) {
+            Ok(id) => held.push(id),
+            Err(e) => {
+                assert_eq!(e, Error::NoFreeRoot);
+                assert_eq!(held.len(), MAX_ROOTS);
+                break;
+            }
+        }
+    }
+    for id in held {
+        mmu.release_root(id).unwrap();
+    }
+    assert_eq!(mmu.release_root(c), Err(Error::BadRoot));
+    mmu.teardown(&mut tm, &mut fr);
+    assert!(tm.pages.is_empty() && fr.pins.is_empty());
+}
+
+/// Table memory whose pages are all above 4 GiB.
+struct HighTables(Tables);
+impl TableMemory for HighTables {
+    fn alloc_page(&mut self) -> Option<u64> {
+        self.0.alloc_page().map(|pa| pa + (1 << 32))
+    }
+    fn free_page(&mut self, pa: u64) {
+        self.0.free_page(pa - (1 << 32));
+    }
+    fn entries(&self, pa: u64) -> &[AtomicU64; 512] {
+        self.0.entries(pa - (1 << 32))
+    }
+}
+
+#[test]
+fn legacy_roots_must_be_below_4g() {
+    let (mut tm, mut fr) = (HighTables(Tables::new(0)), Frames::default());
+    let mut mmu = ShadowMmu::new(cpu(), 64).unwrap();
+    let regs = PagingRegs::default(); // paging off: PAE-format shadow root
+    assert_eq!(
+        mmu.switch_root(&mut tm, &mut fr, None, &regs),
+        Err(Error::PaeRootAbove4G)
+    );
+    assert!(tm.0.pages.is_empty());
+    // Long-mode roots may be anywhere.
+    let (_, l4) = simple_guest();
+    assert!(mmu.switch_root(&mut tm, &mut fr, None, &l4).is_ok());
+    mmu.teardown(&mut tm, &mut fr);
+    assert!(tm.0.pages.is_empty());
+}
+
+#[test]
+fn page_cap_forces_zap_and_retry() {
+    let (mem, regs) = simple_guest();
+    let (mut tm, mut fr) = (Tables::new(0), Frames::default());
+    let mut mmu = ShadowMmu::new(cpu(), MIN_PAGES).unwrap();
+    let root = mmu.switch_root(&mut tm, &mut fr, None, &regs).unwrap();
+    // Guest: 1 GiB pages at every PDPT index, so each 2 MiB region needs its own shadow table.
+    let mut mem2 = TestMem::new();
+    for p in 0..(RAM_END / 0x1000) {
+        mem2.add_page(p * 0x1000);
+    }
+    mem2.write64(0x1000, 0x2000 | PTE_P | PTE_RW | PTE_US);
+    for i in 0..512u64 {
+        mem2.write64(0x2000 + i * 8, PTE_P | PTE_RW | PTE_US | PTE_PS);
+    }
+    let _ = mem;
+    let mut busy = 0;
+    for i in 0..40u64 {
+        let la = (i << 30) | 0x10000; // distinct 1 GiB regions, same guest frame
+        loop {
+            let r = fault(&mut mmu, &mut tm, &mut fr, &mem2, root, &regs, la, PFEC_U);
+            if r.outcome == FaultOutcome::Retry && mmu.lookup(&tm, root, la).is_some() {
+                break;
+            }
+            busy += 1;
+            assert!(busy < 100, "no progress");
+        }
+        assert!(
+            mmu.pages_in_use() <= MIN_PAGES + 1 + 1,
+            "cap exceeded: {}",
+            mmu.pages_in_use()
+        );
+    }
+    assert!(busy > 0, "the cap never forced a zap");
+    mmu.teardown(&mut tm, &mut fr);
+    assert!(tm.pages.is_empty() && fr.pins.is_empty());
 }

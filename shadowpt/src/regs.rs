@@ -104,9 +104,9 @@ impl PagingRegs {
 /// CPU model facts the walk depends on (from the vCPU's CPUID).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuModel {
-    /// MAXPHYADDR (CPUID 0x80000008 EAX[7:0]); clamped to 32..=52.
+    /// MAXPHYADDR (CPUID 0x80000008 EAX bits 7:0); clamped to 32..=52.
     pub max_phys_addr: u8,
-    /// 1 GiB pages supported (CPUID 0x80000001 EDX[26]); otherwise PS in a PDPTE is reserved.
+    /// 1 GiB pages supported (CPUID 0x80000001 EDX bit 26); otherwise PS in a PDPTE is reserved.
     pub gbpages: bool,
 }
 

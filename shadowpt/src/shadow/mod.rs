@@ -660,7 +660,7 @@ impl ShadowMmu {
     pub fn guest_pt_write(&mut self, tm: &mut dyn TableMemory, gpa: u64, len: u64) -> Flush {
         let page = gpa & !0xFFF;
         let off = gpa & 0xFFF;
-        let last_off = (off + len.max(1) - 1).min(0xFFF);
+        let last_off = off.saturating_add(len.max(1) - 1).min(0xFFF);
         let mut flush = Flush::None;
         for slot in 0..self.descs.capacity() {
             if self.descs.flags(tm, slot) & (D_VALID | D_ZOMBIE) != D_VALID {

@@ -986,3 +986,13 @@ fn page_cap_forces_zap_and_retry() {
     mmu.teardown(&mut tm, &mut fr);
     assert!(tm.pages.is_empty() && fr.pins.is_empty());
 }
+
+#[test]
+fn mmu_state_is_small() {
+    // The core embeds it in its VM object; keep it far below a kernel stack.
+    assert!(
+        core::mem::size_of::<ShadowMmu>() <= 4096,
+        "{}",
+        core::mem::size_of::<ShadowMmu>()
+    );
+}

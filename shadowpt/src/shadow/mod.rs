@@ -706,7 +706,15 @@ impl ShadowMmu {
         root: RootId,
         la: u64,
     ) -> Result<Flush, Error> {
-        let mode = self.root(root)?.key.mode;
+        self.root(root)?;
+        Ok(self.invlpg_in(tm, usize::from(root.0), la))
+    }
+
+    /// [`ShadowMmu::invlpg`] in root slot `idx`.
+    fn invlpg_in(&mut self, tm: &mut dyn TableMemory, idx: usize, la: u64) -> Flush {
+        let Some(mode) = self.roots.get(idx).map(|r| r.key.mode) else {
+            return Flush::None;
+        };
         let la = la & la_mask(mode);
         let depth = level_geometry(mode).count();
         let mut flush = Flush::None;
@@ -715,7 +723,7 @@ impl ShadowMmu {
                 continue;
             }
             let d = self.descs.get(tm, slot);
-            if d.root != root.0 {
+            if usize::from(d.root) != idx {
                 continue;
             }
             let leaf_shift = if usize::from(d.chain_len) == depth || d.chain_len == 0 {
@@ -738,24 +746,18 @@ impl ShadowMmu {
                 flush = Flush::All;
             }
         }
-        Ok(flush)
+        flush
     }
 
-    /// INVPCID individual-address: [`ShadowMmu::invlpg`] in every root held by a vCPU.
-    /// (Single-context and all-context INVPCID, and CR3 loads, need no shadow change: cached
+    /// INVPCID individual-address: [`ShadowMmu::invlpg`] in every cached root (roots are not
+    /// tagged with PCIDs, so this is the conservative choice). (Single-context and all-context INVPCID, and CR3 loads, need no shadow change: cached
     /// roots are kept exactly in sync with guest tables by write protection; the core flushes
     /// the hardware TLB.)
     pub fn invpcid_address(&mut self, tm: &mut dyn TableMemory, la: u64) -> Flush {
         let mut flush = Flush::None;
         for idx in 0..MAX_ROOTS {
-            if self
-                .roots
-                .get(idx)
-                .is_some_and(|r| r.pa != 0 && r.users > 0)
-            {
-                if let Ok(f) = self.invlpg(tm, RootId(idx as u8), la) {
-                    flush = flush.merge(f);
-                }
+            if self.roots.get(idx).is_some_and(|r| r.pa != 0) {
+                flush = flush.merge(self.invlpg_in(tm, idx, la));
             }
         }
         flush

@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicU64;
 
 /// Host offset of guest RAM: HPA = GPA + HPA_OFF.
 const HPA_OFF: u64 = 0x40_0000_0000;
-/// Guest RAM: [0, RAM_END).
+/// Guest RAM that page tables may live in: [0, RAM_END) (memslots cover more: see Frames).
 const RAM_END: u64 = 0x40000;
 /// Read-only memslot pages: [RO_START, RAM_END).
 const RO_START: u64 = 0x38000;
@@ -82,10 +82,13 @@ struct Frames {
 }
 
 impl Frames {
+    /// Memslots: everything below 4 GiB except an MMIO hole right after the page-table RAM;
+    /// the last pages of that RAM are a read-only slot.
     fn frame(gpa: u64) -> Option<HostFrame> {
-        (gpa < RAM_END).then_some(HostFrame {
+        let mmio = (RAM_END..RAM_END + 0x8000).contains(&gpa) || gpa >= 1 << 32;
+        (!mmio).then_some(HostFrame {
             hpa: (gpa & !0xFFF) + HPA_OFF,
-            writable: gpa < RO_START,
+            writable: !(RO_START..RAM_END).contains(&gpa),
         })
     }
     fn total(&self) -> i64 {
@@ -595,6 +598,51 @@ impl World {
         }
     }
 
+    /// Every linear address the workload can touch (one per 4 KiB page).
+    fn all_las(&self) -> Vec<u64> {
+        let mut las = vec![0u64];
+        for (shift, idx) in self.layout.levels() {
+            las = las
+                .iter()
+                .flat_map(|&la| idx.iter().map(move |&i| la | (i << shift)))
+                .collect();
+        }
+        las
+    }
+
+    /// A write the shadow MMU is not told about (a device writing a guest page table), then
+    /// the invalidations the architecture requires: INVPCID individual-address of each guest
+    /// page (one address per large page) whose translation may have used the entry.
+    fn dma_write_then_invalidate(&mut self, gpa: u64, v: u64) {
+        if self.layout.mode == PagingMode::Off {
+            return;
+        }
+        let mut pages = Vec::new();
+        let plain = Access {
+            update_ad: false,
+            ..Access::new(AccessKind::Read, 0, false)
+        };
+        for regs in self.roots.values() {
+            let mut r = *regs;
+            r.cr4 &= !(CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_PKS);
+            for la in self.all_las() {
+                if let Ok(t) = walk(&self.mem, &r, &cpu(), &plain, la) {
+                    let size = t.page_size.bytes();
+                    pages.push(la & !(size - 1));
+                }
+            }
+        }
+        pages.sort();
+        pages.dedup();
+        let e = self.layout.entry(gpa, v);
+        write_entry(&mut self.mem, &self.layout, gpa, e);
+        for la in pages {
+            let f = self.mmu.invpcid_address(&mut self.tm, la);
+            self.settle(f);
+        }
+        self.stats[7] += 1;
+    }
+
     fn step(&mut self, op: u8, a: u64, b: u64) {
         match op % 16 {
             0..=7 => {
@@ -615,10 +663,11 @@ impl World {
                 }
             }
             13 | 14 => self.switch(a, b),
-            _ => {
+            _ if b % 2 == 0 => {
                 let f = self.mmu.zap_all(&mut self.tm, &mut self.frames);
                 self.settle(f);
             }
+            _ => self.dma_write_then_invalidate(self.layout.entry_gpa(a), b),
         }
         check_coherent(&self.mmu, &self.tm, &self.frames, &self.mem, &self.roots);
     }
@@ -707,6 +756,7 @@ fn workloads_reach_every_outcome() {
         "emulate",
         "direct pt write",
         "trapped pt write",
+        "dma write",
     ];
     for (n, v) in names.iter().zip(total) {
         assert!(v > 0, "no {n} in the generated workloads: {total:?}");
@@ -995,4 +1045,54 @@ fn mmu_state_is_small() {
         "{}",
         core::mem::size_of::<ShadowMmu>()
     );
+}
+
+#[test]
+fn invlpg_drops_every_piece_of_a_large_page() {
+    let (mut mem, regs) = simple_guest();
+    // PDPTE 1: a 1 GiB page at GPA 0, user, writable.
+    mem.write64(0x2008, PTE_P | PTE_RW | PTE_US | PTE_PS);
+    let (mut tm, mut fr) = (Tables::new(0), Frames::default());
+    let mut mmu = ShadowMmu::new(cpu(), 64).unwrap();
+    let root = mmu.switch_root(&mut tm, &mut fr, None, &regs).unwrap();
+    let (a, b) = ((1u64 << 30) + 0x1000, (1u64 << 30) + (5 << 21) + 0x3000);
+    for la in [a, b] {
+        fault(&mut mmu, &mut tm, &mut fr, &mem, root, &regs, la, PFEC_U);
+    }
+    assert_eq!(mmu.lookup(&tm, root, b).unwrap() & SPTE_ADDR, (5 << 21) + 0x3000 + HPA_OFF);
+    // The guest remaps the 1 GiB page without our knowing (device write), then INVLPGs one
+    // address in it: the architecture drops the whole page's translation.
+    mem.write64(0x2008, (1 << 30) | PTE_P | PTE_RW | PTE_US | PTE_PS);
+    assert_eq!(mmu.invlpg(&mut tm, root, a).unwrap(), Flush::All);
+    mmu.flush_done(&mut tm, &mut fr);
+    assert!(mmu.lookup(&tm, root, a).is_none());
+    assert!(mmu.lookup(&tm, root, b).is_none());
+    assert_eq!(fr.total(), 0);
+    mmu.teardown(&mut tm, &mut fr);
+    assert!(tm.pages.is_empty());
+}
+
+#[test]
+fn refill_after_unnotified_pde_change_tracks_the_new_chain() {
+    let (mut mem, regs) = simple_guest();
+    let (mut tm, mut fr) = (Tables::new(0), Frames::default());
+    let mut mmu = ShadowMmu::new(cpu(), 64).unwrap();
+    let root = mmu.switch_root(&mut tm, &mut fr, None, &regs).unwrap();
+    fault(&mut mmu, &mut tm, &mut fr, &mem, root, &regs, 0x1000, PFEC_U);
+    // Device write: PDE 0 now points to a new PT at 0x5000; then INVLPG as required.
+    mem.write64(0x5008, 0x30000 | PTE_P | PTE_US);
+    mem.write64(0x3000, 0x5000 | PTE_P | PTE_RW | PTE_US);
+    let f = mmu.invlpg(&mut tm, root, 0x1000).unwrap();
+    assert_eq!(f, Flush::All);
+    mmu.flush_done(&mut tm, &mut fr);
+    fault(&mut mmu, &mut tm, &mut fr, &mem, root, &regs, 0x1000, PFEC_U);
+    assert_eq!(mmu.lookup(&tm, root, 0x1000).unwrap() & SPTE_ADDR, 0x30000 + HPA_OFF);
+    // The new PT is now write-protected, and a write to it zaps the leaf; the old one is not.
+    assert!(mmu.is_write_protected(&tm, 0x5000));
+    assert!(!mmu.is_write_protected(&tm, 0x4000));
+    assert_eq!(mmu.guest_pt_write(&mut tm, 0x5008, 8), Flush::All);
+    mmu.flush_done(&mut tm, &mut fr);
+    assert!(mmu.lookup(&tm, root, 0x1000).is_none());
+    mmu.teardown(&mut tm, &mut fr);
+    assert!(tm.pages.is_empty() && fr.pins.is_empty());
 }

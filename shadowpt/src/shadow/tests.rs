@@ -663,7 +663,7 @@ impl World {
                 }
             }
             13 | 14 => self.switch(a, b),
-            _ if b % 2 == 0 => {
+            _ if b.is_multiple_of(2) => {
                 let f = self.mmu.zap_all(&mut self.tm, &mut self.frames);
                 self.settle(f);
             }

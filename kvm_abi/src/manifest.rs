@@ -1,0 +1,336 @@
+//! The manifest: a description of every structure, constant and ioctl number this crate declares,
+//! produced by the declaration macros themselves (so it cannot drift from the declarations).
+//!
+//! The differential tests walk the manifest: `tests/abi_vs_linux.rs` turns it into a C program
+//! compiled against `<linux/kvm.h>`, and the unit tests compare it with the `kvm-bindings` crate.
+
+/// Where the C compiler can find the type a Rust declaration mirrors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CType {
+    /// `struct <name>` in the Linux headers.
+    Struct(&'static str),
+    /// An anonymous struct or union that Linux reaches as member `path` of `struct <parent>`
+    /// (`path` may contain `.` and `[0]`); C names it `__typeof__(((struct parent *)0)->path)`.
+    Member {
+        /// The named Linux struct that contains it.
+        parent: &'static str,
+        /// The member designator leading to it.
+        path: &'static str,
+    },
+    /// An anonymous union with no member name in Linux (C11 anonymous member) inside
+    /// `struct <parent>`: it starts where its first member `anchor` starts, and its members'
+    /// designators are relative to the parent.
+    Unnamed {
+        /// The named Linux struct that contains it.
+        parent: &'static str,
+        /// The member of the union whose offset is the union's offset.
+        anchor: &'static str,
+    },
+}
+
+/// One member as Linux names it: C designator relative to the type, byte offset, byte size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldLayout {
+    /// C member designator relative to the type (`port`, `io.port`, `regs[3]`...).
+    pub path: &'static str,
+    /// Byte offset from the start of the type.
+    pub offset: usize,
+    /// Byte size of the member.
+    pub size: usize,
+}
+
+/// Size, alignment and members of one declared structure or union.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StructLayout {
+    /// The Rust type name (the Linux name for named Linux structs).
+    pub name: &'static str,
+    /// The C type it mirrors.
+    pub c: CType,
+    /// `sizeof`.
+    pub size: usize,
+    /// `_Alignof`.
+    pub align: usize,
+    /// Every member with its Linux designator.
+    pub fields: &'static [FieldLayout],
+}
+
+/// One `#define` (or enumerator) value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConstInfo {
+    /// The Linux name.
+    pub name: &'static str,
+    /// The value, converted to `u64` (two's complement for negative C values).
+    pub value: u64,
+}
+
+/// Which descriptors accept an ioctl (a bit set of `FD_*`).
+pub type FdKinds = u8;
+/// `/dev/kvm`.
+pub const FD_SYSTEM: FdKinds = 1;
+/// A VM descriptor (from `KVM_CREATE_VM`).
+pub const FD_VM: FdKinds = 2;
+/// A vCPU descriptor (from `KVM_CREATE_VCPU`).
+pub const FD_VCPU: FdKinds = 4;
+/// A device descriptor (from `KVM_CREATE_DEVICE`).
+pub const FD_DEVICE: FdKinds = 8;
+
+/// One ioctl command number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoctlInfo {
+    /// The Linux name.
+    pub name: &'static str,
+    /// The 32-bit command word.
+    pub value: u32,
+    /// Descriptor kinds that accept it.
+    pub fds: FdKinds,
+}
+
+/// Implemented by every declared structure: its manifest entry.
+pub trait Abi {
+    /// Layout facts, each asserted at compile time against the Rust type.
+    const LAYOUT: StructLayout;
+}
+
+/// Reinterprets the storage of a byte-backed union as one of its members.
+///
+/// Size and alignment are checked at compile time (monomorphization), so this cannot fail.
+#[inline(always)]
+pub(crate) fn view<S, T>(storage: &S) -> &T
+where
+    S: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::Immutable,
+    T: zerocopy::FromBytes + zerocopy::Immutable,
+{
+    const {
+        assert!(core::mem::size_of::<T>() <= core::mem::size_of::<S>());
+        assert!(core::mem::align_of::<T>() <= core::mem::align_of::<S>());
+    }
+    // SAFETY: `T` fits in `S` and needs no stricter alignment than `S` (checked above at compile
+    // time); `S: IntoBytes` means all its bytes are initialized and `T: FromBytes` accepts any
+    // initialized bytes; neither type has interior mutability (`Immutable`); the returned
+    // reference borrows `storage` so it cannot outlive it.
+    unsafe { &*(storage as *const S).cast::<T>() }
+}
+
+/// Mutable form of [`view`].
+#[inline(always)]
+pub(crate) fn view_mut<S, T>(storage: &mut S) -> &mut T
+where
+    S: zerocopy::FromBytes + zerocopy::IntoBytes,
+    T: zerocopy::FromBytes + zerocopy::IntoBytes,
+{
+    const {
+        assert!(core::mem::size_of::<T>() <= core::mem::size_of::<S>());
+        assert!(core::mem::align_of::<T>() <= core::mem::align_of::<S>());
+    }
+    // SAFETY: as in `view`; in addition `T: IntoBytes` (no padding) means whatever is written
+    // through the reference leaves every byte of `S` initialized, and `S: FromBytes` accepts
+    // any resulting bytes. The exclusive borrow of `storage` prevents aliasing.
+    unsafe { &mut *(storage as *mut S).cast::<T>() }
+}
+
+/// Concatenates manifest slices at compile time (`N` must be the total length).
+///
+/// Only evaluated in constant context: an out-of-range index is a compile error, not a panic.
+#[allow(clippy::indexing_slicing)]
+pub(crate) const fn concat<T: Copy, const N: usize>(parts: &[&[T]], fill: T) -> [T; N] {
+    let mut out = [fill; N];
+    let mut n = 0;
+    let mut p = 0;
+    while p < parts.len() {
+        let part = parts[p];
+        let mut i = 0;
+        while i < part.len() {
+            out[n] = part[i];
+            n += 1;
+            i += 1;
+        }
+        p += 1;
+    }
+    assert!(n == N, "manifest concat: wrong total length");
+    out
+}
+
+/// Total length of manifest slices (for [`concat`]); only evaluated in constant context.
+#[allow(clippy::indexing_slicing)]
+pub(crate) const fn total_len<T>(parts: &[&[T]]) -> usize {
+    let mut n = 0;
+    let mut p = 0;
+    while p < parts.len() {
+        n += parts[p].len();
+        p += 1;
+    }
+    n
+}
+
+/// Picks the C designator of a field: the Rust name unless overridden.
+macro_rules! c_path {
+    ($field:ident) => {
+        stringify!($field)
+    };
+    ($field:ident, $c:literal) => {
+        $c
+    };
+}
+pub(crate) use c_path;
+
+/// Declares a `#[repr(C)]` Linux structure: emits the struct with zerocopy derives, asserts its
+/// size, alignment and every field offset at compile time, and implements [`Abi`].
+///
+/// Syntax: `pub struct NAME: CTYPE, size S, align A { pub field: T = OFFSET [as "c.path"], ... }`
+/// optionally followed by `aliases { "c.path" = OFFSET, SIZE; ... }` for other names Linux gives
+/// the same bytes (members of an anonymous union folded into one Rust field).
+macro_rules! abi_struct {
+    (
+        $(#[doc = $doc:literal])*
+        pub struct $name:ident : $c:expr, size $size:literal, align $align:literal {
+            $(
+                $(#[doc = $fdoc:literal])*
+                pub $field:ident : $fty:ty = $off:literal $(as $cpath:literal)?
+            ),* $(,)?
+        }
+        $( aliases { $( $apath:literal = $aoff:literal, $asize:literal );* $(;)? } )?
+    ) => {
+        $(#[doc = $doc])*
+        #[repr(C)]
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq,
+            zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout,
+        )]
+        pub struct $name {
+            $(
+                #[doc = concat!("Linux `", stringify!($name), ".", $crate::manifest::c_path!($field $(, $cpath)?), "` at byte ", stringify!($off), ".")]
+                $(#[doc = ""] #[doc = $fdoc])*
+                pub $field: $fty,
+            )*
+        }
+
+        const _: () = {
+            assert!(core::mem::size_of::<$name>() == $size);
+            assert!(core::mem::align_of::<$name>() == $align);
+            $( assert!(core::mem::offset_of!($name, $field) == $off); )*
+            $($( assert!($aoff + $asize <= $size); )*)?
+        };
+
+        impl $crate::manifest::Abi for $name {
+            const LAYOUT: $crate::manifest::StructLayout = $crate::manifest::StructLayout {
+                name: stringify!($name),
+                c: $c,
+                size: $size,
+                align: $align,
+                fields: &[
+                    $( $crate::manifest::FieldLayout {
+                        path: $crate::manifest::c_path!($field $(, $cpath)?),
+                        offset: $off,
+                        size: core::mem::size_of::<$fty>(),
+                    }, )*
+                    $($( $crate::manifest::FieldLayout { path: $apath, offset: $aoff, size: $asize }, )*)?
+                ],
+            };
+        }
+    };
+}
+pub(crate) use abi_struct;
+
+/// Declares a Linux union as a byte-backed struct (zerocopy cannot derive `IntoBytes` for unions
+/// whose members differ in size): `storage` fixes size and alignment, and each Linux member gets a
+/// `name()`/`name_mut()` accessor pair returning a typed reference into the storage.
+///
+/// Syntax: `pub union NAME: CTYPE, storage [uN; K], size S, align A { member, member_mut: T; ... }`
+macro_rules! abi_union {
+    (
+        $(#[doc = $doc:literal])*
+        pub union $name:ident : $c:expr, storage $storage:ty, size $size:literal, align $align:literal {
+            $(
+                $(#[doc = $fdoc:literal])*
+                $member:ident, $member_mut:ident : $mty:ty $(as $cpath:literal)?
+            );* $(;)?
+        }
+    ) => {
+        $(#[doc = $doc])*
+        ///
+        /// Linux declares this as a union; its members are read and written through the accessor
+        /// methods named after them.
+        #[repr(C)]
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq,
+            zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout,
+        )]
+        pub struct $name {
+            /// The union's bytes.
+            pub raw: $storage,
+        }
+
+        const _: () = {
+            assert!(core::mem::size_of::<$name>() == $size);
+            assert!(core::mem::align_of::<$name>() == $align);
+            $(
+                assert!(core::mem::size_of::<$mty>() <= $size);
+                assert!(core::mem::align_of::<$mty>() <= $align);
+            )*
+        };
+
+        impl $name {
+            $(
+                $(#[doc = $fdoc])*
+                #[doc = concat!("Linux member `", $crate::manifest::c_path!($member $(, $cpath)?), "`.")]
+                #[inline]
+                pub fn $member(&self) -> &$mty {
+                    $crate::manifest::view(&self.raw)
+                }
+                #[doc = concat!("Linux member `", $crate::manifest::c_path!($member $(, $cpath)?), "`, mutable.")]
+                #[inline]
+                pub fn $member_mut(&mut self) -> &mut $mty {
+                    $crate::manifest::view_mut(&mut self.raw)
+                }
+            )*
+        }
+
+        impl $crate::manifest::Abi for $name {
+            const LAYOUT: $crate::manifest::StructLayout = $crate::manifest::StructLayout {
+                name: stringify!($name),
+                c: $c,
+                size: $size,
+                align: $align,
+                fields: &[
+                    $( $crate::manifest::FieldLayout {
+                        path: $crate::manifest::c_path!($member $(, $cpath)?),
+                        offset: 0,
+                        size: core::mem::size_of::<$mty>(),
+                    }, )*
+                ],
+            };
+        }
+    };
+}
+pub(crate) use abi_union;
+
+/// Declares a group of constants: each becomes `pub const NAME: T = V;` documented with the
+/// group's description, and the group's manifest slice `pub const $list: &[ConstInfo]`.
+macro_rules! abi_consts {
+    (
+        $(#[doc = $ldoc:literal])*
+        list $list:ident, $gdoc:literal;
+        $( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $val:expr; )*
+    ) => {
+        $(
+            #[doc = concat!($gdoc, ": Linux `", stringify!($name), "`.")]
+            $(#[doc = ""] #[doc = $doc])*
+            pub const $name: $ty = $val;
+        )*
+        $(#[doc = $ldoc])*
+        pub const $list: &[$crate::manifest::ConstInfo] = &[
+            $( $crate::manifest::ConstInfo { name: stringify!($name), value: $name as u64 }, )*
+        ];
+    };
+}
+pub(crate) use abi_consts;
+
+/// Lists the [`Abi`] layouts of a module's declared types (`pub const $list: &[StructLayout]`).
+macro_rules! abi_layouts {
+    ($(#[doc = $ldoc:literal])* list $list:ident; $($ty:ident),* $(,)?) => {
+        $(#[doc = $ldoc])*
+        pub const $list: &[$crate::manifest::StructLayout] =
+            &[ $( <$ty as $crate::manifest::Abi>::LAYOUT, )* ];
+    };
+}
+pub(crate) use abi_layouts;

@@ -1,6 +1,7 @@
-//! Throughput figures (no assertions on time). Run:
-//! `cargo test -p ept --release --test bench -- --ignored --nocapture`
+//! Throughput figures of the table operations (a benchmark: it prints, it asserts nothing on
+//! time). Run: `cargo bench -p ept`.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::Instant;
@@ -19,9 +20,7 @@ fn per_page(label: &str, format: Format, pages: u64, f: impl FnOnce()) {
     println!("{format:?}: {label}: {:.1} ns per 4 KiB page ({pages} pages)", ns / pages as f64);
 }
 
-#[test]
-#[ignore]
-fn figures() {
+fn main() {
     let rw = Attrs { perms: Perms::READ | Perms::WRITE, mem_type: MemType::WriteBack, ignore_pat: false };
     for format in [Format::Ept { accessed_dirty: true }, Format::Npt { nx: true, host_pat: LINUX_PAT }] {
         let mut t = Table::new(FakeMem::new(), Config { format, gpa_bits: 48, phys_bits: PHYS_BITS }).unwrap();

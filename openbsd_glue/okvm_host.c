@@ -249,6 +249,16 @@ okvm_host_unpin_page(okvm_mm_t mm, uint64_t uaddr, uint64_t pa,
 	    (vaddr_t)uaddr + PAGE_SIZE);
 }
 
+/*
+ * Kernel address of a page wired by okvm_host_pin_page: the amd64 direct
+ * map covers all physical memory.
+ */
+void *
+okvm_host_phys_kva(uint64_t pa)
+{
+	return ((void *)PMAP_DIRECT_MAP((paddr_t)pa));
+}
+
 /* Locks: rwlock(9) used as a sleepable mutex. */
 
 okvm_lock_t

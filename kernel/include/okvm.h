@@ -121,6 +121,13 @@ void	okvm_host_mm_release(okvm_mm_t mm);
 int32_t	okvm_host_pin_page(okvm_mm_t mm, uint64_t uaddr, int32_t writable, uint64_t *pa);
 /* Unwire a page pinned by okvm_host_pin_page (same mm, uaddr, pa); dirty if it was written. */
 void	okvm_host_unpin_page(okvm_mm_t mm, uint64_t uaddr, uint64_t pa, int32_t dirty);
+/*
+ * Kernel virtual address of the page at physical address pa (page aligned), which the core has
+ * wired with okvm_host_pin_page and keeps wired while it uses the address (amd64: the direct
+ * map). The core uses it only for atomic compare-exchange on guest page-table entries (A/D
+ * bits), which copyin/copyout cannot do. NULL if the page has no kernel address.
+ */
+void	*okvm_host_phys_kva(uint64_t pa);
 
 /* Locks: a sleepable mutex; NULL when short. */
 okvm_lock_t okvm_host_lock_alloc(void);

@@ -34,6 +34,7 @@ extern "C" {
     pub fn okvm_host_mm_release(mm: OkvmMm);
     pub fn okvm_host_pin_page(mm: OkvmMm, uaddr: u64, writable: i32, pa: *mut u64) -> i32;
     pub fn okvm_host_unpin_page(mm: OkvmMm, uaddr: u64, pa: u64, dirty: i32);
+    pub fn okvm_host_phys_kva(pa: u64) -> *mut c_void;
     pub fn okvm_host_lock_alloc() -> OkvmLock;
     pub fn okvm_host_lock_free(l: OkvmLock);
     pub fn okvm_host_lock(l: OkvmLock);
@@ -137,6 +138,10 @@ impl Host for CHost {
     fn unpin_page(&self, mm: MmRef, uaddr: u64, pa: u64, dirty: bool) {
         // SAFETY: see impl comment.
         unsafe { okvm_host_unpin_page(mm.0.as_ptr(), uaddr, pa, i32::from(dirty)) }
+    }
+    fn phys_kva(&self, pa: u64) -> Option<NonNull<u8>> {
+        // SAFETY: see impl comment.
+        NonNull::new(unsafe { okvm_host_phys_kva(pa) }.cast::<u8>())
     }
     fn lock_alloc(&self) -> Option<RawLock> {
         // SAFETY: see impl comment.

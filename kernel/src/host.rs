@@ -95,6 +95,10 @@ pub trait Host: Sync + 'static {
     fn pin_page(&self, mm: MmRef, uaddr: u64, writable: bool) -> KResult<u64>;
     /// Unwires a page pinned by [`Host::pin_page`]; `dirty` if the guest may have written it.
     fn unpin_page(&self, mm: MmRef, uaddr: u64, pa: u64, dirty: bool);
+    /// Kernel virtual address of the page at `pa` (page aligned), wired by [`Host::pin_page`]
+    /// and kept wired by the caller while it uses the address (amd64: the direct map). Only
+    /// for atomic accesses to guest page tables; `None` if the page has no kernel address.
+    fn phys_kva(&self, pa: u64) -> Option<NonNull<u8>>;
 
     /// Allocates a lock; `None` when memory is short.
     fn lock_alloc(&self) -> Option<RawLock>;

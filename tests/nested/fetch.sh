@@ -38,22 +38,33 @@ candidate() {
 	fi
 }
 
-# fetch PKG VERSION: download the .deb once, extract it once; prints the extraction dir.
-fetch() {
-	local pkg=$1 ver=$2 deb dir
+# download PKG VERSION: fetch the .deb once; prints its path.
+download() {
+	local pkg=$1 ver=$2 deb
 	deb=$CACHE/debs/${pkg}_${ver//:/%3a}_$(apt-cache "${APT_OPTS[@]}" show "$pkg=$ver" | awk '/^Architecture:/ { print $2; exit }').deb
 	if [ ! -s "$deb" ]; then
 		log "download $pkg=$ver"
 		(cd "$CACHE/debs" && apt-get "${APT_OPTS[@]}" -qq download "$pkg=$ver")
 	fi
 	[ -s "$deb" ] || die "download of $pkg=$ver did not produce $deb"
-	dir=$CACHE/x/${pkg}_${ver//:/_}
+	echo "$deb"
+}
+
+# extract DIR DEB...: unpack the .debs into one root DIR once; prints DIR.
+extract() {
+	local dir=$1 deb
+	shift
 	if [ ! -f "$dir/.done" ]; then
 		rm -rf "$dir" && mkdir -p "$dir"
-		dpkg-deb -x "$deb" "$dir"
+		for deb in "$@"; do dpkg-deb -x "$deb" "$dir"; done
 		touch "$dir/.done"
 	fi
 	echo "$dir"
+}
+
+# fetch PKG VERSION: download and extract one package; prints the extraction dir.
+fetch() {
+	extract "$CACHE/x/${1}_${2//:/_}" "$(download "$1" "$2")"
 }
 
 # The L1/L2 kernel: whatever linux-image-amd64 of bookworm (incl. security) points at.
@@ -67,9 +78,10 @@ KIMG=$(fetch "$KPKG" "$KSRCVER")
 if [ ! -f "$KIMG/lib/modules/$KVER/modules.dep" ]; then
 	depmod -b "$KIMG" "$KVER"
 fi
-KHDR=$(fetch "linux-headers-$KVER" "$KSRCVER")
-KHDRC=$(fetch "linux-headers-$KABI-common" "$KSRCVER")
-KBUILD=$(fetch "linux-kbuild-6.1" "$KSRCVER")
+# headers + common headers + kbuild in one root, so that their relative symlinks resolve
+KHEADERS=$(extract "$CACHE/x/kheaders_$KSRCVER" "$(download "linux-headers-$KVER" "$KSRCVER")" \
+	"$(download "linux-headers-$KABI-common" "$KSRCVER")" "$(download "linux-kbuild-6.1" "$KSRCVER")")
+KHEADERS=$KHEADERS/usr/src/linux-headers-$KVER
 
 # QEMU 10.0 from bookworm-backports, with the SeaBIOS and ROMs it was built for.
 Q10VER=$(candidate qemu-system-x86 bookworm-backports)
@@ -82,9 +94,7 @@ cat > "$CACHE/packages.env.tmp" <<ENV
 KVER=$KVER
 KSRCVER=$KSRCVER
 KIMG=$KIMG
-KHDR=$KHDR
-KHDRC=$KHDRC
-KBUILD=$KBUILD
+KHEADERS=$KHEADERS
 Q10VER=$Q10VER
 Q10=$Q10
 Q10DATA=$Q10DATA

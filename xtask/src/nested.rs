@@ -383,21 +383,23 @@ impl Harness {
         };
         println!();
         println!("nested bench (QEMU TCG -cpu EPYC, L1 Debian kernel, exits timed in L1, L2 boots timed on the host)");
-        println!("{:<30} {:>14} {:>14}  okvm/Linux", "measure", "Linux KVM", "okvm");
+        println!("{:<30} {:>12} {:>10}  okvm", "measure", "Linux KVM", "okvm/Linux");
         for (label, name, metric, unit) in rows {
             let l = cell("linux", name, metric);
             let k = cell("okvm", name, metric);
-            let fmt = |r: &Result<f64, String>| match r {
+            let linux = match &l {
                 Ok(v) => format!("{v:.2} {unit}"),
-                Err(_) => "-".to_string(),
+                Err(e) => format!("FAILED: {}", short(e)),
+            };
+            let okvm = match &k {
+                Ok(v) => format!("{v:.2} {unit}"),
+                Err(e) => short(e),
             };
             let ratio = match (&l, &k) {
                 (Ok(a), Ok(b)) if *a > 0.0 => format!("{:.2}", b / a),
-                (_, Err(e)) => format!("okvm: {}", short(e)),
-                (Err(e), _) => format!("linux: {}", short(e)),
                 _ => "-".into(),
             };
-            println!("{label:<30} {:>14} {:>14}  {ratio}", fmt(&l), fmt(&k));
+            println!("{label:<30} {linux:>12} {ratio:>10}  {okvm}");
         }
         let linux_ok = rows.iter().all(|(_, n, m, _)| cell("linux", n, *m).is_ok());
         if !linux_ok {
@@ -433,8 +435,8 @@ impl Drop for RunLock {
 
 fn short(s: &str) -> String {
     let s = s.split(" (line ").next().unwrap_or(s);
-    if s.chars().count() > 70 {
-        format!("{}...", s.chars().take(70).collect::<String>())
+    if s.chars().count() > 110 {
+        format!("{}...", s.chars().take(110).collect::<String>())
     } else {
         s.to_string()
     }

@@ -268,10 +268,12 @@ impl Harness {
         // Under Bochs the TSC counts emulated instructions (ips = 100 M/s), while the kernel
         // would take 3.5 GHz from CPUID 0x15/0x16 and run its clock ~35x slow: tell it the rate.
         let mut cmdline = format!(
-            "console=ttyS0{} panic=-1 quiet okvm.hv={} okvm.work={} okvm.n={exits}",
+            "console=ttyS0{} panic=-1 quiet okvm.hv={} okvm.work={} okvm.n={exits} okvm.t={}",
             if bochs { ",115200 tsc_early_khz=100000" } else { "" },
             case.hvs.join(","),
-            case.work.join(",")
+            case.work.join(","),
+            // per-test limit in L1 seconds; Bochs's emulated clock runs slower than the host's
+            if bochs { 30 } else { 60 }
         );
         if !case.tests.is_empty() || self.opts.tests.is_some() {
             cmdline.push_str(&format!(" okvm.tests={}", tests.join(",")));

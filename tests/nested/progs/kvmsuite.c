@@ -810,6 +810,10 @@ t_signal_kick(void)
 	struct kvm_regs regs = { 0 };
 	if ((st = vm_setup(&v, CODE(g_spin), 1, &regs)) != PASS)
 		return st;
+	/* IF=1 while spinning: nothing is injected without an irqchip, but emulators may treat a
+	 * jump-to-self with interrupts off as a dead loop (Bochs never left it). */
+	regs.rflags = 0x202;
+	CHECK(ioctl(v.vcpu, KVM_SET_REGS, &regs) == 0, "KVM_SET_REGS");
 	unsigned long outs = 0;
 	RUN_TO(&v, KVM_EXIT_IO, outs); /* the guest has started */
 	kick_run = v.run;

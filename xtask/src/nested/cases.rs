@@ -85,7 +85,7 @@ pub const CASES: &[Case] = &[
         work: L2_BOTH,
         tests: &[],
         linux_params: &["ept=Y", "unrestricted_guest=Y"],
-        timeout_s: 1200,
+        timeout_s: 1800,
     },
     Case {
         name: "vmx-suite",

@@ -1,0 +1,506 @@
+/*	$OpenBSD$	*/
+
+/*
+ * Copyright (c) 2026 The okvm authors
+ *
+ * Permission to use, copy, modify, and distribute this software for any
+ * purpose with or without fee is hereby granted, provided that the above
+ * copyright notice and this permission notice appear in all copies.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL WARRANTIES
+ * WITH REGARD TO THIS SOFTWARE INCLUDING ALL IMPLIED WARRANTIES OF
+ * MERCHANTABILITY AND FITNESS. IN NO EVENT SHALL THE AUTHOR BE LIABLE FOR
+ * ANY SPECIAL, DIRECT, INDIRECT, OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES
+ * WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER IN AN
+ * ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF
+ * OR IN CONNECTION WITH THE USE OR PERFORMANCE OF THIS SOFTWARE.
+ */
+
+/*
+ * kvm(4): the host services okvm.o calls (okvm_host_* in okvm.h), each a
+ * call or two into the OpenBSD kernel.  Errors go back as negated Linux
+ * errno values (OKVM_E*).
+ */
+
+#include <sys/param.h>
+#include <sys/systm.h>
+#include <sys/malloc.h>
+#include <sys/proc.h>
+#include <sys/rwlock.h>
+#include <sys/sched.h>
+#include <sys/signalvar.h>
+#include <sys/specdev.h>
+#include <sys/time.h>
+#include <sys/timeout.h>
+#include <sys/user.h>
+#include <sys/xcall.h>
+
+#include <uvm/uvm.h>
+
+#include <machine/cpu.h>
+#include <machine/cpufunc.h>
+#include <machine/fpu.h>
+#include <machine/intr.h>
+#include <machine/specialreg.h>
+
+#include <dev/kvm/okvm.h>
+#include <dev/kvm/kvmvar.h>
+
+extern uint64_t tsc_frequency;		/* arch/amd64/amd64/tsc.c */
+
+/*
+ * Locks used to protect struct members in this file:
+ *	I	immutable after creation
+ *	c	owned by the thread running on that CPU
+ */
+
+/* A one-shot timer. */
+struct kvm_timer {
+	struct timeout	 kt_to;		/* [I] fires fn(arg) at softclock */
+};
+
+/* Per-CPU state. */
+struct kvm_pcpu {
+	u_int		 kp_nopreempt;	/* [c] okvm_host_preempt_disable() */
+} __aligned(64);
+
+struct kvm_pcpu	 kvm_pcpu[MAXCPUS];
+
+/* okvm_host_run_on_all_cpus() call on one CPU. */
+struct kvm_xcall {
+	okvm_cpu_fn_t	 kx_fn;
+	void		*kx_arg;
+	int32_t		 kx_ret;
+};
+
+void
+kvm_host_init(void)
+{
+	memset(kvm_pcpu, 0, sizeof(kvm_pcpu));
+}
+
+static struct cpu_info *
+kvm_cpu_info(uint32_t idx)
+{
+	struct cpu_info *ci;
+	CPU_INFO_ITERATOR cii;
+
+	CPU_INFO_FOREACH(cii, ci) {
+		if (CPU_INFO_UNIT(ci) == idx)
+			return (ci);
+	}
+	return (NULL);
+}
+
+/* Pages. */
+
+int32_t
+okvm_host_page_alloc(void **va, uint64_t *pa)
+{
+	paddr_t p;
+	void *v;
+
+	v = km_alloc(PAGE_SIZE, &kv_page, &kp_zero, &kd_waitok);
+	if (v == NULL)
+		return (-OKVM_ENOMEM);
+	if (!pmap_extract(pmap_kernel(), (vaddr_t)v, &p)) {
+		km_free(v, PAGE_SIZE, &kv_page, &kp_zero);
+		return (-OKVM_ENOMEM);
+	}
+	*va = v;
+	*pa = p;
+	return (0);
+}
+
+/*
+ * The page may be mapped into a process through kvmmmap(): remove every
+ * user mapping first.  udv_fault() looks the page up and enters it while
+ * holding the kernel lock, so taking it here orders the two.
+ */
+void
+okvm_host_page_free(void *va, uint64_t pa)
+{
+	struct vm_page *pg;
+
+	pg = PHYS_TO_VM_PAGE(pa);
+	if (pg != NULL) {
+		KERNEL_LOCK();
+		pmap_page_protect(pg, PROT_NONE);
+		KERNEL_UNLOCK();
+	}
+	km_free(va, PAGE_SIZE, &kv_page, &kp_zero);
+}
+
+/* Kernel heap. */
+
+void *
+okvm_host_heap_alloc(size_t size)
+{
+	if (size == 0)
+		size = 1;
+	return (malloc(size, M_DEVBUF, M_WAITOK | M_ZERO | M_CANFAIL));
+}
+
+void
+okvm_host_heap_free(void *p, size_t size)
+{
+	if (size == 0)
+		size = 1;
+	free(p, M_DEVBUF, size);
+}
+
+/* User memory of the current process. */
+
+int32_t
+okvm_host_copyin(void *dst, uint64_t uaddr, size_t len)
+{
+	if (copyin((const void *)uaddr, dst, len) != 0)
+		return (-OKVM_EFAULT);
+	return (0);
+}
+
+int32_t
+okvm_host_copyout(uint64_t uaddr, const void *src, size_t len)
+{
+	if (copyout(src, (void *)uaddr, len) != 0)
+		return (-OKVM_EFAULT);
+	return (0);
+}
+
+/* Address spaces. */
+
+okvm_mm_t
+okvm_host_mm_current(void)
+{
+	struct vmspace *vm = curproc->p_vmspace;
+
+	uvmspace_addref(vm);
+	return (vm);
+}
+
+int32_t
+okvm_host_mm_is_current(okvm_mm_t mm)
+{
+	return (curproc->p_vmspace == (struct vmspace *)mm);
+}
+
+void
+okvm_host_mm_release(okvm_mm_t mm)
+{
+	uvmspace_free((struct vmspace *)mm);
+}
+
+/*
+ * Guest memory.  A wired page is still freed if its mapping goes away
+ * (munmap(2), mmap(2) over it, madvise(2)), so the map entry holding it is
+ * made immutable first, as vmm(4) does with vmd's guest memory: the
+ * process cannot remove guest RAM under a running guest.
+ */
+int32_t
+okvm_host_pin_page(okvm_mm_t mm, uint64_t uaddr, int32_t writable,
+    uint64_t *pa)
+{
+	struct vmspace *vm = mm;
+	struct vm_map *map = &vm->vm_map;
+	struct vm_map_entry *entry;
+	vaddr_t va = uaddr, start = 0, end = 0;
+	vm_prot_t prot = PROT_READ | (writable ? PROT_WRITE : 0);
+	int immutable = 0, found;
+	paddr_t p;
+
+	if ((va & PAGE_MASK) != 0 || va < VM_MIN_ADDRESS ||
+	    va >= VM_MAXUSER_ADDRESS - PAGE_SIZE)
+		return (-OKVM_EFAULT);
+
+	vm_map_lock_read(map);
+	found = uvm_map_lookup_entry(map, va, &entry);
+	if (found) {
+		start = entry->start;
+		end = entry->end;
+		immutable = (entry->etype & UVM_ET_IMMUTABLE) != 0;
+	}
+	vm_map_unlock_read(map);
+	if (!found)
+		return (-OKVM_EFAULT);
+	if (!immutable && uvm_map_immutable(map, start, end, 1) != 0)
+		return (-OKVM_EFAULT);
+
+	if (uvm_fault_wire(map, va, va + PAGE_SIZE, prot) != 0)
+		return (-OKVM_EFAULT);
+	if (!pmap_extract(vm_map_pmap(map), va, &p)) {
+		uvm_fault_unwire(map, va, va + PAGE_SIZE);
+		return (-OKVM_EFAULT);
+	}
+	*pa = p;
+	return (0);
+}
+
+void
+okvm_host_unpin_page(okvm_mm_t mm, uint64_t uaddr, uint64_t pa,
+    int32_t dirty)
+{
+	struct vmspace *vm = mm;
+	struct vm_page *pg;
+
+	/* The guest wrote through its own tables: uvm cannot know. */
+	if (dirty && (pg = PHYS_TO_VM_PAGE(pa)) != NULL)
+		atomic_clearbits_int(&pg->pg_flags, PG_CLEAN);
+	uvm_fault_unwire(&vm->vm_map, (vaddr_t)uaddr,
+	    (vaddr_t)uaddr + PAGE_SIZE);
+}
+
+/* Locks: rwlock(9) used as a sleepable mutex. */
+
+okvm_lock_t
+okvm_host_lock_alloc(void)
+{
+	struct rwlock *l;
+
+	l = malloc(sizeof(*l), M_DEVBUF, M_WAITOK | M_ZERO | M_CANFAIL);
+	if (l != NULL)
+		rw_init(l, "okvmlk");
+	return (l);
+}
+
+void
+okvm_host_lock_free(okvm_lock_t l)
+{
+	free(l, M_DEVBUF, sizeof(struct rwlock));
+}
+
+void
+okvm_host_lock(okvm_lock_t l)
+{
+	rw_enter_write((struct rwlock *)l);
+}
+
+void
+okvm_host_unlock(okvm_lock_t l)
+{
+	rw_exit_write((struct rwlock *)l);
+}
+
+int32_t
+okvm_host_sleep(const void *chan, okvm_lock_t l, uint64_t timeout_ns)
+{
+	int error;
+
+	KASSERT(kvm_pcpu[CPU_INFO_UNIT(curcpu())].kp_nopreempt == 0);
+	error = rwsleep_nsec(chan, (struct rwlock *)l, PWAIT | PCATCH,
+	    "okvm", timeout_ns == 0 ? INFSLP : timeout_ns);
+	switch (error) {
+	case 0:
+		return (0);
+	case EWOULDBLOCK:
+		return (-OKVM_ETIMEDOUT);
+	default:			/* EINTR, ERESTART */
+		return (-OKVM_EINTR);
+	}
+}
+
+void
+okvm_host_wakeup(const void *chan)
+{
+	wakeup(chan);
+}
+
+/* CPUs. */
+
+uint32_t
+okvm_host_cpu_current(void)
+{
+	return (CPU_INFO_UNIT(curcpu()));
+}
+
+uint32_t
+okvm_host_cpu_count(void)
+{
+	return (ncpus);
+}
+
+static void
+kvm_xcall_fn(void *arg)
+{
+	struct kvm_xcall *kx = arg;
+
+	kx->kx_ret = (*kx->kx_fn)(kx->kx_arg);
+}
+
+/* fn runs on each CPU in turn, at IPL_SOFTCLOCK (cpu_xcall(9)). */
+int32_t
+okvm_host_run_on_all_cpus(okvm_cpu_fn_t fn, void *arg)
+{
+	struct kvm_xcall kx;
+	struct cpu_info *ci;
+	CPU_INFO_ITERATOR cii;
+
+	CPU_INFO_FOREACH(cii, ci) {
+		if ((ci->ci_flags & CPUF_RUNNING) == 0)
+			return (-OKVM_EAGAIN);
+	}
+	CPU_INFO_FOREACH(cii, ci) {
+		kx.kx_fn = fn;
+		kx.kx_arg = arg;
+		kx.kx_ret = 0;
+		cpu_xcall_sync(ci, kvm_xcall_fn, &kx, "okvmxc");
+		if (kx.kx_ret != 0)
+			return (kx.kx_ret);
+	}
+	return (0);
+}
+
+/* Any interrupt makes a CPU in guest mode exit; X86_IPI_NOP does no more. */
+void
+okvm_host_cpu_kick(uint32_t cpu)
+{
+	struct cpu_info *ci = kvm_cpu_info(cpu);
+
+	if (ci != NULL && ci != curcpu())
+		x86_send_ipi(ci, X86_IPI_NOP);
+}
+
+/*
+ * OpenBSD does not preempt kernel threads: a thread leaves its CPU only
+ * when it sleeps or yields, which the core must not do in between.  The
+ * count lets okvm_host_sleep() catch that.
+ */
+void
+okvm_host_preempt_disable(void)
+{
+	kvm_pcpu[CPU_INFO_UNIT(curcpu())].kp_nopreempt++;
+}
+
+void
+okvm_host_preempt_enable(void)
+{
+	struct kvm_pcpu *kp = &kvm_pcpu[CPU_INFO_UNIT(curcpu())];
+
+	KASSERT(kp->kp_nopreempt > 0);
+	kp->kp_nopreempt--;
+}
+
+/* Threads. */
+
+int32_t
+okvm_host_signal_pending(void)
+{
+	struct proc *p = curproc;
+
+	/* An unmasked signal, or another thread is exiting the process. */
+	if (SIGPENDING(p) != 0)
+		return (1);
+	if (p->p_p->ps_single != NULL && p->p_p->ps_single != p)
+		return (1);
+	return (0);
+}
+
+int32_t
+okvm_host_should_yield(void)
+{
+	return ((curcpu()->ci_schedstate.spc_schedflags &
+	    SPCF_SHOULDYIELD) != 0);
+}
+
+void
+okvm_host_yield(void)
+{
+	KASSERT(kvm_pcpu[CPU_INFO_UNIT(curcpu())].kp_nopreempt == 0);
+	yield();
+}
+
+/* Time. */
+
+uint64_t
+okvm_host_nanotime(void)
+{
+	return (nsecuptime());
+}
+
+uint64_t
+okvm_host_tsc_khz(void)
+{
+	return (tsc_frequency / 1000);
+}
+
+okvm_timer_t
+okvm_host_timer_alloc(okvm_fn_t fn, void *arg)
+{
+	struct kvm_timer *kt;
+
+	kt = malloc(sizeof(*kt), M_DEVBUF, M_WAITOK | M_ZERO | M_CANFAIL);
+	if (kt != NULL)
+		timeout_set(&kt->kt_to, fn, arg);
+	return (kt);
+}
+
+void
+okvm_host_timer_arm(okvm_timer_t t, uint64_t ns)
+{
+	struct kvm_timer *kt = t;
+
+	timeout_add_nsec(&kt->kt_to, ns);
+}
+
+void
+okvm_host_timer_cancel(okvm_timer_t t)
+{
+	struct kvm_timer *kt = t;
+
+	timeout_del_barrier(&kt->kt_to);
+}
+
+void
+okvm_host_timer_free(okvm_timer_t t)
+{
+	free(t, M_DEVBUF, sizeof(struct kvm_timer));
+}
+
+/*
+ * FPU hand-over, as vmm_fpurestore()/vmm_fpusave() do: the user's xsave
+ * state goes to the PCB and CPUPF_USERXSTATE is cleared, so the return to
+ * user mode reloads it (locore.S); the CPU's FPU is then the core's.
+ */
+void
+okvm_host_fpu_enter(void)
+{
+	struct cpu_info *ci;
+	u_long s;
+
+	s = intr_disable();
+	ci = curcpu();
+	if (ci->ci_pflags & CPUPF_USERXSTATE) {
+		ci->ci_pflags &= ~CPUPF_USERXSTATE;
+		fpusavereset(&curproc->p_addr->u_pcb.pcb_savefpu);
+	}
+	intr_restore(s);
+}
+
+void
+okvm_host_fpu_leave(void)
+{
+	/* The host %xcr0, in case the guest's is still loaded. */
+	if (xsave_mask)
+		xsetbv(0, xsave_mask & XFEATURE_XCR0_MASK);
+}
+
+/* Descriptors, logging. */
+
+int32_t
+okvm_host_install_fd(uint32_t kind, okvm_handle_t h)
+{
+	return (kvm_install_fd(kind, h));
+}
+
+void
+okvm_host_log(uint32_t level, const char *msg, size_t len)
+{
+	kvm_log(level, msg, len);
+}
+
+void
+okvm_host_panic(const char *file, size_t file_len, uint32_t line)
+{
+	int n = file_len > 200 ? 200 : (int)file_len;
+
+	panic("okvm: fatal error at %.*s:%u", n, file, line);
+}

@@ -131,6 +131,42 @@ okvm_host_page_free(void *va, uint64_t pa)
 	km_free(va, PAGE_SIZE, &kv_page, &kp_zero);
 }
 
+/*
+ * Physically contiguous pages (SVM permission maps): one segment, zeroed,
+ * never mapped into a process.
+ */
+const struct kmem_pa_mode okvm_kp_contig = {
+	.kp_constraint = &no_constraint,
+	.kp_maxseg = 1,
+	.kp_zero = 1
+};
+
+int32_t
+okvm_host_contig_alloc(uint32_t npages, void **va, uint64_t *pa)
+{
+	paddr_t p;
+	void *v;
+
+	if (npages == 0 || npages > 16)
+		return (-OKVM_ENOMEM);
+	v = km_alloc(ptoa(npages), &kv_any, &okvm_kp_contig, &kd_waitok);
+	if (v == NULL)
+		return (-OKVM_ENOMEM);
+	if (!pmap_extract(pmap_kernel(), (vaddr_t)v, &p)) {
+		km_free(v, ptoa(npages), &kv_any, &okvm_kp_contig);
+		return (-OKVM_ENOMEM);
+	}
+	*va = v;
+	*pa = p;
+	return (0);
+}
+
+void
+okvm_host_contig_free(void *va, uint64_t pa, uint32_t npages)
+{
+	km_free(va, ptoa(npages), &kv_any, &okvm_kp_contig);
+}
+
 /* Kernel heap. */
 
 void *

@@ -14,6 +14,7 @@
     )
 )]
 
+pub mod anyb;
 pub mod backend;
 pub mod caps;
 pub mod cpuid;
@@ -26,6 +27,7 @@ pub mod memslot;
 pub mod msrs;
 pub mod run;
 pub mod soft;
+pub mod svmb;
 pub mod sync;
 pub mod system;
 pub mod user;

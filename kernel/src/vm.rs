@@ -248,12 +248,13 @@ impl<H: Host, B: Backend> Vm<H, B> {
 
     fn set_memory_region(&self, r: &Region) -> KResult<()> {
         let mut st = self.st.lock();
-        let change = st.slots.set(self.mm, r)?;
         let b = &self.sys.backend;
+        // Deleted/moved ranges are unmapped (and flushed) before their pages are unwired.
+        let change = st
+            .slots
+            .set(self.mm, r, |gfn, npages| b.unmap_gfns(&self.bvm, gfn, npages))?;
         match change {
-            Change::Delete { gfn, npages } | Change::Move { gfn, npages } => {
-                b.unmap_gfns(&self.bvm, gfn, npages)
-            }
+            Change::Delete { .. } | Change::Move { .. } => {}
             Change::Flags { log_on: true } => {
                 // Dirty logging starts: drop writable mappings so writes fault and get logged.
                 if let Some((_, s)) = st.slots.find(r.guest_phys_addr >> 12) {
@@ -361,8 +362,14 @@ impl<H: Host, B: Backend> Vm<H, B> {
     pub fn map_guest_page(&self, gpa: u64, write: bool) -> KResult<()> {
         let gfn = gpa >> 12;
         let mut st = self.st.lock();
-        let hpa = st.slots.pin(self.mm, gfn, write)?;
-        self.sys.backend.map_gfn(&self.bvm, gfn, hpa, write)?;
+        let p = st.slots.pin(self.mm, gfn, write)?;
+        // `map_gfn` replaces (and flushes) any old mapping of gfn, or leaves none on failure:
+        // either way the replaced wiring is unreachable afterwards.
+        let r = self.sys.backend.map_gfn(&self.bvm, gfn, p.pa, write);
+        if let Some(stale) = p.stale {
+            st.slots.unpin_stale(self.mm, stale);
+        }
+        r?;
         if write {
             st.slots.mark_dirty(gfn);
         }

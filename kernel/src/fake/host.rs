@@ -212,6 +212,24 @@ impl Host for FakeHost {
         unsafe { dealloc(page.va.as_ptr(), layout) };
         self.pages.fetch_sub(1, Ordering::SeqCst);
     }
+    fn contig_alloc(&self, npages: u32) -> Option<Page> {
+        assert!((1..=16).contains(&npages), "contig_alloc({npages})");
+        let layout = Layout::from_size_align(PAGE_SIZE * npages as usize, PAGE_SIZE).ok()?;
+        // SAFETY: non-zero size layout.
+        let p = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        self.pages.fetch_add(i64::from(npages), Ordering::SeqCst);
+        Some(Page {
+            va: p,
+            pa: p.as_ptr() as u64,
+        })
+    }
+    unsafe fn contig_free(&self, page: Page, npages: u32) {
+        assert_eq!(page.va.as_ptr() as u64, page.pa, "contig_free: va/pa mismatch");
+        let layout = Layout::from_size_align(PAGE_SIZE * npages as usize, PAGE_SIZE).unwrap();
+        // SAFETY: the pages came from contig_alloc with this layout.
+        unsafe { dealloc(page.va.as_ptr(), layout) };
+        self.pages.fetch_sub(i64::from(npages), Ordering::SeqCst);
+    }
     fn heap_alloc(&self, size: usize) -> Option<NonNull<u8>> {
         let budget = self.fail_heap_after.load(Ordering::SeqCst);
         if budget == 0 {
@@ -273,6 +291,10 @@ impl Host for FakeHost {
         self.pins.fetch_sub(1, Ordering::SeqCst);
     }
     fn phys_kva(&self, pa: u64) -> Option<NonNull<u8>> {
+        if pa & (1 << 50) == 0 {
+            // A page from page_alloc: its fake physical address is its address.
+            return NonNull::new(pa as *mut u8);
+        }
         let uaddr = pa & !(1 << 50);
         assert_eq!(pa, Self::fake_pa(uaddr), "phys_kva of a page the fake never pinned");
         assert_eq!(uaddr % PAGE_SIZE as u64, 0, "phys_kva of an unaligned address");

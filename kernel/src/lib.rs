@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod caps;
 pub mod cpuid;
+pub mod emul;
 pub mod errno;
 pub mod ffi;
 pub mod ffi_host;

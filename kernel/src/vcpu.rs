@@ -237,6 +237,16 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     #[inline(never)]
     fn set_regs(&self, st: &mut VcpuState<H, B>, arg: u64) -> KResult<i64> {
         let r: kvm_regs = user::read(self.host(), arg)?;
+        if matches!(st.pending, Pending::Emulated(_)) {
+            // Userspace moved RIP under an instruction the emulator was in the middle of: the
+            // rest of it (a pending read, queued writes) belongs to the old instruction.
+            let mut cur = kvm_regs::new_zeroed();
+            self.backend().get_regs(&mut st.b, &mut cur);
+            if cur.rip != r.rip {
+                st.emu.reset();
+                st.pending = Pending::None;
+            }
+        }
         self.backend().set_regs(&mut st.b, &r);
         Ok(0)
     }

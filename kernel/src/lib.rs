@@ -18,6 +18,7 @@ pub mod anyb;
 pub mod backend;
 pub mod caps;
 pub mod cpuid;
+pub mod emul;
 pub mod errno;
 pub mod ffi;
 pub mod ffi_host;

@@ -55,6 +55,11 @@ pub struct SoftVcpu {
     pub last_exception: kvm_abi::kvm_vcpu_events_exception,
     /// CR2 when the last exception was delivered.
     pub last_exception_cr2: u64,
+    /// Tests: the next scripted exit happens while delivering interrupt `reinject_vector`
+    /// (it is left queued for re-injection, as a hardware backend reports it).
+    pub reinject: bool,
+    /// The vector for `reinject`.
+    pub reinject_vector: u8,
 }
 
 /// The soft backend. `H` gives it heap memory for vCPU state.
@@ -406,6 +411,11 @@ impl<H: Host> Backend for SoftBackend<H> {
         match self.next_step(v.id) {
             None => Exit::FailEntry { reason: 0 },
             Some(st) => {
+                if v.reinject {
+                    v.reinject = false;
+                    v.events.interrupt.injected = 1;
+                    v.events.interrupt.nr = v.reinject_vector;
+                }
                 v.pending_len = st.insn_len;
                 if matches!(st.exit, Exit::Hlt) {
                     v.advance();

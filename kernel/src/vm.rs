@@ -9,7 +9,7 @@
 
 use core::ffi::c_void;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use kvm_abi::kvm_coalesced_mmio_zone;
 
@@ -74,6 +74,8 @@ pub struct Vm<H: Host, B: Backend> {
     online: AtomicU32,
     /// [m] The locked state.
     pub st: HMutex<VmState<H>, H>,
+    /// [a] `KVM_CAP_EXIT_ON_EMULATION_FAILURE` enabled.
+    exit_on_emulation_failure: AtomicBool,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -129,6 +131,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
             })?,
             online: AtomicU32::new(0),
             st: HMutex::new(host, st)?,
+            exit_on_emulation_failure: AtomicBool::new(false),
         };
         HBox::new(host, vm)
     }
@@ -238,9 +241,18 @@ impl<H: Host, B: Backend> Vm<H, B> {
             }
             KVM_ENABLE_CAP => {
                 let c: kvm_enable_cap = user::read(host, arg)?;
-                // Nothing here is enableable; Linux answers EINVAL for flags or unknown caps.
-                let _ = c;
-                Err(EINVAL)
+                // Linux: EINVAL for flags or unknown capabilities.
+                if c.flags != 0 {
+                    return Err(EINVAL);
+                }
+                match c.cap {
+                    KVM_CAP_EXIT_ON_EMULATION_FAILURE if c.args[0] & !1 == 0 => {
+                        self.exit_on_emulation_failure
+                            .store(c.args[0] == 1, Ordering::Relaxed);
+                        Ok(0)
+                    }
+                    _ => Err(EINVAL),
+                }
             }
             _ => Err(ENOTTY),
         }
@@ -357,11 +369,20 @@ impl<H: Host, B: Backend> Vm<H, B> {
         }
     }
 
-    /// Resolves a second-level fault at `gpa`: wires the page and maps it. `EFAULT` means no
-    /// writable memory there (MMIO or a write to a read-only slot).
-    pub fn map_guest_page(&self, gpa: u64, write: bool) -> KResult<()> {
+    /// Whether `KVM_CAP_EXIT_ON_EMULATION_FAILURE` is enabled.
+    pub fn exit_on_emulation_failure(&self) -> bool {
+        self.exit_on_emulation_failure.load(Ordering::Relaxed)
+    }
+
+    /// Resolves a second-level fault at `gpa`: wires the page and maps it. `Ok(false)` when
+    /// the access is MMIO: outside every memslot, or a write to a read-only slot (Linux
+    /// semantics). `EFAULT` when the slot's user memory cannot be wired.
+    pub fn map_guest_page(&self, gpa: u64, write: bool) -> KResult<bool> {
         let gfn = gpa >> 12;
         let mut st = self.st.lock();
+        if st.slots.gpa_to_uaddr(gpa, write).is_err() {
+            return Ok(false);
+        }
         let p = st.slots.pin(self.mm, gfn, write)?;
         // `map_gfn` replaces (and flushes) any old mapping of gfn, or leaves none on failure:
         // either way the replaced wiring is unreachable afterwards.
@@ -373,7 +394,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
         if write {
             st.slots.mark_dirty(gfn);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Copies guest memory at `gpa` into `buf` through the VM's user mapping (`EFAULT` if any

@@ -140,10 +140,10 @@ impl FakeHost {
         let mut next = self.next_uaddr.lock().unwrap();
         let at = *next;
         *next += (len + PAGE_SIZE) as u64;
-        self.user.lock().unwrap().insert(
-            at,
-            UserRegion::new(len, writable),
-        );
+        self.user
+            .lock()
+            .unwrap()
+            .insert(at, UserRegion::new(len, writable));
         at
     }
 
@@ -296,8 +296,16 @@ impl Host for FakeHost {
             return NonNull::new(pa as *mut u8);
         }
         let uaddr = pa & !(1 << 50);
-        assert_eq!(pa, Self::fake_pa(uaddr), "phys_kva of a page the fake never pinned");
-        assert_eq!(uaddr % PAGE_SIZE as u64, 0, "phys_kva of an unaligned address");
+        assert_eq!(
+            pa,
+            Self::fake_pa(uaddr),
+            "phys_kva of a page the fake never pinned"
+        );
+        assert_eq!(
+            uaddr % PAGE_SIZE as u64,
+            0,
+            "phys_kva of an unaligned address"
+        );
         let mut user = self.user.lock().unwrap();
         let (&start, r) = user.range_mut(..=uaddr).next_back()?;
         let off = usize::try_from(uaddr - start).ok()?;

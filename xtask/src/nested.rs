@@ -26,7 +26,8 @@ const USAGE: &str = "usage: cargo xtask nested <command>
   ci                    setup, then run the CI cases (svm, svm-shadow, svm-okvm, vmx-suite)
 options: -n EXITS (timed suite loops, default 20000), --tests a,b (kvmsuite subset),
          -v (echo the whole console), --no-okvm (do not build okvm.ko)
-env: OKVM_NESTED_CACHE (default /var/tmp/okvm-nested), OKVM_O (default target/okvm.o)";
+env: OKVM_NESTED_CACHE (default /var/tmp/okvm-nested), OKVM_O (default target/okvm.o, built with
+     the `cargo xtask kobj` recipe when missing)";
 
 /// The cases `.ci/run` runs (through `cargo xtask nested ci`).
 pub const CI_CASES: &[&str] = &["svm", "svm-shadow", "svm-okvm", "vmx-suite"];
@@ -164,11 +165,19 @@ impl Harness {
         if self.opts.no_okvm {
             return Err("--no-okvm".into());
         }
-        let obj = std::env::var_os("OKVM_O")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.join("target/okvm.o"));
+        let obj = match std::env::var_os("OKVM_O") {
+            Some(o) => PathBuf::from(o),
+            None => {
+                let obj = self.root.join("target/okvm.o");
+                if !obj.exists() {
+                    println!("[nested] {} is missing: building it (cargo xtask kobj recipe)", obj.display());
+                    crate::kobj::build().map_err(|e| format!("building okvm.o: {e}"))?;
+                }
+                obj
+            }
+        };
         if !obj.exists() {
-            return Err(format!("{} does not exist (build it with `cargo xtask kobj`)", obj.display()));
+            return Err(format!("{} does not exist", obj.display()));
         }
         let glue = self.dir.join("linux_glue/build.sh");
         if !glue.exists() {

@@ -23,14 +23,14 @@ const USAGE: &str = "usage: cargo xtask nested <command>
   list                  list the cases
   run CASE... [opts]    run cases; one PASS/FAIL line per result, non-zero exit on failure
   bench [opts]          Linux KVM vs okvm side by side (case `bench`)
-  ci                    setup, then run the CI cases (svm, svm-shadow, svm-okvm, vmx-suite)
+  ci                    setup, then run the CI cases (svm, svm-shadow, svm-okvm, vmx)
 options: -n EXITS (timed suite loops, default 20000), --tests a,b (kvmsuite subset),
          -v (echo the whole console), --no-okvm (do not build okvm.ko)
 env: OKVM_NESTED_CACHE (default /var/tmp/okvm-nested), OKVM_O (default target/okvm.o, built with
      the `cargo xtask kobj` recipe when missing)";
 
 /// The cases `.ci/run` runs (through `cargo xtask nested ci`).
-pub const CI_CASES: &[&str] = &["svm", "svm-shadow", "svm-okvm", "vmx-suite"];
+pub const CI_CASES: &[&str] = &["svm", "svm-shadow", "svm-okvm", "vmx"];
 
 /// Entry point of `cargo xtask nested ARGS`.
 pub fn main(args: &[String]) -> Result<(), String> {

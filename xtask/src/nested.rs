@@ -10,6 +10,7 @@ mod emulator;
 mod report;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -318,10 +319,15 @@ impl Harness {
             }
         };
         let header = format!("{:?}", cmd);
-        println!("[nested] {}: {} ({} s limit), log {}", case.name, case.platform.describe(), case.timeout_s, run_dir.join("console.log").display());
+        let log_path = run_dir.join("console.log");
+        println!("[nested] {}: {} ({} s limit), log {}", case.name, case.platform.describe(), case.timeout_s, log_path.display());
         let verbose = self.opts.verbose;
         let started = Instant::now();
+        // The console log is written as lines come, so it survives a killed harness.
+        let mut log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let _ = writeln!(log, "[host +   0.00] {header}");
         let mut echo = |l: &emulator::Line| {
+            let _ = writeln!(log, "[host +{:7.2}] {}", l.t, l.text);
             if verbose || l.text.contains("@@ ") || l.text.contains("Kernel panic") || l.text.contains("Oops") {
                 println!("  [{:7.2}] {}", l.t, l.text);
             }
@@ -335,7 +341,8 @@ impl Harness {
             &mut echo,
         )?;
         let wall = started.elapsed().as_secs_f64();
-        emulator::write_log(&run_dir.join("console.log"), &header, &lines, &end)?;
+        let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| e.to_string())?;
+        let _ = writeln!(log, "[host end {wall:.2}] {end:?}");
         let records: Vec<_> = lines.iter().filter_map(report::parse).collect();
         let tail = lines.iter().rev().find(|l| !l.text.trim().is_empty()).map(|l| l.text.clone()).unwrap_or_default();
         let tail = format!("{tail} ({end:?} after {wall:.1} s)");
@@ -429,7 +436,10 @@ impl RunLock {
         let path = dir.join("lock");
         if let Ok(pid) = std::fs::read_to_string(&path) {
             let pid = pid.trim();
-            if !pid.is_empty() && Path::new("/proc").join(pid).exists() && pid != std::process::id().to_string() {
+            // alive and still an xtask (not a reused pid)
+            let cmdline = std::fs::read(Path::new("/proc").join(pid).join("cmdline")).unwrap_or_default();
+            let xtask = String::from_utf8_lossy(&cmdline).contains("xtask");
+            if !pid.is_empty() && xtask && pid != std::process::id().to_string() {
                 return Err(format!("{} is in use by process {pid}", dir.display()));
             }
         }

@@ -26,6 +26,18 @@ if [ $changed = 1 ] || [ "${OKVM_NESTED_REFRESH:-0}" = 1 ] || [ -z "$(find "$sta
 	touch "$stamp"
 fi
 
+# Nothing to do when the lists did not change since packages.env was written and everything it
+# names is still extracted (resolving through apt-cache costs seconds per call).
+if [ -f "$CACHE/packages.env" ] && [ "$CACHE/packages.env" -nt "$stamp" ] && [ "$CACHE/packages.env" -nt "$0" ]; then
+	ok=1
+	for d in $(grep -E '^(KIMG|Q10|Q10DATA|SEABIOS10)=' "$CACHE/packages.env" | cut -d= -f2); do
+		[ -f "$d/.done" ] || ok=0
+	done
+	kh=$(grep '^KHEADERS=' "$CACHE/packages.env" | cut -d= -f2)
+	[ -f "${kh%/usr/src/*}/.done" ] || ok=0
+	[ $ok = 1 ] && exit 0
+fi
+
 # candidate VERSION of PKG (optionally from RELEASE) in the private lists.
 candidate() {
 	local pkg=$1 rel=${2:-}

@@ -43,6 +43,7 @@ pub struct Case {
 const EPYC: Platform = Platform::Qemu { cpu: "EPYC" };
 const NO_NPT: Platform = Platform::Qemu { cpu: "qemu64,+svm,-npt" };
 const SKX: Platform = Platform::Bochs { model: "corei7_skylake_x" };
+const PENRYN: Platform = Platform::Bochs { model: "core2_penryn_t9600" };
 const L2_BOTH: &[&str] = &["suite", "l2_qemu72", "l2_qemu10"];
 
 /// Every case, in `list` order.
@@ -105,6 +106,16 @@ pub const CASES: &[Case] = &[
         work: &["suite"],
         tests: &[],
         linux_params: &["ept=Y", "unrestricted_guest=Y"],
+        timeout_s: 900,
+    },
+    Case {
+        name: "vmx-shadow",
+        about: "VMX without EPT or unrestricted guest (Bochs Penryn): kvmsuite on Linux KVM, then okvm",
+        platform: PENRYN,
+        hvs: &["linux", "okvm"],
+        work: &["suite"],
+        tests: &[],
+        linux_params: &["ept=N", "unrestricted_guest=N"],
         timeout_s: 900,
     },
     Case {

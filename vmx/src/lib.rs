@@ -14,5 +14,8 @@
 )]
 
 pub mod caps;
+pub mod exit;
+pub mod hw;
 #[cfg(test)]
 mod testdata;
+pub mod vmcs;

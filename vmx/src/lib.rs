@@ -16,6 +16,7 @@
 pub mod caps;
 pub mod exit;
 pub mod hw;
+pub mod state;
 #[cfg(test)]
 mod testdata;
 pub mod vmcs;

@@ -13,6 +13,7 @@
     )
 )]
 
+pub mod bitmaps;
 pub mod caps;
 pub mod exit;
 pub mod hw;

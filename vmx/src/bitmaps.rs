@@ -208,7 +208,6 @@ mod tests {
         assert!(bm.intercepted(0x4000_0000, MsrAccess::Read));
         assert!(bm.set_passthrough(0x10, MsrAccess::Read, false));
         assert!(bm.intercepted(0x10, MsrAccess::Read));
-        drop(bm);
         assert_eq!(page[1024 + 32], 0xfe);
         assert_eq!(page[3072 + 32], 0xfe);
         assert_eq!(page.iter().filter(|&&b| b != 0xff).count(), 2);
@@ -221,7 +220,6 @@ mod tests {
         io.set_passthrough(0x80, true);
         io.set_passthrough(0xffff, true);
         assert!(!io.intercepted(0x80) && io.intercepted(0x81) && !io.intercepted(0xffff));
-        drop(io);
         assert_eq!(a[0x10], 0xfe);
         assert_eq!(b[4095], 0x7f);
     }

@@ -18,6 +18,7 @@ pub mod caps;
 pub mod exit;
 pub mod hw;
 pub mod state;
+pub mod switch;
 #[cfg(test)]
 mod testdata;
 pub mod vmcs;

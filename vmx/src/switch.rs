@@ -133,7 +133,7 @@ unsafe extern "C" {
 
 /// The value for the HOST_RIP field.
 pub fn host_rip() -> u64 {
-    vmx_host_rip as usize as u64
+    vmx_host_rip as *const () as usize as u64
 }
 
 /// Outcome of one entry attempt, before the VM-instruction error is read.

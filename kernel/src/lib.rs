@@ -1,8 +1,41 @@
 //! okvm's OS-independent core: the KVM object model, memslots, ioctl dispatch and run loop.
 //!
 //! This is the only crate that exports C symbols; the OS glue (OpenBSD's, or the test-only
-//! Linux one) links it as `okvm.o` and talks to it through `okvm.h`.
+//! Linux one) links it as `okvm.o` and talks to it through `include/okvm.h` (Rust side:
+//! `ffi_host.rs` for host services, `ffi.rs` for entry points).
 #![cfg_attr(not(test), no_std)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod backend;
+pub mod caps;
+pub mod cpuid;
+pub mod errno;
+pub mod ffi;
+pub mod ffi_host;
+pub mod hmem;
+pub mod host;
+pub mod memslot;
+pub mod msrs;
+pub mod run;
+pub mod soft;
+pub mod sync;
+pub mod system;
+pub mod user;
+pub mod vcpu;
+pub mod vm;
+
+#[cfg(test)]
+pub mod fake;
+#[cfg(test)]
+mod tests;
 
 #[cfg(all(not(test), target_os = "none"))]
 mod panic;

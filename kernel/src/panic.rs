@@ -7,7 +7,7 @@ use core::panic::PanicInfo;
 
 extern "C" {
     /// Host service (okvm.h): report a fatal internal error and halt; never returns.
-    fn okvm_host_panic(file: *const u8, file_len: usize, line: u32) -> !;
+    fn okvm_host_panic(file: *const core::ffi::c_char, file_len: usize, line: u32) -> !;
 }
 
 #[panic_handler]
@@ -17,5 +17,5 @@ fn panic(info: &PanicInfo<'_>) -> ! {
         None => ("?", 0),
     };
     // SAFETY: the pointer and length describe a live &str; the host only reads them.
-    unsafe { okvm_host_panic(file.as_ptr(), file.len(), line) }
+    unsafe { okvm_host_panic(file.as_ptr().cast(), file.len(), line) }
 }

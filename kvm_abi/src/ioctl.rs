@@ -26,18 +26,14 @@ abi_consts! {
     KVMIO: u32 = 0xAE;
 }
 
-/// `_IOC(dir, type, nr, size)`: builds a command word. `size` must fit in 14 bits (checked at
-/// compile time for every number declared here).
+/// `_IOC(dir, type, nr, size)`: builds a command word. Each field is masked to its width, so
+/// this never panics; every number declared here is checked at compile time to round-trip its
+/// argument size through [`ioc_size`].
 pub const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
-    assert!(
-        size < (1 << _IOC_SIZEBITS),
-        "ioctl argument too large to encode"
-    );
-    assert!(ty < (1 << _IOC_TYPEBITS) && nr < (1 << _IOC_NRBITS));
-    (dir << _IOC_DIRSHIFT)
-        | ((size as u32) << _IOC_SIZESHIFT)
-        | (ty << _IOC_TYPESHIFT)
-        | (nr << _IOC_NRSHIFT)
+    ((dir & ((1 << _IOC_DIRBITS) - 1)) << _IOC_DIRSHIFT)
+        | (((size as u32) & ((1 << _IOC_SIZEBITS) - 1)) << _IOC_SIZESHIFT)
+        | ((ty & ((1 << _IOC_TYPEBITS) - 1)) << _IOC_TYPESHIFT)
+        | ((nr & ((1 << _IOC_NRBITS) - 1)) << _IOC_NRSHIFT)
 }
 
 /// `_IO(type, nr)`: no argument structure (the argument, if any, is passed by value).
@@ -103,6 +99,7 @@ macro_rules! abi_ioctls {
             #[doc = ""]
             #[doc = concat!("Linux `", stringify!($name), "` = `", stringify!($kind), "(KVMIO, ", stringify!($nr), $(", ", stringify!($t),)? ")`.")]
             pub const $name: u32 = ioc_word!($kind, $nr $(, $t)?);
+            $( const _: () = assert!(ioc_size($name) == core::mem::size_of::<$t>()); )?
         )*
         $(#[doc = $ldoc])*
         pub const $list: &[$crate::manifest::IoctlInfo] = &[

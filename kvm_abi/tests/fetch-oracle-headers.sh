@@ -2,7 +2,7 @@
 # Unpacks Debian bookworm-backports' linux-libc-dev (Linux 6.12 uapi headers) into
 # <workspace>/target/kvm-abi-oracle, the oracle of kvm_abi/tests/abi_vs_linux.rs.
 # Uses a private apt configuration under target/ (no change to the system's apt sources); needs
-# apt-get, dpkg-deb and access to the Debian archive. Idempotent.
+# apt-get, dpkg-deb and the Debian archive the system's apt uses (tests/debian-archive.sh). Idempotent.
 set -eu
 ws=$(cd "$(dirname "$0")/../.." && pwd)
 out="$ws/target/kvm-abi-oracle"
@@ -12,7 +12,8 @@ if [ -f "$out/usr/include/linux/kvm.h" ]; then
 fi
 apt="$ws/target/kvm-abi-apt"
 mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/deb"
-echo "deb http://deb.debian.org/debian bookworm-backports main" > "$apt/sources.list"
+archive=$("$ws/tests/debian-archive.sh")
+echo "deb $archive bookworm-backports main" > "$apt/sources.list"
 opts="-o Dir::Etc::SourceList=$apt/sources.list -o Dir::Etc::SourceParts=/nonexistent
  -o Dir::State::Lists=$apt/lists -o Dir::Cache=$apt/cache -o APT::Sandbox::User=root"
 # shellcheck disable=SC2086

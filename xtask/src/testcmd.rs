@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI runs, in order, with one closing count.
 //!
-//! Phases: the workspace's unit, property and differential tests (`cargo test --workspace`), then
-//! the kernel object build and lint (`kobj`). Counts from every `cargo test` result line are summed
+//! Phases: the workspace's unit, property and differential tests (`cargo test --workspace`), the
+//! kernel object build and lint (`kobj`), the OpenBSD glue and patch checks, and (not with
+//! `--quick`) a bounded fuzzing run of the emulator. Counts from every `cargo test` result line are summed
 //! into the closing `tests: N passed, N failed` line; a failing phase fails the command.
 
 use crate::util::cargo;
@@ -53,6 +54,21 @@ fn cargo_test(args: &[&str], counts: &mut Counts) -> Result<(), String> {
     }
 }
 
+/// How long CI fuzzes the emulator's decode+execute path.
+const FUZZ_SECONDS: u32 = 60;
+
+/// Runs the emulator's libFuzzer target for a bounded time (`emulate/fuzz`, needs `cargo fuzz`).
+fn fuzz_emulator(seconds: u32) -> Result<(), String> {
+    let dir = crate::util::root().join("emulate/fuzz");
+    let mut cmd = cargo();
+    cmd.current_dir(&dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", "run", "decode_execute", "--sanitizer", "none", "--"])
+        .arg(format!("-max_total_time={seconds}"));
+    crate::util::run(&mut cmd)
+        .map_err(|e| format!("{e} (is cargo-fuzz installed? `cargo install cargo-fuzz --locked`)"))
+}
+
 /// `cargo xtask test [--quick]`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let quick = match args {
@@ -88,7 +104,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     phase("openbsd glue + patches", r, &mut counts);
     // --- end of openbsd glue hook ---
-    let _ = quick; // the slow suites (fuzzing, nested VMs) join here as they land
+    if !quick {
+        let r = fuzz_emulator(FUZZ_SECONDS);
+        if r.is_ok() {
+            counts.passed += 1;
+        }
+        phase("emulator fuzzing", r, &mut counts);
+    }
 
     println!("tests: {} passed, {} failed", counts.passed, counts.failed);
     if failures.is_empty() {

@@ -1,0 +1,169 @@
+//! The hardware backend interface (VMX or SVM): what the core asks of one.
+//!
+//! Modelled on the part of Linux's `kvm_x86_ops` a userspace-irqchip VMM needs, kept small:
+//! create/destroy, guest state in `kvm_abi` types, run until a [`Exit`], event injection and
+//! the interrupt window. Dispatch is static: the core is generic over `B: Backend`, and the
+//! kernel object instantiates it with one concrete type (an enum over VMX/SVM once they exist).
+
+use kvm_abi::{
+    kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
+};
+
+use crate::errno::KResult;
+
+/// CPUID output registers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuidResult {
+    /// EAX.
+    pub eax: u32,
+    /// EBX.
+    pub ebx: u32,
+    /// ECX.
+    pub ecx: u32,
+    /// EDX.
+    pub edx: u32,
+}
+
+/// Why the guest stopped running, normalized across VMX and SVM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Handled by the backend (or a host interrupt / kick); re-enter unless something is pending.
+    Continue,
+    /// `IN`/`OUT` of `size` bytes (1, 2, 4) at `port`; for `OUT`, `data` holds the value. The
+    /// instruction completes through [`Backend::complete_io`].
+    Io {
+        port: u16,
+        size: u8,
+        out: bool,
+        data: u32,
+    },
+    /// `INS`/`OUTS`/`REP` string I/O: needs the instruction emulator.
+    IoString { port: u16, size: u8, out: bool },
+    /// A decoded MMIO access of `len` (1..=8) bytes at `gpa`; for writes `data` holds the bytes.
+    /// Completes through [`Backend::complete_mmio`].
+    Mmio {
+        gpa: u64,
+        len: u8,
+        write: bool,
+        data: [u8; 8],
+    },
+    /// A second-level page fault at `gpa` (EPT violation / NPF): the core maps guest memory or,
+    /// outside every memslot, decodes the instruction as MMIO.
+    PageFault { gpa: u64, write: bool, fetch: bool },
+    /// `HLT` (RIP already past it).
+    Hlt,
+    /// The interrupt window requested by [`Backend::set_irq_window`] opened.
+    IrqWindow,
+    /// `CPUID` with EAX=`leaf`, ECX=`subleaf`: complete with [`Backend::complete_cpuid`].
+    Cpuid { leaf: u32, subleaf: u32 },
+    /// `RDMSR` of `index`: complete with [`Backend::complete_rdmsr`].
+    Rdmsr { index: u32 },
+    /// `WRMSR` of `data` to `index`: complete with [`Backend::complete_wrmsr`].
+    Wrmsr { index: u32, data: u64 },
+    /// Triple fault or other shutdown condition.
+    Shutdown,
+    /// VM entry failed with this hardware reason.
+    FailEntry { reason: u64 },
+    /// The backend cannot continue (`KVM_INTERNAL_ERROR_*` suberror).
+    Internal { suberror: u32 },
+}
+
+/// How an I/O or MMIO exit completes after userspace handled it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoCompletion {
+    /// `OUT` / MMIO write: just finish the instruction.
+    Write,
+    /// `IN` of `size` bytes: the value read (zero-extended).
+    PioIn { size: u8, value: u32 },
+    /// MMIO read of `len` bytes.
+    MmioRead { len: u8, data: [u8; 8] },
+}
+
+/// A VMX or SVM implementation.
+pub trait Backend: Sync + 'static {
+    /// Per-VM backend state (second-level tables, ASID/VPID, ...).
+    type Vm: Send + Sync;
+    /// Per-vCPU backend state (VMCS/VMCB, saved guest registers, ...). Dropped at teardown.
+    type Vcpu: Send;
+
+    /// Short name for logs ("vmx", "svm", "soft").
+    fn name(&self) -> &'static str;
+    /// The host CPU's CPUID (the input of `KVM_GET_SUPPORTED_CPUID`).
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult;
+
+    /// Creates the per-VM state.
+    fn vm_create(&self) -> KResult<Self::Vm>;
+    /// Creates vCPU `id` in its power-on state (Intel SDM 10.1.1 / APM 14.1.3).
+    fn vcpu_create(&self, vm: &Self::Vm, id: u32) -> KResult<Self::Vcpu>;
+
+    /// Reads the general-purpose registers.
+    fn get_regs(&self, v: &mut Self::Vcpu, out: &mut kvm_regs);
+    /// Writes the general-purpose registers.
+    fn set_regs(&self, v: &mut Self::Vcpu, regs: &kvm_regs);
+    /// Reads segment, control and descriptor-table registers and the pending-interrupt bitmap.
+    fn get_sregs(&self, v: &mut Self::Vcpu, out: &mut kvm_sregs);
+    /// Writes them; `EINVAL` for states the CPU cannot hold.
+    fn set_sregs(&self, v: &mut Self::Vcpu, sregs: &kvm_sregs) -> KResult<()>;
+    /// Reads the legacy FPU/SSE state.
+    fn get_fpu(&self, v: &mut Self::Vcpu, out: &mut kvm_fpu);
+    /// Writes the legacy FPU/SSE state.
+    fn set_fpu(&self, v: &mut Self::Vcpu, fpu: &kvm_fpu);
+    /// Reads the XSAVE area (standard format).
+    fn get_xsave(&self, v: &mut Self::Vcpu, out: &mut kvm_xsave);
+    /// Writes the XSAVE area; `EINVAL` for features the guest may not use.
+    fn set_xsave(&self, v: &mut Self::Vcpu, xsave: &kvm_xsave) -> KResult<()>;
+    /// Reads XCR0.
+    fn get_xcrs(&self, v: &mut Self::Vcpu, out: &mut kvm_xcrs);
+    /// Writes XCR0; `EINVAL` when invalid.
+    fn set_xcrs(&self, v: &mut Self::Vcpu, xcrs: &kvm_xcrs) -> KResult<()>;
+    /// Reads an MSR (`host` = from `KVM_GET_MSRS`); `Err` when unsupported.
+    fn get_msr(&self, v: &mut Self::Vcpu, index: u32, host: bool) -> KResult<u64>;
+    /// Writes an MSR (`host` = from `KVM_SET_MSRS`); `Err` when unsupported or invalid.
+    fn set_msr(&self, v: &mut Self::Vcpu, index: u32, data: u64, host: bool) -> KResult<()>;
+    /// Reads pending/injected exception, interrupt, NMI state and the interrupt shadow.
+    fn get_events(&self, v: &mut Self::Vcpu, out: &mut kvm_vcpu_events);
+    /// Writes them (flags already validated by the core).
+    fn set_events(&self, v: &mut Self::Vcpu, ev: &kvm_vcpu_events) -> KResult<()>;
+    /// Reads DR0-3, DR6, DR7.
+    fn get_debugregs(&self, v: &mut Self::Vcpu, out: &mut kvm_debugregs);
+    /// Writes DR0-3, DR6, DR7; `EINVAL` for reserved bits set in the upper halves.
+    fn set_debugregs(&self, v: &mut Self::Vcpu, dr: &kvm_debugregs) -> KResult<()>;
+    /// The guest CPUID table changed (`KVM_SET_CPUID2`).
+    fn cpuid_changed(&self, v: &mut Self::Vcpu, entries: &[kvm_cpuid_entry2]);
+
+    /// Queues external interrupt `vector` (userspace irqchip, `KVM_INTERRUPT`) for the next entry.
+    fn queue_interrupt(&self, v: &mut Self::Vcpu, vector: u8);
+    /// Whether an interrupt is queued and not yet delivered.
+    fn interrupt_queued(&self, v: &mut Self::Vcpu) -> bool;
+    /// Queues an NMI (`KVM_NMI`).
+    fn queue_nmi(&self, v: &mut Self::Vcpu);
+    /// Whether the guest can take an external interrupt now (RFLAGS.IF, no STI/MOV SS shadow,
+    /// no event being delivered).
+    fn interrupt_allowed(&self, v: &mut Self::Vcpu) -> bool;
+    /// RFLAGS.IF.
+    fn if_flag(&self, v: &mut Self::Vcpu) -> bool;
+    /// Requests (or cancels) an [`Exit::IrqWindow`] when interrupts become allowed.
+    fn set_irq_window(&self, v: &mut Self::Vcpu, on: bool);
+    /// CR8 (TPR), as `kvm_run.cr8` reports it.
+    fn get_cr8(&self, v: &mut Self::Vcpu) -> u64;
+    /// Writes CR8 from `kvm_run.cr8` (userspace irqchip); `EINVAL` for reserved bits.
+    fn set_cr8(&self, v: &mut Self::Vcpu, cr8: u64) -> KResult<()>;
+    /// `IA32_APIC_BASE`, as `kvm_run.apic_base` reports it.
+    fn get_apic_base(&self, v: &mut Self::Vcpu) -> u64;
+
+    /// Enters the guest until the next exit the backend cannot handle alone.
+    fn run(&self, vm: &Self::Vm, v: &mut Self::Vcpu) -> Exit;
+    /// Completes an [`Exit::Io`] or [`Exit::Mmio`] (writes the read value, advances RIP).
+    fn complete_io(&self, v: &mut Self::Vcpu, c: IoCompletion);
+    /// Completes an [`Exit::Cpuid`] with the core's answer (and advances RIP).
+    fn complete_cpuid(&self, v: &mut Self::Vcpu, r: CpuidResult);
+    /// Completes an [`Exit::Rdmsr`]: `Some(value)` into EDX:EAX, `None` injects #GP.
+    fn complete_rdmsr(&self, v: &mut Self::Vcpu, value: Option<u64>);
+    /// Completes an [`Exit::Wrmsr`]: `true` advances RIP, `false` injects #GP.
+    fn complete_wrmsr(&self, v: &mut Self::Vcpu, ok: bool);
+    /// Maps guest frame `gfn` to host physical `hpa` in the VM's second-level tables.
+    fn map_gfn(&self, vm: &Self::Vm, gfn: u64, hpa: u64, writable: bool) -> KResult<()>;
+    /// Removes second-level mappings of `[gfn, gfn + npages)` (slot deleted or moved).
+    fn unmap_gfns(&self, vm: &Self::Vm, gfn: u64, npages: u64);
+}

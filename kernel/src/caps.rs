@@ -1,0 +1,79 @@
+//! `KVM_CHECK_EXTENSION`: exactly the capabilities this core implements.
+
+use crate::memslot::KVM_USER_MEM_SLOTS;
+
+/// Largest number of vCPUs per VM (`KVM_CAP_MAX_VCPUS`).
+pub const KVM_MAX_VCPUS: u32 = 256;
+/// vCPU ids are below this (`KVM_CAP_MAX_VCPU_ID`, Linux `KVM_MAX_VCPU_IDS`).
+pub const KVM_MAX_VCPU_IDS: u32 = 256;
+/// `KVM_COALESCED_MMIO_PAGE_OFFSET` (x86).
+pub const KVM_COALESCED_MMIO_PAGE_OFFSET: i64 = 2;
+/// `KVM_PIO_PAGE_OFFSET` (x86).
+pub const KVM_PIO_PAGE_OFFSET: u64 = 1;
+
+// The capabilities answered nonzero (numbers from kvm_abi, i.e. <linux/kvm.h>).
+const KVM_CAP_USER_MEMORY: u64 = kvm_abi::KVM_CAP_USER_MEMORY as u64;
+const KVM_CAP_SET_TSS_ADDR: u64 = kvm_abi::KVM_CAP_SET_TSS_ADDR as u64;
+const KVM_CAP_EXT_CPUID: u64 = kvm_abi::KVM_CAP_EXT_CPUID as u64;
+const KVM_CAP_NR_VCPUS: u64 = kvm_abi::KVM_CAP_NR_VCPUS as u64;
+const KVM_CAP_NR_MEMSLOTS: u64 = kvm_abi::KVM_CAP_NR_MEMSLOTS as u64;
+const KVM_CAP_MP_STATE: u64 = kvm_abi::KVM_CAP_MP_STATE as u64;
+const KVM_CAP_COALESCED_MMIO: u64 = kvm_abi::KVM_CAP_COALESCED_MMIO as u64;
+const KVM_CAP_DESTROY_MEMORY_REGION_WORKS: u64 =
+    kvm_abi::KVM_CAP_DESTROY_MEMORY_REGION_WORKS as u64;
+const KVM_CAP_USER_NMI: u64 = kvm_abi::KVM_CAP_USER_NMI as u64;
+const KVM_CAP_JOIN_MEMORY_REGIONS_WORKS: u64 = kvm_abi::KVM_CAP_JOIN_MEMORY_REGIONS_WORKS as u64;
+const KVM_CAP_SET_IDENTITY_MAP_ADDR: u64 = kvm_abi::KVM_CAP_SET_IDENTITY_MAP_ADDR as u64;
+const KVM_CAP_INTERNAL_ERROR_DATA: u64 = kvm_abi::KVM_CAP_INTERNAL_ERROR_DATA as u64;
+const KVM_CAP_VCPU_EVENTS: u64 = kvm_abi::KVM_CAP_VCPU_EVENTS as u64;
+const KVM_CAP_DEBUGREGS: u64 = kvm_abi::KVM_CAP_DEBUGREGS as u64;
+const KVM_CAP_XSAVE: u64 = kvm_abi::KVM_CAP_XSAVE as u64;
+const KVM_CAP_XCRS: u64 = kvm_abi::KVM_CAP_XCRS as u64;
+const KVM_CAP_MAX_VCPUS: u64 = kvm_abi::KVM_CAP_MAX_VCPUS as u64;
+const KVM_CAP_READONLY_MEM: u64 = kvm_abi::KVM_CAP_READONLY_MEM as u64;
+const KVM_CAP_CHECK_EXTENSION_VM: u64 = kvm_abi::KVM_CAP_CHECK_EXTENSION_VM as u64;
+const KVM_CAP_MAX_VCPU_ID: u64 = kvm_abi::KVM_CAP_MAX_VCPU_ID as u64;
+const KVM_CAP_IMMEDIATE_EXIT: u64 = kvm_abi::KVM_CAP_IMMEDIATE_EXIT as u64;
+const KVM_CAP_GET_MSR_FEATURES: u64 = kvm_abi::KVM_CAP_GET_MSR_FEATURES as u64;
+const KVM_CAP_GET_TSC_KHZ: u64 = kvm_abi::KVM_CAP_GET_TSC_KHZ as u64;
+
+/// Every capability answered nonzero, for tests and documentation.
+pub const SUPPORTED: [u64; 23] = [
+    KVM_CAP_USER_MEMORY,
+    KVM_CAP_SET_TSS_ADDR,
+    KVM_CAP_EXT_CPUID,
+    KVM_CAP_NR_VCPUS,
+    KVM_CAP_NR_MEMSLOTS,
+    KVM_CAP_MP_STATE,
+    KVM_CAP_COALESCED_MMIO,
+    KVM_CAP_DESTROY_MEMORY_REGION_WORKS,
+    KVM_CAP_USER_NMI,
+    KVM_CAP_JOIN_MEMORY_REGIONS_WORKS,
+    KVM_CAP_SET_IDENTITY_MAP_ADDR,
+    KVM_CAP_INTERNAL_ERROR_DATA,
+    KVM_CAP_VCPU_EVENTS,
+    KVM_CAP_DEBUGREGS,
+    KVM_CAP_XSAVE,
+    KVM_CAP_XCRS,
+    KVM_CAP_MAX_VCPUS,
+    KVM_CAP_READONLY_MEM,
+    KVM_CAP_CHECK_EXTENSION_VM,
+    KVM_CAP_MAX_VCPU_ID,
+    KVM_CAP_IMMEDIATE_EXIT,
+    KVM_CAP_GET_MSR_FEATURES,
+    KVM_CAP_GET_TSC_KHZ,
+];
+
+/// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.
+/// `online_cpus` sizes `KVM_CAP_NR_VCPUS` (Linux: recommended = online CPUs, capped).
+pub fn check_extension(cap: u64, online_cpus: u32) -> i64 {
+    match cap {
+        KVM_CAP_NR_VCPUS => i64::from(online_cpus.clamp(1, KVM_MAX_VCPUS)),
+        KVM_CAP_MAX_VCPUS => i64::from(KVM_MAX_VCPUS),
+        KVM_CAP_MAX_VCPU_ID => i64::from(KVM_MAX_VCPU_IDS),
+        KVM_CAP_NR_MEMSLOTS => KVM_USER_MEM_SLOTS as i64,
+        KVM_CAP_COALESCED_MMIO => KVM_COALESCED_MMIO_PAGE_OFFSET,
+        c if SUPPORTED.contains(&c) => 1,
+        _ => 0,
+    }
+}

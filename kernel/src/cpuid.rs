@@ -1,0 +1,232 @@
+//! CPUID policy: what `KVM_GET_SUPPORTED_CPUID` reports (host CPUID filtered to what okvm
+//! virtualizes) and how a guest `CPUID` is answered from the table set by `KVM_SET_CPUID2`.
+
+use kvm_abi::kvm_cpuid_entry2;
+
+use crate::backend::{Backend, CpuidResult};
+
+/// Largest CPUID table (Linux `KVM_MAX_CPUID_ENTRIES`).
+pub const KVM_MAX_CPUID_ENTRIES: usize = 256;
+/// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX` (sic, Linux's spelling).
+pub const KVM_CPUID_FLAG_SIGNIFCANT_INDEX: u32 = 1;
+
+/// Leaf 1 EDX bits okvm virtualizes: FPU VME DE PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT
+/// PSE36 CLFSH MMX FXSR SSE SSE2 (no MCE/MCA: no machine-check MSRs; no DS/ACPI/TM/PBE).
+const L1_EDX: u32 = (1 << 0)
+    | (1 << 1)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 15)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 19)
+    | (1 << 23)
+    | (1 << 24)
+    | (1 << 25)
+    | (1 << 26);
+/// Leaf 1 ECX bits: SSE3 PCLMULQDQ SSSE3 FMA CX16 SSE4.1 SSE4.2 MOVBE POPCNT AES XSAVE AVX F16C
+/// RDRAND (no VMX/SMX, no x2APIC without an in-kernel LAPIC, no TSC deadline, no PCID).
+const L1_ECX: u32 = (1 << 0)
+    | (1 << 1)
+    | (1 << 9)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 22)
+    | (1 << 23)
+    | (1 << 25)
+    | (1 << 26)
+    | (1 << 28)
+    | (1 << 29)
+    | (1 << 30);
+/// Leaf 7.0 EBX: FSGSBASE BMI1 AVX2 SMEP BMI2 ERMS RDSEED ADX SMAP CLFLUSHOPT SHA.
+const L7_EBX: u32 = (1 << 0)
+    | (1 << 3)
+    | (1 << 5)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 18)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 23)
+    | (1 << 29);
+/// Leaf 8000_0001h ECX: LAHF ABM SSE4A MISALIGNSSE PREFETCHW.
+const E1_ECX: u32 = (1 << 0) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8);
+/// Leaf 8000_0001h EDX: SYSCALL NX MMXEXT FXSR_OPT RDTSCP LM (and the leaf-1 aliases AMD repeats).
+const E1_EDX: u32 = (1 << 11) | (1 << 20) | (1 << 22) | (1 << 25) | (1 << 27) | (1 << 29);
+/// XCR0 components okvm context-switches: x87, SSE, AVX.
+pub const SUPPORTED_XCR0: u64 = 0x7;
+
+fn entry(function: u32, index: u32, flags: u32, r: CpuidResult) -> kvm_cpuid_entry2 {
+    kvm_cpuid_entry2 {
+        function,
+        index,
+        flags,
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+        ..zerocopy::FromZeros::new_zeroed()
+    }
+}
+
+/// Builds the supported table into `out`; returns the number of entries.
+pub fn supported<B: Backend>(b: &B, out: &mut [kvm_cpuid_entry2; 32]) -> usize {
+    let mut n = 0usize;
+    let mut push = |e: kvm_cpuid_entry2| {
+        if let Some(slot) = out.get_mut(n) {
+            *slot = e;
+            n += 1;
+        }
+    };
+    let l0 = b.host_cpuid(0, 0);
+    let max_basic = l0.eax.min(0xd);
+    push(entry(
+        0,
+        0,
+        0,
+        CpuidResult {
+            eax: max_basic,
+            ..l0
+        },
+    ));
+    let l1 = b.host_cpuid(1, 0);
+    push(entry(
+        1,
+        0,
+        0,
+        CpuidResult {
+            eax: l1.eax,
+            ebx: l1.ebx & 0x00ff_ffff, // initial APIC ID is the vCPU's, set by userspace
+            ecx: l1.ecx & L1_ECX,
+            edx: l1.edx & L1_EDX,
+        },
+    ));
+    if max_basic >= 7 {
+        let l7 = b.host_cpuid(7, 0);
+        push(entry(
+            7,
+            0,
+            KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            CpuidResult {
+                eax: 0,
+                ebx: l7.ebx & L7_EBX,
+                ecx: 0,
+                edx: 0,
+            },
+        ));
+    }
+    if max_basic >= 0xd && l1.ecx & (1 << 26) != 0 {
+        let d0 = b.host_cpuid(0xd, 0);
+        let xcr0 = u64::from(d0.eax) & SUPPORTED_XCR0;
+        let size = if xcr0 & 4 != 0 { 832 } else { 576 };
+        push(entry(
+            0xd,
+            0,
+            KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            CpuidResult {
+                eax: xcr0 as u32,
+                ebx: size,
+                ecx: size,
+                edx: 0,
+            },
+        ));
+        let d1 = b.host_cpuid(0xd, 1);
+        push(entry(
+            0xd,
+            1,
+            KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            CpuidResult {
+                eax: d1.eax & 1,
+                ..Default::default()
+            },
+        ));
+        if xcr0 & 4 != 0 {
+            let d2 = b.host_cpuid(0xd, 2);
+            push(entry(
+                0xd,
+                2,
+                KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                CpuidResult {
+                    ecx: 0,
+                    edx: 0,
+                    ..d2
+                },
+            ));
+        }
+    }
+    let e0 = b.host_cpuid(0x8000_0000, 0);
+    let max_ext = e0.eax.min(0x8000_0008);
+    if max_ext >= 0x8000_0000 {
+        push(entry(0x8000_0000, 0, 0, CpuidResult { eax: max_ext, ..e0 }));
+        if max_ext >= 0x8000_0001 {
+            let e1 = b.host_cpuid(0x8000_0001, 0);
+            push(entry(
+                0x8000_0001,
+                0,
+                0,
+                CpuidResult {
+                    eax: e1.eax,
+                    ebx: 0,
+                    ecx: e1.ecx & E1_ECX,
+                    edx: e1.edx & (E1_EDX | (L1_EDX & 0x0183_f3ff)),
+                },
+            ));
+        }
+        for leaf in 0x8000_0002..=max_ext.min(0x8000_0006) {
+            push(entry(leaf, 0, 0, b.host_cpuid(leaf, 0)));
+        }
+        if max_ext >= 0x8000_0008 {
+            let e8 = b.host_cpuid(0x8000_0008, 0);
+            push(entry(
+                0x8000_0008,
+                0,
+                0,
+                CpuidResult {
+                    eax: e8.eax & 0xffff,
+                    ..Default::default()
+                },
+            ));
+        }
+    }
+    n
+}
+
+/// Validates a `KVM_SET_CPUID2` table as Linux's `kvm_check_cpuid` does: the guest's virtual
+/// address width (8000_0008h EAX[15:8]) must be 0, 48 or 57.
+pub fn check(entries: &[kvm_cpuid_entry2]) -> bool {
+    entries
+        .iter()
+        .filter(|e| e.function == 0x8000_0008)
+        .all(|e| {
+            let vbits = (e.eax >> 8) & 0xff;
+            vbits == 0 || vbits == 48 || vbits == 57
+        })
+}
+
+/// Answers a guest `CPUID` from its table: the entry with this function (and index, when the
+/// entry's index is significant), else zeros.
+pub fn lookup(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> CpuidResult {
+    entries
+        .iter()
+        .find(|e| {
+            e.function == leaf
+                && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
+        })
+        .map_or(CpuidResult::default(), |e| CpuidResult {
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        })
+}

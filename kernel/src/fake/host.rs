@@ -1,0 +1,368 @@
+//! A [`Host`] on std for host tests: simulated user memory, counted pages/heap/pins/locks.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use crate::errno::{KResult, EFAULT, EINTR, EMFILE, ETIMEDOUT};
+use crate::host::{FdKind, Host, HostFn, LogLevel, MmRef, Page, RawLock, RawTimer, PAGE_SIZE};
+
+/// Live-object counters; every one must be zero after a test tears everything down.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Pages from page_alloc not yet freed.
+    pub pages: i64,
+    /// Heap bytes not yet freed.
+    pub heap_bytes: i64,
+    /// Pinned user pages not yet unpinned.
+    pub pins: i64,
+    /// Locks not yet freed.
+    pub locks: i64,
+    /// Address-space references not yet released.
+    pub mm_refs: i64,
+    /// Timers not yet freed.
+    pub timers: i64,
+}
+
+struct UserRegion {
+    data: Box<[u8]>,
+    writable: bool,
+}
+
+struct FakeLock {
+    held: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// The fake OS.
+pub struct FakeHost {
+    pages: AtomicI64,
+    heap_bytes: AtomicI64,
+    pins: AtomicI64,
+    locks: AtomicI64,
+    mm_refs: AtomicI64,
+    timers: AtomicI64,
+    heap_sizes: Mutex<HashMap<usize, usize>>,
+    user: Mutex<BTreeMap<u64, UserRegion>>,
+    next_uaddr: Mutex<u64>,
+    /// Simulated pending signal of the calling thread.
+    pub signal: AtomicBool,
+    /// Whether the calling process is the VM owner (false simulates another process).
+    pub same_mm: AtomicBool,
+    /// Fail heap allocations after this many more (-1 = never), for ENOMEM paths.
+    pub fail_heap_after: AtomicI64,
+    /// Installed descriptors: fd -> (kind, handle).
+    pub fds: Mutex<BTreeMap<i32, (FdKind, usize)>>,
+    next_fd: AtomicU32,
+    sleep_cv: Condvar,
+    sleep_mx: Mutex<u64>,
+    /// Kicks sent.
+    pub kicks: AtomicU32,
+    /// Log lines.
+    pub log: Mutex<Vec<String>>,
+}
+
+static MM_TOKEN: u8 = 0;
+
+impl FakeHost {
+    /// A fresh fake host, leaked so objects can hold `&'static` to it.
+    pub fn leak() -> &'static FakeHost {
+        Box::leak(Box::new(FakeHost {
+            pages: AtomicI64::new(0),
+            heap_bytes: AtomicI64::new(0),
+            pins: AtomicI64::new(0),
+            locks: AtomicI64::new(0),
+            mm_refs: AtomicI64::new(0),
+            timers: AtomicI64::new(0),
+            heap_sizes: Mutex::new(HashMap::new()),
+            user: Mutex::new(BTreeMap::new()),
+            next_uaddr: Mutex::new(0x10_0000),
+            signal: AtomicBool::new(false),
+            same_mm: AtomicBool::new(true),
+            fail_heap_after: AtomicI64::new(-1),
+            fds: Mutex::new(BTreeMap::new()),
+            next_fd: AtomicU32::new(10),
+            sleep_cv: Condvar::new(),
+            sleep_mx: Mutex::new(0),
+            kicks: AtomicU32::new(0),
+            log: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Current live-object counts.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            pages: self.pages.load(Ordering::SeqCst),
+            heap_bytes: self.heap_bytes.load(Ordering::SeqCst),
+            pins: self.pins.load(Ordering::SeqCst),
+            locks: self.locks.load(Ordering::SeqCst),
+            mm_refs: self.mm_refs.load(Ordering::SeqCst),
+            timers: self.timers.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Maps `len` bytes (rounded up to pages) of zeroed user memory; returns its address. A
+    /// one-page hole follows each region so overruns fault.
+    pub fn user_alloc(&self, len: usize, writable: bool) -> u64 {
+        let len = len.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let mut next = self.next_uaddr.lock().unwrap();
+        let at = *next;
+        *next += (len + PAGE_SIZE) as u64;
+        self.user.lock().unwrap().insert(
+            at,
+            UserRegion {
+                data: vec![0u8; len].into_boxed_slice(),
+                writable,
+            },
+        );
+        at
+    }
+
+    fn with_user<R>(
+        &self,
+        uaddr: u64,
+        len: usize,
+        write: bool,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> KResult<R> {
+        let mut user = self.user.lock().unwrap();
+        let (&start, r) = user.range_mut(..=uaddr).next_back().ok_or(EFAULT)?;
+        if write && !r.writable {
+            return Err(EFAULT);
+        }
+        let off = usize::try_from(uaddr - start).map_err(|_| EFAULT)?;
+        let end = off.checked_add(len).ok_or(EFAULT)?;
+        let s = r.data.get_mut(off..end).ok_or(EFAULT)?;
+        Ok(f(s))
+    }
+
+    /// Test-side write into user memory (ignores the read-only flag).
+    pub fn user_write(&self, uaddr: u64, bytes: &[u8]) {
+        self.with_user(uaddr, bytes.len(), false, |d| d.copy_from_slice(bytes))
+            .expect("user_write: unmapped");
+    }
+
+    /// Test-side read of user memory.
+    pub fn user_read(&self, uaddr: u64, len: usize) -> Vec<u8> {
+        self.with_user(uaddr, len, false, |d| d.to_vec())
+            .expect("user_read: unmapped")
+    }
+
+    fn fake_pa(uaddr: u64) -> u64 {
+        uaddr | (1 << 50)
+    }
+}
+
+impl Host for FakeHost {
+    fn page_alloc(&self) -> Option<Page> {
+        let layout = Layout::from_size_align(PAGE_SIZE, PAGE_SIZE).ok()?;
+        // SAFETY: non-zero size layout.
+        let p = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        self.pages.fetch_add(1, Ordering::SeqCst);
+        Some(Page {
+            va: p,
+            pa: p.as_ptr() as u64,
+        })
+    }
+    unsafe fn page_free(&self, page: Page) {
+        assert_eq!(
+            page.va.as_ptr() as u64,
+            page.pa,
+            "page_free: va/pa mismatch"
+        );
+        let layout = Layout::from_size_align(PAGE_SIZE, PAGE_SIZE).unwrap();
+        // SAFETY: the page came from page_alloc with this layout.
+        unsafe { dealloc(page.va.as_ptr(), layout) };
+        self.pages.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn heap_alloc(&self, size: usize) -> Option<NonNull<u8>> {
+        let budget = self.fail_heap_after.load(Ordering::SeqCst);
+        if budget == 0 {
+            return None;
+        }
+        if budget > 0 {
+            self.fail_heap_after.fetch_sub(1, Ordering::SeqCst);
+        }
+        assert!(size > 0, "heap_alloc(0)");
+        let layout = Layout::from_size_align(size, 16).ok()?;
+        // SAFETY: non-zero size layout.
+        let p = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        self.heap_sizes
+            .lock()
+            .unwrap()
+            .insert(p.as_ptr() as usize, size);
+        self.heap_bytes.fetch_add(size as i64, Ordering::SeqCst);
+        Some(p)
+    }
+    unsafe fn heap_free(&self, p: NonNull<u8>, size: usize) {
+        let recorded = self
+            .heap_sizes
+            .lock()
+            .unwrap()
+            .remove(&(p.as_ptr() as usize));
+        assert_eq!(
+            recorded,
+            Some(size),
+            "heap_free with a wrong size or pointer"
+        );
+        // SAFETY: allocated by heap_alloc with this layout.
+        unsafe { dealloc(p.as_ptr(), Layout::from_size_align(size, 16).unwrap()) };
+        self.heap_bytes.fetch_sub(size as i64, Ordering::SeqCst);
+    }
+    fn copyin(&self, dst: &mut [u8], uaddr: u64) -> KResult<()> {
+        self.with_user(uaddr, dst.len(), false, |s| dst.copy_from_slice(s))
+    }
+    fn copyout(&self, uaddr: u64, src: &[u8]) -> KResult<()> {
+        self.with_user(uaddr, src.len(), true, |d| d.copy_from_slice(src))
+    }
+    fn mm_current(&self) -> Option<MmRef> {
+        self.mm_refs.fetch_add(1, Ordering::SeqCst);
+        Some(MmRef(NonNull::from(&MM_TOKEN).cast()))
+    }
+    fn mm_is_current(&self, _mm: MmRef) -> bool {
+        self.same_mm.load(Ordering::SeqCst)
+    }
+    fn mm_release(&self, _mm: MmRef) {
+        self.mm_refs.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn pin_page(&self, _mm: MmRef, uaddr: u64, writable: bool) -> KResult<u64> {
+        assert_eq!(uaddr % PAGE_SIZE as u64, 0, "pin of an unaligned address");
+        self.with_user(uaddr, PAGE_SIZE, writable, |_| ())?;
+        self.pins.fetch_add(1, Ordering::SeqCst);
+        Ok(Self::fake_pa(uaddr))
+    }
+    fn unpin_page(&self, _mm: MmRef, uaddr: u64, pa: u64, _dirty: bool) {
+        assert_eq!(pa, Self::fake_pa(uaddr), "unpin with a wrong pa");
+        self.pins.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn lock_alloc(&self) -> Option<RawLock> {
+        self.locks.fetch_add(1, Ordering::SeqCst);
+        let b = Box::new(FakeLock {
+            held: Mutex::new(false),
+            cv: Condvar::new(),
+        });
+        Some(RawLock(NonNull::from(Box::leak(b)).cast()))
+    }
+    unsafe fn lock_free(&self, l: RawLock) {
+        // SAFETY: l came from lock_alloc (a leaked Box<FakeLock>).
+        let b = unsafe { Box::from_raw(l.0.as_ptr().cast::<FakeLock>()) };
+        assert!(!*b.held.lock().unwrap(), "freeing a held lock");
+        self.locks.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn lock(&self, l: RawLock) {
+        // SAFETY: l is a live FakeLock.
+        let fl = unsafe { &*l.0.as_ptr().cast::<FakeLock>() };
+        let mut g = fl.held.lock().unwrap();
+        while *g {
+            g = fl.cv.wait(g).unwrap();
+        }
+        *g = true;
+    }
+    fn unlock(&self, l: RawLock) {
+        // SAFETY: l is a live FakeLock.
+        let fl = unsafe { &*l.0.as_ptr().cast::<FakeLock>() };
+        let mut g = fl.held.lock().unwrap();
+        assert!(*g, "unlock of an unheld lock");
+        *g = false;
+        fl.cv.notify_one();
+    }
+    fn sleep(&self, _chan: *const c_void, l: RawLock, timeout_ns: u64) -> KResult<()> {
+        let gen = *self.sleep_mx.lock().unwrap();
+        self.unlock(l);
+        let mut g = self.sleep_mx.lock().unwrap();
+        let dur = Duration::from_nanos(if timeout_ns == 0 {
+            50_000_000
+        } else {
+            timeout_ns
+        });
+        let mut res = Ok(());
+        if *g == gen {
+            let (ng, to) = self.sleep_cv.wait_timeout(g, dur).unwrap();
+            g = ng;
+            if to.timed_out() && timeout_ns != 0 {
+                res = Err(ETIMEDOUT);
+            }
+        }
+        drop(g);
+        self.lock(l);
+        if self.signal.load(Ordering::SeqCst) {
+            return Err(EINTR);
+        }
+        res
+    }
+    fn wakeup(&self, _chan: *const c_void) {
+        *self.sleep_mx.lock().unwrap() += 1;
+        self.sleep_cv.notify_all();
+    }
+    fn cpu_current(&self) -> u32 {
+        0
+    }
+    fn cpu_count(&self) -> u32 {
+        4
+    }
+    fn run_on_all_cpus(
+        &self,
+        f: unsafe extern "C" fn(*mut c_void) -> i32,
+        arg: *mut c_void,
+    ) -> i32 {
+        for _ in 0..self.cpu_count() {
+            // SAFETY: the caller passes a callback valid for arg.
+            let r = unsafe { f(arg) };
+            if r != 0 {
+                return r;
+            }
+        }
+        0
+    }
+    fn cpu_kick(&self, _cpu: u32) {
+        self.kicks.fetch_add(1, Ordering::SeqCst);
+    }
+    fn preempt_disable(&self) {}
+    fn preempt_enable(&self) {}
+    fn signal_pending(&self) -> bool {
+        self.signal.load(Ordering::SeqCst)
+    }
+    fn should_yield(&self) -> bool {
+        false
+    }
+    fn yield_now(&self) {
+        std::thread::yield_now();
+    }
+    fn nanotime(&self) -> u64 {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+    fn tsc_khz(&self) -> u64 {
+        2_000_000
+    }
+    fn timer_alloc(&self, _f: HostFn, _arg: *mut c_void) -> Option<RawTimer> {
+        self.timers.fetch_add(1, Ordering::SeqCst);
+        Some(RawTimer(NonNull::from(Box::leak(Box::new(0u64))).cast()))
+    }
+    fn timer_arm(&self, _t: RawTimer, _ns: u64) {}
+    fn timer_cancel(&self, _t: RawTimer) {}
+    unsafe fn timer_free(&self, t: RawTimer) {
+        // SAFETY: t came from timer_alloc (a leaked Box<u64>).
+        drop(unsafe { Box::from_raw(t.0.as_ptr().cast::<u64>()) });
+        self.timers.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn fpu_enter(&self) {}
+    fn fpu_leave(&self) {}
+    fn install_fd(&self, kind: FdKind, handle: *mut c_void) -> KResult<i32> {
+        let fd = self.next_fd.fetch_add(1, Ordering::SeqCst) as i32;
+        if fd > 100_000 {
+            return Err(EMFILE);
+        }
+        self.fds.lock().unwrap().insert(fd, (kind, handle as usize));
+        Ok(fd)
+    }
+    fn log(&self, level: LogLevel, msg: &str) {
+        self.log.lock().unwrap().push(format!("{level:?}: {msg}"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Host tests of the core (fake host + soft backend as the fake backend).
+#![allow(clippy::mut_from_ref, clippy::not_unsafe_ptr_arg_deref)]
+
+mod badinput;
+mod exits;
+mod header;
+mod lifetime;
+mod memslots;
+mod qemu;

@@ -1,0 +1,366 @@
+//! QEMU start-up replay: the ioctl sequence of QEMU 7.2 (`-machine kernel-irqchip=off`) and
+//! QEMU 10 from `kvm_init` to the first `KVM_RUN`, each reply checked the way QEMU checks it
+//! (accel/kvm/kvm-all.c, target/i386/kvm/kvm.c).
+
+use kvm_abi::*;
+use zerocopy::IntoBytes;
+
+use crate::backend::Exit;
+use crate::errno::{E2BIG, EINVAL};
+use crate::fake::vmm::{zeroed, Vmm};
+
+fn cap(v: &Vmm, h: *mut std::ffi::c_void, c: u32) -> i64 {
+    v.ioctl(h, KVM_CHECK_EXTENSION, u64::from(c))
+}
+
+/// `kvm_init` up to and including the x86 `kvm_arch_init`; returns the VM fd.
+fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
+    // kvm_init: API version must equal KVM_API_VERSION.
+    assert_eq!(v.ioctl(v.kvm, KVM_GET_API_VERSION, 0), 12);
+    let nr_slots = cap(v, v.kvm, KVM_CAP_NR_MEMSLOTS);
+    assert!(nr_slots >= 32, "QEMU falls back to 32 only when 0");
+    assert_eq!(cap(v, v.kvm, KVM_CAP_MULTI_ADDRESS_SPACE), 0, "nr_as = 1");
+    // -smp 1: within the soft and hard limits.
+    assert!(cap(v, v.kvm, KVM_CAP_NR_VCPUS) >= 1);
+    assert!(cap(v, v.kvm, KVM_CAP_MAX_VCPUS) >= 1);
+    let vm = v.create_vm();
+    let vmh = v.h(vm);
+    // kvm_check_extension_list(kvm_required_capabilites + kvm_arch_required_capabilities).
+    for c in [
+        KVM_CAP_USER_MEMORY,
+        KVM_CAP_DESTROY_MEMORY_REGION_WORKS,
+        KVM_CAP_JOIN_MEMORY_REGIONS_WORKS,
+        KVM_CAP_SET_TSS_ADDR,
+        KVM_CAP_EXT_CPUID,
+        KVM_CAP_MP_STATE,
+    ] {
+        assert!(cap(v, v.kvm, c) > 0, "required cap {c}");
+    }
+    if qemu10 {
+        // kvm_vm_check_extension goes to the VM fd when KVM_CAP_CHECK_EXTENSION_VM is set.
+        assert_eq!(cap(v, v.kvm, KVM_CAP_CHECK_EXTENSION_VM), 1);
+        assert_eq!(
+            cap(v, vmh, KVM_CAP_USER_MEMORY2),
+            0,
+            "QEMU 10 then uses KVM_SET_USER_MEMORY_REGION"
+        );
+        assert_eq!(cap(v, vmh, KVM_CAP_GUEST_MEMFD), 0);
+    }
+    // The page offset QEMU uses for the ring inside the vCPU mapping.
+    assert_eq!(cap(v, vmh, KVM_CAP_COALESCED_MMIO), 2);
+    assert_eq!(cap(v, vmh, KVM_CAP_COALESCED_PIO), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_DIRTY_LOG_RING), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_VCPU_EVENTS), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_DEBUGREGS), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_XSAVE), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_XCRS), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_READONLY_MEM), 1);
+    assert_eq!(
+        cap(v, vmh, KVM_CAP_IMMEDIATE_EXIT),
+        1,
+        "QEMU then uses immediate_exit, not SET_SIGNAL_MASK"
+    );
+    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_PIT_STATE2), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_SET_GUEST_DEBUG), 0);
+    assert_eq!(
+        cap(v, vmh, KVM_CAP_XSAVE2),
+        0,
+        "QEMU then uses the 4 KiB KVM_GET_XSAVE"
+    );
+    assert_eq!(cap(v, vmh, KVM_CAP_SYNC_REGS), 0);
+    // Pins are held until slot removal: no MMU-notifier-synchronized MMU to advertise (QEMU then
+    // disables RAM discard, which is what it must do).
+    assert_eq!(cap(v, vmh, KVM_CAP_SYNC_MMU), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_BINARY_STATS_FD), 0);
+    // kvm_arch_init (x86).
+    assert_eq!(cap(v, vmh, KVM_CAP_EXCEPTION_PAYLOAD), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_X86_TRIPLE_FAULT_EVENT), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_X86_SMM), 0);
+    assert_eq!(cap(v, vmh, KVM_CAP_X86_USER_SPACE_MSR), 0);
+    // kvm_get_supported_msrs: nmsrs = 0 → -E2BIG with the count; then the list.
+    let hdr = v.put(&0u32);
+    assert_eq!(
+        v.ioctl(v.kvm, KVM_GET_MSR_INDEX_LIST, hdr),
+        -i64::from(E2BIG.0)
+    );
+    let n: kvm_msr_list = v.get(hdr);
+    assert!(n.nmsrs > 0);
+    let full = v.buf(4 + 4 * n.nmsrs as usize);
+    v.host.user_write(full, n.as_bytes());
+    assert_eq!(v.ioctl(v.kvm, KVM_GET_MSR_INDEX_LIST, full), 0);
+    let idx = v.host.user_read(full + 4, 4 * n.nmsrs as usize);
+    let list: Vec<u32> = idx
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(list.contains(&0xc000_0081), "has_msr_star");
+    // kvm_get_supported_feature_msrs: asserts nmsrs > 0 after the E2BIG probe.
+    assert_eq!(cap(v, v.kvm, KVM_CAP_GET_MSR_FEATURES), 1);
+    let fh = v.put(&0u32);
+    assert_eq!(
+        v.ioctl(v.kvm, KVM_GET_MSR_FEATURE_INDEX_LIST, fh),
+        -i64::from(E2BIG.0)
+    );
+    let fnr: kvm_msr_list = v.get(fh);
+    assert!(fnr.nmsrs > 0);
+    let ff = v.buf(4 + 4 * fnr.nmsrs as usize);
+    v.host.user_write(ff, fnr.as_bytes());
+    assert_eq!(v.ioctl(v.kvm, KVM_GET_MSR_FEATURE_INDEX_LIST, ff), 0);
+    // kvm_arch_get_supported_msr_feature: KVM_GET_MSRS on /dev/kvm must return 1.
+    let mut one = [0u8; 24];
+    one[..4].copy_from_slice(&1u32.to_le_bytes());
+    one[8..12].copy_from_slice(&0x10au32.to_le_bytes());
+    let m = v.put(&one);
+    assert_eq!(v.ioctl(v.kvm, KVM_GET_MSRS, m), 1);
+    // Identity map and TSS below the BIOS.
+    assert_eq!(cap(v, vmh, KVM_CAP_SET_IDENTITY_MAP_ADDR), 1);
+    let ident = v.put(&0xfeff_c000u64);
+    assert_eq!(v.ioctl(vmh, KVM_SET_IDENTITY_MAP_ADDR, ident), 0);
+    assert_eq!(v.ioctl(vmh, KVM_SET_TSS_ADDR, 0xfeff_d000), 0);
+    vm
+}
+
+/// `kvm_arch_get_supported_cpuid` / `try_get_cpuid`: nent from 1, doubled on -E2BIG.
+fn supported_cpuid(v: &Vmm) -> Vec<kvm_cpuid_entry2> {
+    let mut max = 1u32;
+    loop {
+        let a = v.buf(8 + 40 * max as usize);
+        v.host.user_write(a, &max.to_le_bytes());
+        let r = v.ioctl(v.kvm, KVM_GET_SUPPORTED_CPUID, a);
+        if r == -i64::from(E2BIG.0) {
+            max *= 2;
+            assert!(max <= 256);
+            continue;
+        }
+        assert_eq!(r, 0);
+        let nent = u32::from_le_bytes(v.host.user_read(a, 4).try_into().unwrap());
+        let bytes = v.host.user_read(a + 8, 40 * nent as usize);
+        return bytes
+            .chunks(40)
+            .map(|c| <kvm_cpuid_entry2 as zerocopy::FromBytes>::read_from_bytes(c).unwrap())
+            .collect();
+    }
+}
+
+#[test]
+fn qemu_7_2_startup_to_first_run() {
+    let v = Vmm::new();
+    let vm = kvm_init(&v, false);
+    // Memory listener: RAM below 640K, ROM (read-only), RAM above 1M, BIOS (read-only).
+    v.add_slot(vm, 0, 0, 0xa0000, 0);
+    v.add_slot(vm, 1, 0xc0000, 0x20000, KVM_MEM_READONLY);
+    v.add_slot(vm, 2, 0x10_0000, 0x80_0000, 0);
+    v.add_slot(vm, 3, 0xfffc_0000, 0x4_0000, KVM_MEM_READONLY);
+    // VGA registers its window as coalesced MMIO.
+    let z = v.put(&kvm_coalesced_mmio_zone {
+        addr: 0xa0000,
+        size: 0x20000,
+        pad: 0,
+    });
+    assert_eq!(v.ioctl_fd(vm, KVM_REGISTER_COALESCED_MMIO, z), 0);
+    // CPU realize: supported CPUID (for -cpu qemu64 filtering).
+    let sup = supported_cpuid(&v);
+    assert!(sup.iter().any(|e| e.function == 1));
+    assert!(
+        sup.iter()
+            .any(|e| e.function == 0x8000_0001 && e.edx & (1 << 29) != 0),
+        "LM"
+    );
+    // kvm_init_vcpu.
+    let cpu = v.create_vcpu(vm, 0);
+    // kvm_init_vcpu asks for a stats fd and keeps going when it fails.
+    assert!(v.ioctl_fd(cpu, KVM_GET_STATS_FD, 0) < 0);
+    let mmap_size = v.ioctl(v.kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+    assert_eq!(mmap_size, 3 * 4096);
+    for pg in 0..3 {
+        assert_ne!(v.mmap(cpu, pg), 0);
+    }
+    // SAFETY: the fake host's physical address is the kernel address of the page.
+    unsafe { assert!(v.sys.mmap(v.h(cpu), 3).is_err()) };
+    // kvm_arch_init_vcpu: SET_CPUID2 with QEMU's table (hypervisor bit, APIC id 0).
+    let mut table: Vec<kvm_cpuid_entry2> = sup.clone();
+    for e in table.iter_mut().filter(|e| e.function == 1) {
+        e.ecx |= 1 << 31;
+    }
+    let mut bytes = (table.len() as u32).to_le_bytes().to_vec();
+    bytes.extend([0u8; 4]);
+    for e in &table {
+        bytes.extend(e.as_bytes());
+    }
+    let c = v.buf(bytes.len());
+    v.host.user_write(c, &bytes);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_CPUID2, c), 0);
+    assert_eq!(
+        cap(&v, v.h(vm), KVM_CAP_MCE),
+        0,
+        "no MCE banks: mcg_cap stays 0"
+    );
+    assert_eq!(cap(&v, v.h(vm), KVM_CAP_GET_TSC_KHZ), 1);
+    assert!(v.ioctl_fd(cpu, KVM_GET_TSC_KHZ, 0) > 0);
+    assert_eq!(cap(&v, v.h(vm), KVM_CAP_NESTED_STATE), 0);
+    // kvm_init_msrs: nothing to set → KVM_SET_MSRS returns 0 == nmsrs.
+    let empty = v.put(&0u64);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_MSRS, empty), 0);
+    // Reset: kvm_arch_put_registers(KVM_PUT_RESET_STATE).
+    let mut regs: kvm_regs = zeroed();
+    regs.rip = 0xfff0;
+    regs.rflags = 2;
+    regs.rdx = 0x663;
+    v.set_regs(cpu, &regs);
+    let mut xs: Box<kvm_xsave> = Box::new(zeroed());
+    xs.as_mut_bytes()[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+    xs.as_mut_bytes()[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    xs.as_mut_bytes()[512..520].copy_from_slice(&3u64.to_le_bytes());
+    let xa = v.put(&*xs);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_XSAVE, xa), 0);
+    let mut xcrs: kvm_xcrs = zeroed();
+    xcrs.nr_xcrs = 1;
+    xcrs.xcrs[0].value = 1;
+    let xc = v.put(&xcrs);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_XCRS, xc), 0);
+    let sa = v.buf(size_of::<kvm_sregs>());
+    assert_eq!(v.ioctl_fd(cpu, KVM_GET_SREGS, sa), 0);
+    let mut sregs: kvm_sregs = v.get(sa);
+    sregs.apic_base = 0xfee0_0900;
+    let sa = v.put(&sregs);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_SREGS, sa), 0);
+    // kvm_put_msrs at reset level, every entry must be taken (QEMU asserts ret == nmsrs).
+    let mut msrs: Vec<(u32, u64)> = vec![
+        (0x174, 0),
+        (0x175, 0),
+        (0x176, 0),
+        (0x277, 0x0007_0406_0007_0406),
+        (0xc000_0081, 0),
+        (0xc000_0103, 0),
+        (0x1a0, 1),
+        (0xc000_0083, 0),
+        (0xc000_0102, 0),
+        (0xc000_0084, 0),
+        (0xc000_0082, 0),
+        (0x10, 0),
+        (0x12, 0),
+        (0x11, 0),
+        (0x2ff, 0),
+    ];
+    msrs.extend([0x250u32, 0x258, 0x259].iter().map(|&i| (i, 0)));
+    msrs.extend((0x268u32..=0x26f).map(|i| (i, 0)));
+    msrs.extend((0x200u32..=0x20f).map(|i| (i, 0)));
+    let mut mb = (msrs.len() as u32).to_le_bytes().to_vec();
+    mb.extend([0u8; 4]);
+    for (i, d) in &msrs {
+        mb.extend(i.to_le_bytes());
+        mb.extend([0u8; 4]);
+        mb.extend(d.to_le_bytes());
+    }
+    let ma = v.buf(mb.len());
+    v.host.user_write(ma, &mb);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_MSRS, ma), msrs.len() as i64);
+    // ... and read back by kvm_get_msrs (same count).
+    assert_eq!(v.ioctl_fd(cpu, KVM_GET_MSRS, ma), msrs.len() as i64);
+    let mut ev: kvm_vcpu_events = zeroed();
+    ev.flags = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW;
+    let ea = v.put(&ev);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_VCPU_EVENTS, ea), 0);
+    let mp = v.put(&kvm_mp_state {
+        mp_state: KVM_MP_STATE_RUNNABLE,
+    });
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_MP_STATE, mp), 0);
+    let mut dr: kvm_debugregs = zeroed();
+    dr.dr6 = 0xffff_0ff0;
+    dr.dr7 = 0x400;
+    let da = v.put(&dr);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_DEBUGREGS, da), 0);
+    // First KVM_RUN (kvm_arch_pre_run: cr8 = TPR 0, no window request); SeaBIOS starts with
+    // an OUT to the fw_cfg selector.
+    v.script(
+        0,
+        &[(
+            Exit::Io {
+                port: 0x510,
+                size: 2,
+                out: true,
+                data: 0x0000,
+            },
+            3,
+        )],
+    );
+    let run = v.run_page(cpu);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    // SAFETY: the run page stays mapped while the vCPU lives.
+    let r = unsafe { &*run };
+    assert_eq!(r.exit_reason, KVM_EXIT_IO);
+    assert_eq!(r.u.io().port, 0x510);
+    assert_eq!(r.u.io().direction, KVM_EXIT_IO_OUT);
+    assert_eq!(r.u.io().data_offset, 4096);
+    // kvm_arch_post_run: QEMU loads the APIC base and TPR from here.
+    assert_eq!(r.apic_base, 0xfee0_0900);
+    assert_eq!(r.cr8, 0);
+    assert_eq!(r.if_flag, 0);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}
+
+#[test]
+fn qemu_10_stops_cleanly_without_in_kernel_irqchip() {
+    // QEMU 10's kvm_irqchip_create returns early when KVM_CAP_IRQCHIP is 0, and the CPU's realize
+    // then fails ("KVM does not support userspace APIC"): okvm must answer exactly so, and
+    // must not half-accept the split-irqchip request (-machine kernel-irqchip=split).
+    let v = Vmm::new();
+    let vm = kvm_init(&v, true);
+    assert_eq!(cap(&v, v.h(vm), KVM_CAP_IRQCHIP), 0);
+    assert_eq!(cap(&v, v.h(vm), KVM_CAP_SPLIT_IRQCHIP), 0);
+    let mut ec: kvm_enable_cap = zeroed();
+    ec.cap = KVM_CAP_SPLIT_IRQCHIP;
+    ec.args[0] = 24;
+    let a = v.put(&ec);
+    assert_eq!(v.ioctl_fd(vm, KVM_ENABLE_CAP, a), -i64::from(EINVAL.0));
+    assert_eq!(
+        v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0),
+        -i64::from(crate::errno::ENOTTY.0)
+    );
+    let _ = supported_cpuid(&v);
+    v.close(vm);
+    v.assert_clean();
+}
+
+#[test]
+fn supported_cpuid_is_filtered() {
+    let v = Vmm::new();
+    let t = supported_cpuid(&v);
+    let leaf = |f: u32, i: u32| *t.iter().find(|e| e.function == f && e.index == i).unwrap();
+    let l0 = leaf(0, 0);
+    assert_eq!(
+        (l0.ebx, l0.edx, l0.ecx),
+        (0x6874_7541, 0x6974_6e65, 0x444d_4163),
+        "vendor kept"
+    );
+    assert_eq!(l0.eax, 0xd, "max basic leaf capped to what is reported");
+    let l1 = leaf(1, 0);
+    assert_eq!(l1.ecx & (1 << 5), 0, "no VMX");
+    assert_eq!(
+        l1.ecx & (1 << 21),
+        0,
+        "no x2APIC without an in-kernel LAPIC"
+    );
+    assert_eq!(l1.ecx & (1 << 27), 0, "OSXSAVE is the guest's");
+    assert_eq!(l1.edx & ((1 << 7) | (1 << 14)), 0, "no MCE/MCA");
+    assert_ne!(l1.ecx & (1 << 26), 0, "XSAVE");
+    assert_eq!(l1.ebx >> 24, 0, "APIC id is set per vCPU by userspace");
+    let e1 = leaf(0x8000_0001, 0);
+    assert_eq!(e1.ecx & (1 << 2), 0, "no SVM");
+    let d0 = leaf(0xd, 0);
+    assert_eq!((d0.eax, d0.ebx, d0.ecx), (7, 832, 832), "x87|SSE|AVX only");
+    assert_eq!(
+        leaf(0xd, 0).flags,
+        crate::cpuid::KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+    );
+    assert!(
+        t.iter()
+            .all(|e| e.function < 0x4000_0000 || e.function >= 0x8000_0000),
+        "no KVM PV leaves"
+    );
+}

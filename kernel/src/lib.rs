@@ -34,6 +34,7 @@ pub mod system;
 pub mod user;
 pub mod vcpu;
 pub mod vm;
+pub mod vmxb;
 
 #[cfg(test)]
 pub mod fake;

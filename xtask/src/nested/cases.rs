@@ -89,6 +89,16 @@ pub const CASES: &[Case] = &[
         timeout_s: 1800,
     },
     Case {
+        name: "vmx-okvm",
+        about: "VMX+EPT (Bochs): kvmsuite on Linux KVM, then on okvm (host glue), in one boot",
+        platform: SKX,
+        hvs: &["linux", "okvm"],
+        work: &["suite"],
+        tests: &[],
+        linux_params: &["ept=Y", "unrestricted_guest=Y"],
+        timeout_s: 1200,
+    },
+    Case {
         name: "vmx-linux",
         about: "VMX+EPT (Bochs): kvmsuite + L2 boots with QEMU 7.2 and 10.0 on Linux KVM only",
         platform: SKX,

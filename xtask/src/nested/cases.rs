@@ -99,6 +99,16 @@ pub const CASES: &[Case] = &[
         timeout_s: 1200,
     },
     Case {
+        name: "vmx-okvm-l2",
+        about: "VMX+EPT (Bochs): L2 boot with QEMU 7.2 (kernel-irqchip=off) on okvm only",
+        platform: SKX,
+        hvs: &["okvm"],
+        work: &["l2_qemu72"],
+        tests: &[],
+        linux_params: &["ept=Y", "unrestricted_guest=Y"],
+        timeout_s: 1200,
+    },
+    Case {
         name: "vmx-linux",
         about: "VMX+EPT (Bochs): kvmsuite + L2 boots with QEMU 7.2 and 10.0 on Linux KVM only",
         platform: SKX,

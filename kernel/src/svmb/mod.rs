@@ -16,6 +16,7 @@ pub mod npt;
 mod state;
 
 use core::cell::UnsafeCell;
+use core::fmt::Write as _;
 
 use kvm_abi::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
@@ -36,6 +37,9 @@ use crate::host::{Host, LogLevel, Page};
 
 pub use npt::SvmVm;
 pub use state::SvmVcpuState;
+
+/// Debug aid: log exit 2^n and every 20000th exit (and every unusual one) at error level.
+const DEBUG_EXITS: bool = false;
 
 /// EFER.NXE.
 const EFER_NXE: u64 = 1 << 11;
@@ -492,7 +496,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 Exit::IrqWindow
             }
             SvmExit::Cpuid => {
-                s.pending_rip = Some(d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2)));
+                s.pending_rip = Some((vmcb.save.rip, d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2))));
                 Exit::Cpuid {
                     leaf: rax as u32,
                     subleaf: rcx as u32,
@@ -510,7 +514,15 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                         out: !io.input,
                     };
                 }
-                s.pending_rip = d.next_rip;
+                s.pending_rip = d.next_rip.map(|n| (vmcb.save.rip, n));
+                if !io.input && io.port == 0x7e {
+                    // KVM_X86_QUIRK_OUT_7E_INC_RIP: QEMU's vapic ROM relies on RIP already
+                    // being past `OUT 0x7e` when the exit reaches userspace.
+                    if let Some(n) = d.next_rip {
+                        sv::skip_instruction(vmcb, n);
+                    }
+                    s.pending_rip = None;
+                }
                 let mask = match io.size {
                     1 => 0xff,
                     2 => 0xffff,
@@ -524,7 +536,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 }
             }
             SvmExit::Msr { write } => {
-                s.pending_rip = Some(d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2)));
+                s.pending_rip = Some((vmcb.save.rip, d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2))));
                 if write {
                     Exit::Wrmsr {
                         index: rcx as u32,
@@ -607,6 +619,21 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         }
     }
 
+    fn debug_exit(&self, v: &mut SvmVcpu<H>, e: &Exit) {
+        v.st.nexits += 1;
+        let n = v.st.nexits;
+        if n.is_power_of_two() || n % 20000 == 0 || !matches!(e, Exit::Continue | Exit::Io { .. } | Exit::PageFault { .. } | Exit::Cpuid { .. } | Exit::Rdmsr { .. } | Exit::Wrmsr { .. } | Exit::IrqWindow | Exit::Hlt) {
+            let mut line = crate::ffi::LineBuf::new();
+            let c = &v.vmcb_ref().control;
+            let _ = write!(
+                line,
+                "okvm dbg #{} code {:#x} i1 {:#x} i2 {:#x} ii {:#x} rip {:#x} {:?}",
+                n, c.exit_code, c.exit_info1, c.exit_info2, c.exit_int_info, v.vmcb_ref().save.rip, e
+            );
+            self.host.log(LogLevel::Error, line.as_str());
+        }
+    }
+
     fn xcr0_valid(&self, s: &SvmVcpuState, value: u64) -> bool {
         let allowed = (s.guest_xcr0 | 1) & self.fpu_mask;
         self.host_xcr0 != 0
@@ -615,11 +642,24 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             && (value & 4 == 0 || value & 2 != 0)
     }
 
-    fn complete(&self, v: &mut SvmVcpu<H>) {
+    /// Finishes the instruction that exited: `true` (and RIP past it) when RIP still points at
+    /// it; `false` when there is none or userspace moved RIP meanwhile (Linux
+    /// `complete_fast_pio_*`: the completion is then dropped).
+    fn complete(&self, v: &mut SvmVcpu<H>) -> bool {
         let (vmcb, s) = v.parts();
-        if let Some(rip) = s.pending_rip.take() {
-            sv::skip_instruction(vmcb, rip);
+        match s.pending_rip.take() {
+            Some((at, next)) if vmcb.save.rip == at => {
+                sv::skip_instruction(vmcb, next);
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// Whether the pending completion still applies (RIP unchanged since the exit).
+    fn completion_live(v: &mut SvmVcpu<H>) -> bool {
+        let (vmcb, s) = v.parts();
+        s.pending_rip.is_some_and(|(at, _)| at == vmcb.save.rip)
     }
 }
 
@@ -680,9 +720,6 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
         let (vmcb, s) = v.parts();
         svm::state::set_regs(&mut vmcb.save, &mut s.extra.gprs, regs);
         vmcb.save.rflags |= svm::state::RFLAGS_FIXED;
-        // An explicit register write replaces the instruction being completed (Linux: the
-        // pending PIO completion still writes RAX, but RIP is userspace's).
-        s.pending_rip = None;
     }
 
     fn get_sregs(&self, v: &mut SvmVcpu<H>, out: &mut kvm_sregs) {
@@ -844,12 +881,23 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
             self.inject_pending(vmcb, s);
         }
         match self.enter_once(vm, v) {
-            Some(d) => self.handle(v, &d),
+            Some(d) => {
+                let e = self.handle(v, &d);
+                if DEBUG_EXITS {
+                    self.debug_exit(v, &e);
+                }
+                e
+            }
             None => Exit::FailEntry { reason: 0 },
         }
     }
 
     fn complete_io(&self, v: &mut SvmVcpu<H>, c: IoCompletion) {
+        if !Self::completion_live(v) {
+            // No exit pending, or userspace moved RIP (e.g. QEMU's vapic): nothing to finish.
+            v.st.pending_rip = None;
+            return;
+        }
         match c {
             IoCompletion::Write => {}
             IoCompletion::PioIn { size, value } => {
@@ -874,6 +922,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
     }
 
     fn complete_cpuid(&self, v: &mut SvmVcpu<H>, r: CpuidResult) {
+        if !Self::completion_live(v) {
+            v.st.pending_rip = None;
+            return;
+        }
         {
             let (vmcb, s) = v.parts();
             vmcb.save.rax = u64::from(r.eax);
@@ -887,6 +939,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
     fn complete_rdmsr(&self, v: &mut SvmVcpu<H>, value: Option<u64>) {
         match value {
             Some(x) => {
+                if !Self::completion_live(v) {
+                    v.st.pending_rip = None;
+                    return;
+                }
                 {
                     let (vmcb, s) = v.parts();
                     vmcb.save.rax = x & 0xffff_ffff;

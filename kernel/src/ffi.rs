@@ -99,7 +99,10 @@ pub extern "C" fn okvm_detach() -> i32 {
     }
     if let AnyBackend::Svm(b) = &sys.backend {
         // SAFETY: the callback only reads `arg` as the backend, which outlives the call.
-        CHOST.run_on_all_cpus(svm_off, (b as *const SvmBackend<CHost, RealSvm>).cast_mut().cast());
+        CHOST.run_on_all_cpus(
+            svm_off,
+            (b as *const SvmBackend<CHost, RealSvm>).cast_mut().cast(),
+        );
     }
     ATTACHED.store(false, Ordering::Release);
     0

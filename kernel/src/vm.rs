@@ -262,9 +262,9 @@ impl<H: Host, B: Backend> Vm<H, B> {
         let mut st = self.st.lock();
         let b = &self.sys.backend;
         // Deleted/moved ranges are unmapped (and flushed) before their pages are unwired.
-        let change = st
-            .slots
-            .set(self.mm, r, |gfn, npages| b.unmap_gfns(&self.bvm, gfn, npages))?;
+        let change = st.slots.set(self.mm, r, |gfn, npages| {
+            b.unmap_gfns(&self.bvm, gfn, npages)
+        })?;
         match change {
             Change::Delete { .. } | Change::Move { .. } => {}
             Change::Flags { log_on: true } => {

@@ -496,7 +496,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 Exit::IrqWindow
             }
             SvmExit::Cpuid => {
-                s.pending_rip = Some((vmcb.save.rip, d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2))));
+                s.pending_rip = Some((
+                    vmcb.save.rip,
+                    d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2)),
+                ));
                 Exit::Cpuid {
                     leaf: rax as u32,
                     subleaf: rcx as u32,
@@ -536,7 +539,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 }
             }
             SvmExit::Msr { write } => {
-                s.pending_rip = Some((vmcb.save.rip, d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2))));
+                s.pending_rip = Some((
+                    vmcb.save.rip,
+                    d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2)),
+                ));
                 if write {
                     Exit::Wrmsr {
                         index: rcx as u32,
@@ -622,13 +628,32 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
     fn debug_exit(&self, v: &mut SvmVcpu<H>, e: &Exit) {
         v.st.nexits += 1;
         let n = v.st.nexits;
-        if n.is_power_of_two() || n % 20000 == 0 || !matches!(e, Exit::Continue | Exit::Io { .. } | Exit::PageFault { .. } | Exit::Cpuid { .. } | Exit::Rdmsr { .. } | Exit::Wrmsr { .. } | Exit::IrqWindow | Exit::Hlt) {
+        if n.is_power_of_two()
+            || n.is_multiple_of(20000)
+            || !matches!(
+                e,
+                Exit::Continue
+                    | Exit::Io { .. }
+                    | Exit::PageFault { .. }
+                    | Exit::Cpuid { .. }
+                    | Exit::Rdmsr { .. }
+                    | Exit::Wrmsr { .. }
+                    | Exit::IrqWindow
+                    | Exit::Hlt
+            )
+        {
             let mut line = crate::ffi::LineBuf::new();
             let c = &v.vmcb_ref().control;
             let _ = write!(
                 line,
                 "okvm dbg #{} code {:#x} i1 {:#x} i2 {:#x} ii {:#x} rip {:#x} {:?}",
-                n, c.exit_code, c.exit_info1, c.exit_info2, c.exit_int_info, v.vmcb_ref().save.rip, e
+                n,
+                c.exit_code,
+                c.exit_info1,
+                c.exit_info2,
+                c.exit_int_info,
+                v.vmcb_ref().save.rip,
+                e
             );
             self.host.log(LogLevel::Error, line.as_str());
         }
@@ -684,9 +709,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
     }
 
     fn vcpu_create(&self, vm: &SvmVm<H>, id: u32) -> KResult<SvmVcpu<H>> {
-        let index = vm
-            .nvcpus
-            .fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+        let index = vm.nvcpus.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
         let mut v = SvmVcpu {
             vmcb: HPage::new(self.host)?,
             fpu: HPage::new(self.host)?,

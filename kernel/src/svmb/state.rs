@@ -303,8 +303,13 @@ pub fn set_msr(
             };
             svm::state::set_efer(vmcb, v).map_err(|_| EINVAL)?;
         }
-        MSR_FS_BASE | MSR_GS_BASE | msrs::MSR_KERNEL_GS_BASE | msrs::MSR_LSTAR
-        | msrs::MSR_CSTAR | msrs::MSR_IA32_SYSENTER_ESP | msrs::MSR_IA32_SYSENTER_EIP
+        MSR_FS_BASE
+        | MSR_GS_BASE
+        | msrs::MSR_KERNEL_GS_BASE
+        | msrs::MSR_LSTAR
+        | msrs::MSR_CSTAR
+        | msrs::MSR_IA32_SYSENTER_ESP
+        | msrs::MSR_IA32_SYSENTER_EIP
             if !base_ok =>
         {
             return Err(EINVAL)

@@ -8,3 +8,4 @@ mod header;
 mod lifetime;
 mod memslots;
 mod qemu;
+mod svm;

@@ -148,23 +148,36 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             permmap::msrpm_build_kvm(&mut *msrpm.va.as_ptr().cast::<[u8; permmap::MSRPM_SIZE]>());
         }
         let ncpu = host.cpu_count().max(1) as usize;
-        let percpu = match HSlice::new_with(host, ncpu, |_| {
+        // Every CPU's host save area and host VMSAVE page now: the entry path runs with
+        // preemption disabled, where the host allocator may not sleep.
+        let percpu = HSlice::new_with(host, ncpu, |_| {
             PerCpuCell(UnsafeCell::new(PerCpu {
-                hsave: None,
-                host_vmcb: None,
+                hsave: host.page_alloc(),
+                host_vmcb: host.page_alloc(),
                 asids: svm::asid::AsidAllocator::new(caps.nasid),
                 enabled: false,
             }))
-        }) {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: just allocated, unused.
-                unsafe {
-                    host.contig_free(iopm, IOPM_PAGES);
-                    host.contig_free(msrpm, MSRPM_PAGES);
-                }
-                return Err(e);
+        });
+        let complete = percpu.as_ref().is_ok_and(|p| {
+            p.iter().all(|c| {
+                // SAFETY: not shared yet.
+                let pc = unsafe { &*c.0.get() };
+                pc.hsave.is_some() && pc.host_vmcb.is_some()
+            })
+        });
+        if !complete {
+            if let Ok(p) = percpu {
+                free_percpu(host, p);
             }
+            // SAFETY: just allocated, unused.
+            unsafe {
+                host.contig_free(iopm, IOPM_PAGES);
+                host.contig_free(msrpm, MSRPM_PAGES);
+            }
+            return Err(ENOMEM);
+        }
+        let Ok(percpu) = percpu else {
+            return Err(ENOMEM);
         };
         Ok(Self {
             host,
@@ -219,12 +232,6 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         let c = self.percpu.get(cpu as usize)?;
         // SAFETY: the caller runs on `cpu` with preemption disabled (PerCpuCell contract).
         let pc = unsafe { &mut *c.0.get() };
-        if pc.hsave.is_none() {
-            pc.hsave = Some(self.host.page_alloc()?);
-        }
-        if pc.host_vmcb.is_none() {
-            pc.host_vmcb = Some(self.host.page_alloc()?);
-        }
         if !pc.enabled {
             let hsave = pc.hsave.as_ref()?.pa;
             if let Err(e) = svm::hw::enable(&self.hw, hsave) {
@@ -240,6 +247,17 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             pc.enabled = true;
         }
         Some(pc)
+    }
+}
+
+/// Frees the per-CPU pages (SVM is off on every CPU, or was never on with them).
+fn free_percpu<H: Host>(host: &'static H, mut percpu: HSlice<PerCpuCell, H>) {
+    for c in percpu.iter_mut() {
+        let pc = c.0.get_mut();
+        for p in [pc.hsave.take(), pc.host_vmcb.take()].into_iter().flatten() {
+            // SAFETY: no CPU uses the page any more.
+            unsafe { host.page_free(p) };
+        }
     }
 }
 

@@ -138,14 +138,13 @@ impl Fix {
         self.v.close(self.cpu);
         self.v.close(self.vm);
         let c = self.v.host.counts();
-        // Only the backend's own memory stays: permission maps (3 + 2 pages) and per-CPU
-        // table from its creation, plus the host save area and host VMSAVE page of the one
-        // CPU that ran.
+        // Only the backend's own memory stays: permission maps (3 + 2 pages), and per CPU
+        // (the fake has 4) a host save area and a host VMSAVE page.
         assert_eq!((c.pins, c.locks, c.mm_refs), (0, 0, 0), "{c:?}");
-        assert_eq!(self.base.pages, 5);
+        assert_eq!(self.base.pages, 5 + 2 * 4);
         assert_eq!(
             (c.pages, c.heap_bytes),
-            (self.base.pages + 2, self.base.heap_bytes),
+            (self.base.pages, self.base.heap_bytes),
             "{c:?}"
         );
     }
@@ -313,8 +312,9 @@ fn npf_maps_slot_pages_and_slot_changes_unmap_before_unpin() {
     assert_eq!(f.bvm().lookup(1), None);
     assert_eq!(f.v.host.counts().pins, 2);
 
-    // Moving the slot unmaps and unwires the old range; the next entry flushes.
-    assert_eq!(f.v.set_region(f.vm, 0, 0, 0x10_0000, 0x4000, ua), 0);
+    // Moving the slot (and turning on dirty logging) unmaps and unwires the old range; the
+    // next entry flushes.
+    assert_eq!(f.v.set_region(f.vm, 0, 1, 0x10_0000, 0x4000, ua), 0);
     assert_eq!((f.bvm().lookup(2), f.bvm().lookup(3)), (None, None));
     assert_eq!(f.v.host.counts().pins, 0);
     f.step(|v, _| {
@@ -327,10 +327,31 @@ fn npf_maps_slot_pages_and_slot_changes_unmap_before_unpin() {
         v.control.exit_code = 0x78;
     });
     assert_eq!(f.run(), 0);
+    // Dirty logging: read-only until written, so that writes fault and are logged.
     assert_eq!(f.bvm().lookup(0x101), Some((fake_pa(0x1000), false)));
-    // Read-only until written (dirty logging relies on write faults).
     assert_eq!(f.v.host.counts().pins, 1);
-    // Deleting it does the same.
+    f.step(|v, _| {
+        v.control.exit_code = NPF;
+        v.control.exit_info1 = 1 << 32 | 1 | 2 | 4;
+        v.control.exit_info2 = 0x10_1ff8;
+    });
+    f.step(|v, _| {
+        v.control.exit_code = 0x78;
+    });
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.bvm().lookup(0x101), Some((fake_pa(0x1000), true)));
+    let bm = f.v.buf(8);
+    let log = kvm_dirty_log {
+        slot: 0,
+        padding1: 0,
+        dirty_bitmap: bm,
+    };
+    let la = f.v.put(&log);
+    assert_eq!(f.v.ioctl_fd(f.vm, KVM_GET_DIRTY_LOG, la), 0);
+    assert_eq!(f.v.get::<u64>(bm), 0b10);
+    // Reading the log write-protects again (here: unmaps).
+    assert_eq!(f.bvm().lookup(0x101), None);
+    // Deleting the slot unwires everything.
     assert_eq!(f.v.set_region(f.vm, 0, 0, 0x10_0000, 0, ua), 0);
     assert_eq!(f.bvm().lookup(0x101), None);
     assert_eq!(f.v.host.counts().pins, 0);

@@ -20,12 +20,17 @@ WANT_ISO=0
 # stage KIND KEY: sets OUT=$CACHE/KIND-KEY; returns 0 when it must be (re)built.
 stage() {
 	OUT=$CACHE/$1-$2
-	if [ -f "$OUT/.done" ]; then return 1; fi
+	if [ -f "$OUT/.done" ]; then touch "$OUT/.used"; return 1; fi
 	rm -rf "$OUT" && mkdir -p "$OUT"
 	log "building $1 ($2)"
 	return 0
 }
-done_stage() { touch "$OUT/.done"; }
+done_stage() { touch "$OUT/.done" "$OUT/.used"; }
+
+# Outputs not used for 3 days go (each L1 image is ~100 MB).
+for d in "$CACHE"/{progs,l2,base,extra,l1,iso,glue}-*; do
+	[ -d "$d" ] && [ -n "$(find "$d" -maxdepth 1 -name .used -mtime +3)" ] && rm -rf "$d"
+done
 
 tool_version() { dpkg-query -W -f '${Package}=${Version}' "$1" 2>/dev/null || echo "$1=missing"; }
 

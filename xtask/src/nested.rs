@@ -10,6 +10,7 @@ mod emulator;
 mod report;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,13 +24,14 @@ const USAGE: &str = "usage: cargo xtask nested <command>
   list                  list the cases
   run CASE... [opts]    run cases; one PASS/FAIL line per result, non-zero exit on failure
   bench [opts]          Linux KVM vs okvm side by side (case `bench`)
-  ci                    setup, then run the CI cases (svm, svm-shadow, svm-okvm, vmx-suite)
+  ci                    setup, then run the CI cases (svm, svm-shadow, svm-okvm, vmx)
 options: -n EXITS (timed suite loops, default 20000), --tests a,b (kvmsuite subset),
          -v (echo the whole console), --no-okvm (do not build okvm.ko)
-env: OKVM_NESTED_CACHE (default /var/tmp/okvm-nested), OKVM_O (default target/okvm.o)";
+env: OKVM_NESTED_CACHE (default /var/tmp/okvm-nested), OKVM_O (default target/okvm.o, built with
+     the `cargo xtask kobj` recipe when missing)";
 
 /// The cases `.ci/run` runs (through `cargo xtask nested ci`).
-pub const CI_CASES: &[&str] = &["svm", "svm-shadow", "svm-okvm", "vmx-suite"];
+pub const CI_CASES: &[&str] = &["svm", "svm-shadow", "svm-okvm", "vmx"];
 
 /// Entry point of `cargo xtask nested ARGS`.
 pub fn main(args: &[String]) -> Result<(), String> {
@@ -164,11 +166,19 @@ impl Harness {
         if self.opts.no_okvm {
             return Err("--no-okvm".into());
         }
-        let obj = std::env::var_os("OKVM_O")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.join("target/okvm.o"));
+        let obj = match std::env::var_os("OKVM_O") {
+            Some(o) => PathBuf::from(o),
+            None => {
+                let obj = self.root.join("target/okvm.o");
+                if !obj.exists() {
+                    println!("[nested] {} is missing: building it (cargo xtask kobj recipe)", obj.display());
+                    crate::kobj::build().map_err(|e| format!("building okvm.o: {e}"))?;
+                }
+                obj
+            }
+        };
         if !obj.exists() {
-            return Err(format!("{} does not exist (build it with `cargo xtask kobj`)", obj.display()));
+            return Err(format!("{} does not exist", obj.display()));
         }
         let glue = self.dir.join("linux_glue/build.sh");
         if !glue.exists() {
@@ -319,10 +329,15 @@ impl Harness {
             }
         };
         let header = format!("{:?}", cmd);
-        println!("[nested] {}: {} ({} s limit), log {}", case.name, case.platform.describe(), case.timeout_s, run_dir.join("console.log").display());
+        let log_path = run_dir.join("console.log");
+        println!("[nested] {}: {} ({} s limit), log {}", case.name, case.platform.describe(), case.timeout_s, log_path.display());
         let verbose = self.opts.verbose;
         let started = Instant::now();
+        // The console log is written as lines come, so it survives a killed harness.
+        let mut log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let _ = writeln!(log, "[host +   0.00] {header}");
         let mut echo = |l: &emulator::Line| {
+            let _ = writeln!(log, "[host +{:7.2}] {}", l.t, l.text);
             if verbose || l.text.contains("@@ ") || l.text.contains("Kernel panic") || l.text.contains("Oops") {
                 println!("  [{:7.2}] {}", l.t, l.text);
             }
@@ -336,7 +351,8 @@ impl Harness {
             &mut echo,
         )?;
         let wall = started.elapsed().as_secs_f64();
-        emulator::write_log(&run_dir.join("console.log"), &header, &lines, &end)?;
+        let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| e.to_string())?;
+        let _ = writeln!(log, "[host end {wall:.2}] {end:?}");
         let records: Vec<_> = lines.iter().filter_map(report::parse).collect();
         let tail = lines.iter().rev().find(|l| !l.text.trim().is_empty()).map(|l| l.text.clone()).unwrap_or_default();
         let tail = format!("{tail} ({end:?} after {wall:.1} s)");
@@ -430,7 +446,10 @@ impl RunLock {
         let path = dir.join("lock");
         if let Ok(pid) = std::fs::read_to_string(&path) {
             let pid = pid.trim();
-            if !pid.is_empty() && Path::new("/proc").join(pid).exists() && pid != std::process::id().to_string() {
+            // alive and still an xtask (not a reused pid)
+            let cmdline = std::fs::read(Path::new("/proc").join(pid).join("cmdline")).unwrap_or_default();
+            let xtask = String::from_utf8_lossy(&cmdline).contains("xtask");
+            if !pid.is_empty() && xtask && pid != std::process::id().to_string() {
                 return Err(format!("{} is in use by process {pid}", dir.display()));
             }
         }

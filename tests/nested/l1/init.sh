@@ -122,4 +122,7 @@ for hv in $HVS; do
 	hv_unload $hv
 done
 echo "@@ DONE uptime=$(up)"
+# Let the UART drain: Bochs sends at the emulated baud rate, and a power-off drops what the
+# tty still holds (the last results went missing on a Penryn run).
+sleep 3
 poweroff -f

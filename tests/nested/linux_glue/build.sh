@@ -31,4 +31,5 @@ if [ ! -f "$OUT/.done" ]; then
 	[ -f "$OUT/okvm.ko" ] || die "no okvm.ko"
 	touch "$OUT/.done"
 fi
+touch "$OUT/.used"
 echo "$OUT/okvm.ko"

@@ -43,6 +43,7 @@ pub struct Case {
 const EPYC: Platform = Platform::Qemu { cpu: "EPYC" };
 const NO_NPT: Platform = Platform::Qemu { cpu: "qemu64,+svm,-npt" };
 const SKX: Platform = Platform::Bochs { model: "corei7_skylake_x" };
+const PENRYN: Platform = Platform::Bochs { model: "core2_penryn_t9600" };
 const L2_BOTH: &[&str] = &["suite", "l2_qemu72", "l2_qemu10"];
 
 /// Every case, in `list` order.
@@ -89,7 +90,17 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "vmx",
-        about: "VMX+EPT (Bochs): kvmsuite + L2 boots with QEMU 7.2 and 10.0 on Linux KVM",
+        about: "VMX+EPT (Bochs): kvmsuite + L2 boots (QEMU 7.2, 10.0) on Linux KVM, then on okvm",
+        platform: SKX,
+        hvs: &["linux", "okvm"],
+        work: L2_BOTH,
+        tests: &[],
+        linux_params: &["ept=Y", "unrestricted_guest=Y"],
+        timeout_s: 1800,
+    },
+    Case {
+        name: "vmx-linux",
+        about: "VMX+EPT (Bochs): kvmsuite + L2 boots with QEMU 7.2 and 10.0 on Linux KVM only",
         platform: SKX,
         hvs: &["linux"],
         work: L2_BOTH,
@@ -99,22 +110,22 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "vmx-suite",
-        about: "VMX+EPT (Bochs): kvmsuite on Linux KVM only (the CI subset)",
+        about: "VMX+EPT (Bochs): kvmsuite on Linux KVM only (the quickest VMX check)",
         platform: SKX,
         hvs: &["linux"],
         work: &["suite"],
         tests: &[],
         linux_params: &["ept=Y", "unrestricted_guest=Y"],
-        timeout_s: 600,
+        timeout_s: 900,
     },
     Case {
-        name: "vmx-okvm",
-        about: "VMX+EPT (Bochs): kvmsuite on Linux KVM, then on okvm",
-        platform: SKX,
+        name: "vmx-shadow",
+        about: "VMX without EPT or unrestricted guest (Bochs Penryn): kvmsuite on Linux KVM, then okvm",
+        platform: PENRYN,
         hvs: &["linux", "okvm"],
         work: &["suite"],
         tests: &[],
-        linux_params: &["ept=Y"],
+        linux_params: &["ept=N", "unrestricted_guest=N"],
         timeout_s: 900,
     },
     Case {

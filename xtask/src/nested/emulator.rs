@@ -2,7 +2,7 @@
 //! emulator's whole process group however the run ends (the emulator also dies with us).
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -145,6 +145,8 @@ fn collect(
                     }
                     break;
                 }
+                // both pipes closed but the emulator still alive: do not spin
+                thread::sleep(Duration::from_millis(50));
             }
         }
     }
@@ -217,16 +219,4 @@ fn clean(raw: &[u8]) -> String {
         .chars()
         .filter(|c| !c.is_control() || *c == '\t')
         .collect()
-}
-
-/// Write the timestamped lines to `path`.
-pub fn write_log(path: &PathBuf, header: &str, lines: &[Line], end: &End) -> Result<(), String> {
-    let mut f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = String::new();
-    out.push_str(&format!("[host +   0.00] {header}\n"));
-    for l in lines {
-        out.push_str(&format!("[host +{:7.2}] {}\n", l.t, l.text));
-    }
-    out.push_str(&format!("[host end] {end:?}\n"));
-    f.write_all(out.as_bytes()).map_err(|e| e.to_string())
 }

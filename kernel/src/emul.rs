@@ -630,6 +630,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 if ev.interrupt.shadow != 0 {
                     // The instruction the STI/MOV SS shadow covered has executed.
                     let mut n = *ev;
+                    n.flags |= kvm_abi::KVM_VCPUEVENT_VALID_SHADOW
+                        | kvm_abi::KVM_VCPUEVENT_VALID_NMI_PENDING;
                     n.interrupt.shadow = 0;
                     b.set_events(bv, &n)?;
                 }

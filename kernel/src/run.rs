@@ -2,7 +2,9 @@
 //! `vcpu_run`, `post_kvm_run_save`).
 //!
 //! Order, as in Linux: sync-regs check, `cr8` from `kvm_run`, completion of a pending PIO-in /
-//! MMIO-read, `immediate_exit` (→ `-EINTR`), then loop { signal → `-EINTR` with
+//! MMIO-read (for an emulated instruction: the data goes to the emulator, which continues the
+//! instruction and may need userspace again, e.g. the next REP INS/OUTS batch, which returns
+//! that exit at once), `immediate_exit` (→ `-EINTR`), then loop { signal → `-EINTR` with
 //! `KVM_EXIT_INTR` before entering; enter; handle the exit; `KVM_EXIT_IRQ_WINDOW_OPEN` when
 //! requested and injectable }. On every return `if_flag`, `cr8`, `apic_base`,
 //! `ready_for_interrupt_injection` and `flags` are refreshed.

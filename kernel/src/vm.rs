@@ -262,9 +262,9 @@ impl<H: Host, B: Backend> Vm<H, B> {
         let mut st = self.st.lock();
         let b = &self.sys.backend;
         // Deleted/moved ranges are unmapped (and flushed) before their pages are unwired.
-        let change = st
-            .slots
-            .set(self.mm, r, |gfn, npages| b.unmap_gfns(&self.bvm, gfn, npages))?;
+        let change = st.slots.set(self.mm, r, |gfn, npages| {
+            b.unmap_gfns(&self.bvm, gfn, npages)
+        })?;
         match change {
             Change::Delete { .. } | Change::Move { .. } => {}
             Change::Flags { log_on: true } => {
@@ -383,10 +383,22 @@ impl<H: Host, B: Backend> Vm<H, B> {
         if st.slots.gpa_to_uaddr(gpa, write).is_err() {
             return Ok(false);
         }
-        let p = st.slots.pin(self.mm, gfn, write)?;
+        // A read of a writable slot that does not log dirty pages maps the page writable at
+        // once (one fault per page instead of two); if the process's page cannot be wired
+        // writable (a read-only mapping in a writable slot), it is mapped read-only.
+        let eager = !write
+            && st.slots.find(gfn).is_some_and(|(_, s)| {
+                s.flags
+                    & (crate::memslot::KVM_MEM_READONLY | crate::memslot::KVM_MEM_LOG_DIRTY_PAGES)
+                    == 0
+            });
+        let (p, writable) = match eager.then(|| st.slots.pin(self.mm, gfn, true)) {
+            Some(Ok(p)) => (p, true),
+            _ => (st.slots.pin(self.mm, gfn, write)?, write),
+        };
         // `map_gfn` replaces (and flushes) any old mapping of gfn, or leaves none on failure:
         // either way the replaced wiring is unreachable afterwards.
-        let r = self.sys.backend.map_gfn(&self.bvm, gfn, p.pa, write);
+        let r = self.sys.backend.map_gfn(&self.bvm, gfn, p.pa, writable);
         if let Some(stale) = p.stale {
             st.slots.unpin_stale(self.mm, stale);
         }

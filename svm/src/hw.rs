@@ -249,23 +249,30 @@ unsafe impl SvmHw for RealSvm {
 
     unsafe fn fxsave(&self, area: *mut u8) {
         // SAFETY: the caller guarantees an aligned, writable 512-byte area.
-        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack, preserves_flags)) };
+        unsafe {
+            core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack, preserves_flags))
+        };
     }
 
     unsafe fn fxrstor(&self, area: *const u8) {
         // SAFETY: the caller guarantees an aligned area with a valid MXCSR.
-        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack, preserves_flags)) };
+        unsafe {
+            core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack, preserves_flags))
+        };
     }
 
     fn rdtsc(&self) -> u64 {
         let (lo, hi): (u32, u32);
         // SAFETY: RDTSC has no side effect.
-        unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+        };
         u64::from(hi) << 32 | u64::from(lo)
     }
 }
 
 #[cfg(any(test, feature = "fake"))]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 pub mod fake {
     //! A CPU simulated at the level of MSRs, debug registers, XCR0 and the interrupt flag;
     //! `vmrun` calls a closure that plays the guest and the processor. `Sync`, so that the
@@ -321,7 +328,10 @@ pub mod fake {
             self.invlpga.lock().unwrap().push((va, asid));
         }
         unsafe fn vmrun(&self, vmcb_pa: u64, _host: u64, gprs: &mut GuestGprs) {
-            assert!(!*self.irq_on.lock().unwrap(), "VMRUN with interrupts enabled");
+            assert!(
+                !*self.irq_on.lock().unwrap(),
+                "VMRUN with interrupts enabled"
+            );
             *self.runs.lock().unwrap() += 1;
             {
                 let mut x = self.xcr0.lock().unwrap();
@@ -380,7 +390,10 @@ mod tests {
         // Already enabled (vmm(4) did it): EFER not rewritten.
         hw.writes.lock().unwrap().clear();
         enable(&hw, 0x12_3000).unwrap();
-        assert_eq!(*hw.writes.lock().unwrap(), vec![(MSR_VM_HSAVE_PA, 0x12_3000)]);
+        assert_eq!(
+            *hw.writes.lock().unwrap(),
+            vec![(MSR_VM_HSAVE_PA, 0x12_3000)]
+        );
         disable(&hw);
         assert_eq!(hw.rdmsr(MSR_EFER), 0xd01);
         assert_eq!(hw.rdmsr(MSR_VM_HSAVE_PA), 0);

@@ -233,7 +233,11 @@ impl Host for FakeHost {
         })
     }
     unsafe fn contig_free(&self, page: Page, npages: u32) {
-        assert_eq!(page.va.as_ptr() as u64, page.pa, "contig_free: va/pa mismatch");
+        assert_eq!(
+            page.va.as_ptr() as u64,
+            page.pa,
+            "contig_free: va/pa mismatch"
+        );
         let layout = Layout::from_size_align(PAGE_SIZE * npages as usize, PAGE_SIZE).unwrap();
         // SAFETY: the pages came from contig_alloc with this layout.
         unsafe { dealloc(page.va.as_ptr(), layout) };

@@ -16,6 +16,7 @@ pub mod npt;
 pub mod state;
 
 use core::cell::UnsafeCell;
+use core::fmt::Write as _;
 
 use kvm_abi::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
@@ -36,6 +37,9 @@ use crate::host::{Host, LogLevel, Page};
 
 pub use npt::SvmVm;
 pub use state::SvmVcpuState;
+
+/// Debug aid: log exit 2^n and every 20000th exit (and every unusual one) at error level.
+const DEBUG_EXITS: bool = false;
 
 /// EFER.NXE.
 const EFER_NXE: u64 = 1 << 11;
@@ -144,23 +148,36 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             permmap::msrpm_build_kvm(&mut *msrpm.va.as_ptr().cast::<[u8; permmap::MSRPM_SIZE]>());
         }
         let ncpu = host.cpu_count().max(1) as usize;
-        let percpu = match HSlice::new_with(host, ncpu, |_| {
+        // Every CPU's host save area and host VMSAVE page now: the entry path runs with
+        // preemption disabled, where the host allocator may not sleep.
+        let percpu = HSlice::new_with(host, ncpu, |_| {
             PerCpuCell(UnsafeCell::new(PerCpu {
-                hsave: None,
-                host_vmcb: None,
+                hsave: host.page_alloc(),
+                host_vmcb: host.page_alloc(),
                 asids: svm::asid::AsidAllocator::new(caps.nasid),
                 enabled: false,
             }))
-        }) {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: just allocated, unused.
-                unsafe {
-                    host.contig_free(iopm, IOPM_PAGES);
-                    host.contig_free(msrpm, MSRPM_PAGES);
-                }
-                return Err(e);
+        });
+        let complete = percpu.as_ref().is_ok_and(|p| {
+            p.iter().all(|c| {
+                // SAFETY: not shared yet.
+                let pc = unsafe { &*c.0.get() };
+                pc.hsave.is_some() && pc.host_vmcb.is_some()
+            })
+        });
+        if !complete {
+            if let Ok(p) = percpu {
+                free_percpu(host, p);
             }
+            // SAFETY: just allocated, unused.
+            unsafe {
+                host.contig_free(iopm, IOPM_PAGES);
+                host.contig_free(msrpm, MSRPM_PAGES);
+            }
+            return Err(ENOMEM);
+        }
+        let Ok(percpu) = percpu else {
+            return Err(ENOMEM);
         };
         Ok(Self {
             host,
@@ -215,12 +232,6 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         let c = self.percpu.get(cpu as usize)?;
         // SAFETY: the caller runs on `cpu` with preemption disabled (PerCpuCell contract).
         let pc = unsafe { &mut *c.0.get() };
-        if pc.hsave.is_none() {
-            pc.hsave = Some(self.host.page_alloc()?);
-        }
-        if pc.host_vmcb.is_none() {
-            pc.host_vmcb = Some(self.host.page_alloc()?);
-        }
         if !pc.enabled {
             let hsave = pc.hsave.as_ref()?.pa;
             if let Err(e) = svm::hw::enable(&self.hw, hsave) {
@@ -236,6 +247,17 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             pc.enabled = true;
         }
         Some(pc)
+    }
+}
+
+/// Frees the per-CPU pages (SVM is off on every CPU, or was never on with them).
+fn free_percpu<H: Host>(host: &'static H, mut percpu: HSlice<PerCpuCell, H>) {
+    for c in percpu.iter_mut() {
+        let pc = c.0.get_mut();
+        for p in [pc.hsave.take(), pc.host_vmcb.take()].into_iter().flatten() {
+            // SAFETY: no CPU uses the page any more.
+            unsafe { host.page_free(p) };
+        }
     }
 }
 
@@ -492,7 +514,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 Exit::IrqWindow
             }
             SvmExit::Cpuid => {
-                s.pending_rip = Some(d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2)));
+                s.pending_rip = Some((
+                    vmcb.save.rip,
+                    d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2)),
+                ));
                 Exit::Cpuid {
                     leaf: rax as u32,
                     subleaf: rcx as u32,
@@ -510,7 +535,15 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                         out: !io.input,
                     };
                 }
-                s.pending_rip = d.next_rip;
+                s.pending_rip = d.next_rip.map(|n| (vmcb.save.rip, n));
+                if !io.input && io.port == 0x7e {
+                    // KVM_X86_QUIRK_OUT_7E_INC_RIP: QEMU's vapic ROM relies on RIP already
+                    // being past `OUT 0x7e` when the exit reaches userspace.
+                    if let Some(n) = d.next_rip {
+                        sv::skip_instruction(vmcb, n);
+                    }
+                    s.pending_rip = None;
+                }
                 let mask = match io.size {
                     1 => 0xff,
                     2 => 0xffff,
@@ -524,7 +557,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 }
             }
             SvmExit::Msr { write } => {
-                s.pending_rip = Some(d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2)));
+                s.pending_rip = Some((
+                    vmcb.save.rip,
+                    d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(2)),
+                ));
                 if write {
                     Exit::Wrmsr {
                         index: rcx as u32,
@@ -607,6 +643,40 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         }
     }
 
+    fn debug_exit(&self, v: &mut SvmVcpu<H>, e: &Exit) {
+        v.st.nexits += 1;
+        let n = v.st.nexits;
+        if n.is_power_of_two()
+            || n.is_multiple_of(20000)
+            || !matches!(
+                e,
+                Exit::Continue
+                    | Exit::Io { .. }
+                    | Exit::PageFault { .. }
+                    | Exit::Cpuid { .. }
+                    | Exit::Rdmsr { .. }
+                    | Exit::Wrmsr { .. }
+                    | Exit::IrqWindow
+                    | Exit::Hlt
+            )
+        {
+            let mut line = crate::ffi::LineBuf::new();
+            let c = &v.vmcb_ref().control;
+            let _ = write!(
+                line,
+                "okvm dbg #{} code {:#x} i1 {:#x} i2 {:#x} ii {:#x} rip {:#x} {:?}",
+                n,
+                c.exit_code,
+                c.exit_info1,
+                c.exit_info2,
+                c.exit_int_info,
+                v.vmcb_ref().save.rip,
+                e
+            );
+            self.host.log(LogLevel::Error, line.as_str());
+        }
+    }
+
     fn xcr0_valid(&self, s: &SvmVcpuState, value: u64) -> bool {
         let allowed = (s.guest_xcr0 | 1) & self.fpu_mask;
         self.host_xcr0 != 0
@@ -615,11 +685,24 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             && (value & 4 == 0 || value & 2 != 0)
     }
 
-    fn complete(&self, v: &mut SvmVcpu<H>) {
+    /// Finishes the instruction that exited: `true` (and RIP past it) when RIP still points at
+    /// it; `false` when there is none or userspace moved RIP meanwhile (Linux
+    /// `complete_fast_pio_*`: the completion is then dropped).
+    fn complete(&self, v: &mut SvmVcpu<H>) -> bool {
         let (vmcb, s) = v.parts();
-        if let Some(rip) = s.pending_rip.take() {
-            sv::skip_instruction(vmcb, rip);
+        match s.pending_rip.take() {
+            Some((at, next)) if vmcb.save.rip == at => {
+                sv::skip_instruction(vmcb, next);
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// Whether the pending completion still applies (RIP unchanged since the exit).
+    fn completion_live(v: &mut SvmVcpu<H>) -> bool {
+        let (vmcb, s) = v.parts();
+        s.pending_rip.is_some_and(|(at, _)| at == vmcb.save.rip)
     }
 }
 
@@ -644,9 +727,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
     }
 
     fn vcpu_create(&self, vm: &SvmVm<H>, id: u32) -> KResult<SvmVcpu<H>> {
-        let index = vm
-            .nvcpus
-            .fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+        let index = vm.nvcpus.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
         let mut v = SvmVcpu {
             vmcb: HPage::new(self.host)?,
             fpu: HPage::new(self.host)?,
@@ -680,9 +761,6 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
         let (vmcb, s) = v.parts();
         svm::state::set_regs(&mut vmcb.save, &mut s.extra.gprs, regs);
         vmcb.save.rflags |= svm::state::RFLAGS_FIXED;
-        // An explicit register write replaces the instruction being completed (Linux: the
-        // pending PIO completion still writes RAX, but RIP is userspace's).
-        s.pending_rip = None;
     }
 
     fn get_sregs(&self, v: &mut SvmVcpu<H>, out: &mut kvm_sregs) {
@@ -844,12 +922,23 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
             self.inject_pending(vmcb, s);
         }
         match self.enter_once(vm, v) {
-            Some(d) => self.handle(v, &d),
+            Some(d) => {
+                let e = self.handle(v, &d);
+                if DEBUG_EXITS {
+                    self.debug_exit(v, &e);
+                }
+                e
+            }
             None => Exit::FailEntry { reason: 0 },
         }
     }
 
     fn complete_io(&self, v: &mut SvmVcpu<H>, c: IoCompletion) {
+        if !Self::completion_live(v) {
+            // No exit pending, or userspace moved RIP (e.g. QEMU's vapic): nothing to finish.
+            v.st.pending_rip = None;
+            return;
+        }
         match c {
             IoCompletion::Write => {}
             IoCompletion::PioIn { size, value } => {
@@ -874,6 +963,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
     }
 
     fn complete_cpuid(&self, v: &mut SvmVcpu<H>, r: CpuidResult) {
+        if !Self::completion_live(v) {
+            v.st.pending_rip = None;
+            return;
+        }
         {
             let (vmcb, s) = v.parts();
             vmcb.save.rax = u64::from(r.eax);
@@ -887,6 +980,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
     fn complete_rdmsr(&self, v: &mut SvmVcpu<H>, value: Option<u64>) {
         match value {
             Some(x) => {
+                if !Self::completion_live(v) {
+                    v.st.pending_rip = None;
+                    return;
+                }
                 {
                     let (vmcb, s) = v.parts();
                     vmcb.save.rax = x & 0xffff_ffff;

@@ -44,7 +44,10 @@ impl<H: Host> TableMemory for HostTableMemory<H> {
 
     fn entries(&self, pa: u64) -> &[AtomicU64; ept::ENTRIES_PER_PAGE] {
         // alloc_page checked that phys_kva gives the page's address; pages stay until freed.
-        let va = self.host.phys_kva(pa).map_or(core::ptr::null_mut(), |p| p.as_ptr());
+        let va = self
+            .host
+            .phys_kva(pa)
+            .map_or(core::ptr::null_mut(), |p| p.as_ptr());
         // SAFETY: `pa` is a live table page (TableMemory contract) whose kernel address
         // phys_kva returned at allocation; 4096 bytes, page aligned, accessed atomically.
         unsafe { &*va.cast::<[AtomicU64; ept::ENTRIES_PER_PAGE]>() }
@@ -154,7 +157,9 @@ impl<H: Host> SvmVm<H> {
                 return Ok(());
             }
             Ok(Some(_)) => {
-                let inv = t.unmap(gpa, 4096, |_| {}).unwrap_or(Invalidation::NptFlushAsid);
+                let inv = t
+                    .unmap(gpa, 4096, |_| {})
+                    .unwrap_or(Invalidation::NptFlushAsid);
                 self.settle(&mut t, inv);
             }
             Ok(None) => {}

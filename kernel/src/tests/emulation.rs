@@ -794,3 +794,74 @@ fn sse_moves_split_into_8_byte_mmio_and_use_the_xmm_registers() {
     assert_eq!(f.v.regs(f.cpu).rip, CODE + 8);
     f.done();
 }
+
+#[test]
+fn hostile_userspace_cannot_change_the_completion_length() {
+    let f = Fix::new();
+    // mov ax, [0x20]: a 2-byte read; userspace rewrites len/phys_addr before completing.
+    f.real_mode(0xd000, &[0x8b, 0x06, 0x20, 0x00]);
+    f.script(&[f.fault(MMIO16 + 0x20, false), Exit::Hlt]);
+    assert_eq!(f.kvm_run(), 0);
+    f.expect_mmio(MMIO16 + 0x20, 2, None);
+    let m = f.r().u.mmio_mut();
+    m.len = 0xffff_ffff;
+    m.phys_addr = 0;
+    m.data = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
+    f.expect_hlt();
+    let r = f.v.regs(f.cpu);
+    assert_eq!(
+        (r.rax & 0xffff_ffff, r.rip),
+        (0x2211, CODE + 4),
+        "only the 2 bytes asked for"
+    );
+    f.done();
+}
+
+#[test]
+fn set_regs_moving_rip_abandons_the_pending_instruction() {
+    let f = Fix::new();
+    f.real_mode(0xd000, &[0x8b, 0x06, 0x20, 0x00]);
+    f.script(&[f.fault(MMIO16 + 0x20, false), Exit::Hlt]);
+    assert_eq!(f.kvm_run(), 0);
+    f.expect_mmio(MMIO16 + 0x20, 2, None);
+    // Same RIP (QEMU syncing state): the read still completes.
+    let r = f.v.regs(f.cpu);
+    f.v.set_regs(f.cpu, &r);
+    f.r().u.mmio_mut().data[0] = 0x42;
+    f.expect_hlt();
+    assert_eq!(f.v.regs(f.cpu).rax & 0xff, 0x42);
+    // A different RIP: the half-done read is dropped, the guest runs from the new RIP.
+    let mut r = f.v.regs(f.cpu);
+    r.rip = CODE;
+    r.rax = 0;
+    f.v.set_regs(f.cpu, &r);
+    f.script(&[f.fault(MMIO16 + 0x20, false)]);
+    assert_eq!(f.kvm_run(), 0);
+    f.expect_mmio(MMIO16 + 0x20, 2, None);
+    let mut r = f.v.regs(f.cpu);
+    r.rip = 0x2000;
+    f.v.set_regs(f.cpu, &r);
+    f.script(&[Exit::Hlt]);
+    f.r().u.mmio_mut().data[0] = 0x99;
+    f.expect_hlt();
+    let r = f.v.regs(f.cpu);
+    assert_eq!(
+        (r.rax, r.rip),
+        (0, 0x2000),
+        "nothing completed into the new context"
+    );
+    f.done();
+}
+
+#[test]
+fn memslot_memory_the_process_made_read_only_fails_kvm_run_with_efault() {
+    let f = Fix::new();
+    // mov [0x3000], ax with DS = 0: a RAM write that copyout cannot do.
+    f.real_mode(0, &[0x89, 0x06, 0x00, 0x30]);
+    f.v.host.user_protect(f.ram, false);
+    f.script(&[f.fault(MMIO16, true)]);
+    assert_eq!(f.kvm_run(), e(crate::errno::EFAULT));
+    assert_eq!(f.v.regs(f.cpu).rip, CODE, "nothing committed");
+    f.v.host.user_protect(f.ram, true);
+    f.done();
+}

@@ -8,4 +8,5 @@ mod header;
 mod lifetime;
 mod memslots;
 mod qemu;
+mod svm;
 mod vmx;

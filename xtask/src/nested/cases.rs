@@ -79,6 +79,16 @@ pub const CASES: &[Case] = &[
         timeout_s: 420,
     },
     Case {
+        name: "svm-okvm-l2",
+        about: "SVM+NPT: L2 boot with QEMU 7.2 (kernel-irqchip=off) on okvm only",
+        platform: EPYC,
+        hvs: &["okvm"],
+        work: &["l2_qemu72"],
+        tests: &[],
+        linux_params: &[],
+        timeout_s: 150,
+    },
+    Case {
         name: "vmx",
         about: "VMX+EPT (Bochs): kvmsuite + L2 boots (QEMU 7.2, 10.0) on Linux KVM, then on okvm",
         platform: SKX,

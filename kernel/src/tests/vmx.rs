@@ -516,6 +516,10 @@ fn msr_exits_and_syscall_msrs_switched_around_the_entry() {
     b.set_msr(&mut v, 0x174, 0x10, true).unwrap(); // SYSENTER_CS into the VMCS
     assert_eq!(b.hw().field(v.vmcs_pa(), guest::IA32_SYSENTER_CS), 0x10);
     assert_eq!(b.get_msr(&mut v, 0x174, true), Ok(0x10));
+    // QEMU saves/restores MCG_STATUS at every reset: no banks, reads 0, writes ignored.
+    assert_eq!(b.set_msr(&mut v, 0x17a, 0, true), Ok(()));
+    assert_eq!(b.get_msr(&mut v, 0x17a, true), Ok(0));
+    assert!(b.set_msr(&mut v, 0xfe, 0, false).is_err(), "MTRRcap is read-only");
     b.hw().0.lock().unwrap().msrs.insert(0xc000_0082, 0xaaaa);
     let mut sc = exit(31, 0, 2); // RDMSR of ECX
     sc.gprs = vec![(1, 0xc000_0082)];
@@ -642,6 +646,12 @@ fn cr0_write_enters_long_mode() {
         b.hw().field(v.vmcs_pa(), control::VMENTRY_CONTROLS) & (1 << 9),
         0
     );
+    // The emulated MOV to CR0 flushes the guest's translations at the next entry.
+    b.hw().trace();
+    b.hw().push(exit(12, 0, 1));
+    b.run(&vm, &mut v);
+    let t = b.hw().trace();
+    assert!(t.iter().any(|x| x.starts_with("invvpid SingleContext")), "{t:?}");
     // CR4.VMXE from the guest: #GP, no skip.
     let rip = regs(b, &mut v).rip;
     let mut sc = exit(28, 4, 3); // MOV CR4, RAX

@@ -18,8 +18,10 @@
 //!
 //! # TLB
 //! INVEPT (single-context, else all-context) before an entry when the VM's table generation
-//! moved, when the vCPU last ran on another CPU, or when another vCPU ran last on this CPU:
-//! every cached combined (EPTP, VPID) mapping that could be stale is dropped.
+//! moved, when the vCPU last ran on another CPU, when another vCPU ran last on this CPU, or
+//! after an emulated CR0/CR4 write (or `KVM_SET_SREGS`) that the real instruction would have
+//! flushed for (with VPID, VM transitions do not flush): every cached combined (EPTP, VPID)
+//! mapping that could be stale is dropped, with INVVPID single-context besides.
 //!
 //! # Limits (documented, not silent)
 //! PAE paging outside long mode needs the PDPTEs loaded from guest memory into the VMCS: not
@@ -52,6 +54,7 @@ use crate::errno::{KResult, EINVAL, EIO, ENODEV, ENOMEM};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{Host, LogLevel, Page};
 use crate::msrs;
+// XSAVE-page conversions and the machine-check MSR set are the SVM adapter's (shared).
 use crate::svmb::state as fpu;
 
 pub use crate::svmb::npt::SvmVm as VmxVm;
@@ -65,12 +68,18 @@ const MSR_FEATURE_CONTROL: u32 = 0x3a;
 const MSR_EFER: u32 = 0xc000_0080;
 const MSR_FS_BASE: u32 = 0xc000_0100;
 const MSR_GS_BASE: u32 = 0xc000_0101;
+const MSR_MCG_CAP: u32 = 0x179;
+const MSR_MTRRCAP: u32 = 0xfe;
 /// EFER bits a guest may set: SCE, LME, LMA, NXE.
 const EFER_VALID: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11;
 const CR0_PE: u64 = 1;
 const CR0_TS: u64 = 1 << 3;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
+/// CR0 bits whose change flushes the TLB (PG, WP, CD): an emulated write must flush too.
+const CR0_FLUSH: u64 = CR0_PG | (1 << 16) | (1 << 30);
+/// CR4 bits whose change flushes the TLB: PSE, PAE, PGE, PCIDE, SMEP, SMAP.
+const CR4_FLUSH: u64 = (1 << 4) | CR4_PAE | (1 << 7) | (1 << 17) | (1 << 20) | (1 << 21);
 /// The MSRs switched by software around each entry, in [`VmxVcpuState`] order.
 const SWITCHED_MSRS: [u32; 5] = [
     msrs::MSR_STAR,
@@ -889,6 +898,10 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 return Err(unsupported);
             }
             vs::set_cr0(c, caps, val).map_err(vmfail)?;
+            if (val ^ cr0) & CR0_FLUSH != 0 {
+                // The emulated MOV did not flush the VPID-tagged TLB as the real one would.
+                st.tlb_gen = u64::MAX;
+            }
             if efer2 != efer {
                 vs::set_efer(c, &st.ctl, efer2).map_err(vmfail)?;
             }
@@ -907,6 +920,9 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                     return Err(unsupported);
                 }
                 vs::set_cr4(c, caps, val).map_err(vmfail)?;
+                if (val ^ cr4) & CR4_FLUSH != 0 {
+                    st.tlb_gen = u64::MAX;
+                }
                 Ok(true)
             }
             CrAccess::MovTo { cr: 3, gpr: r } => {
@@ -1094,6 +1110,8 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
         })?;
         r.map_err(|_| EIO)?;
         let s = &mut v.st;
+        // New CR3/CR4/CR0: flush the vCPU's translations at the next entry.
+        s.tlb_gen = u64::MAX;
         s.apic_base = sregs.apic_base;
         let _ = s.msrs.set(msrs::MSR_IA32_APICBASE, sregs.apic_base, true);
         for (i, w) in sregs.interrupt_bitmap.iter().enumerate() {
@@ -1162,6 +1180,9 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
             msrs::MSR_IA32_SYSENTER_ESP => guest::IA32_SYSENTER_ESP,
             msrs::MSR_IA32_SYSENTER_EIP => guest::IA32_SYSENTER_EIP,
             msrs::MSR_IA32_CR_PAT => guest::IA32_PAT_FULL,
+            // No machine-check banks; MTRRcap as KVM reports it (the same answers as svmb).
+            i if fpu::is_mca(i) => return Ok(0),
+            MSR_MTRRCAP => return Ok(0x508),
             _ => return s.msrs.get(index),
         };
         self.with_vmcs(v, |c, _| c.read(vmcs_field))?
@@ -1231,6 +1252,8 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
                     .with_vmcs(v, |c, _| c.write(field, val))?
                     .map_err(|_| EIO);
             }
+            MSR_MCG_CAP | MSR_MTRRCAP => return Err(EINVAL),
+            i if fpu::is_mca(i) => {}
             _ => {
                 v.st.msrs.set(index, data, host)?;
                 if index == msrs::MSR_IA32_APICBASE {

@@ -491,6 +491,32 @@ fn cpuid_hlt_and_pio_exits() {
     );
     let r = regs(b, &mut v);
     assert_eq!((r.rip, r.rax), (0x1006, 0x1234_5699));
+    // `OUT 0x7e` is past the instruction when userspace sees it (QEMU's vapic ROM).
+    b.hw().push(exit(30, 0x007e_0000 | 0x40, 2));
+    assert!(matches!(b.run(&vm, &mut v), Exit::Io { port: 0x7e, .. }));
+    assert_eq!(regs(b, &mut v).rip, 0x1008);
+    b.complete_io(&mut v, IoCompletion::Write);
+    assert_eq!(regs(b, &mut v).rip, 0x1008);
+    // Userspace moved RIP during an IN exit: the completion is dropped, RAX included.
+    b.hw().push(exit(30, 0x0071_0000 | 0x48, 2));
+    b.run(&vm, &mut v);
+    let mut r = regs(b, &mut v);
+    r.rip = 0x2000;
+    b.set_regs(&mut v, &r);
+    b.complete_io(&mut v, IoCompletion::PioIn { size: 1, value: 0x55 });
+    let r2 = regs(b, &mut v);
+    assert_eq!((r2.rip, r2.rax), (0x2000, r.rax));
+    // Unchanged RIP written back by userspace: the completion still applies.
+    b.hw().push(exit(30, 0x0071_0000 | 0x48, 2));
+    b.run(&vm, &mut v);
+    let r = regs(b, &mut v);
+    b.set_regs(&mut v, &r);
+    b.complete_io(&mut v, IoCompletion::PioIn { size: 1, value: 0x55 });
+    let r2 = regs(b, &mut v);
+    assert_eq!((r2.rip, r2.rax & 0xff), (0x2002, 0x55));
+    let mut r = r2;
+    r.rip = 0x1006;
+    b.set_regs(&mut v, &r);
     // String I/O leaves RIP for the emulator.
     b.hw().push(exit(30, 0x03f8_0000 | 0x10 | 0x20, 2));
     assert_eq!(

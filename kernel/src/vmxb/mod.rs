@@ -734,7 +734,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
             VmxExit::NmiWindow => Exit::Continue,
             VmxExit::TripleFault => Exit::Shutdown,
             VmxExit::Cpuid => {
-                st.pending_rip = Some(next);
+                st.pending_rip = Some((st.rip, next));
                 Exit::Cpuid {
                     leaf: rax as u32,
                     subleaf: rcx as u32,
@@ -753,7 +753,13 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                         out: !io.input,
                     };
                 }
-                st.pending_rip = Some(next);
+                st.pending_rip = Some((st.rip, next));
+                if !io.input && io.port == 0x7e {
+                    // KVM_X86_QUIRK_OUT_7E_INC_RIP: QEMU's vapic ROM relies on RIP already
+                    // being past `OUT 0x7e` when the exit reaches userspace.
+                    st.rip = next;
+                    st.pending_rip = None;
+                }
                 let mask = match io.size {
                     1 => 0xff,
                     2 => 0xffff,
@@ -767,11 +773,11 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 }
             }
             VmxExit::Rdmsr => {
-                st.pending_rip = Some(next);
+                st.pending_rip = Some((st.rip, next));
                 Exit::Rdmsr { index: rcx as u32 }
             }
             VmxExit::Wrmsr => {
-                st.pending_rip = Some(next);
+                st.pending_rip = Some((st.rip, next));
                 Exit::Wrmsr {
                     index: rcx as u32,
                     data: (rdx & 0xffff_ffff) << 32 | (rax & 0xffff_ffff),
@@ -958,11 +964,24 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
             && (value & 4 == 0 || value & 2 != 0)
     }
 
+    /// Finishes the instruction that exited (RIP past it, shadow gone) when RIP still points
+    /// at it; when there is none or userspace moved RIP meanwhile (e.g. QEMU's vapic), the
+    /// completion is dropped, registers included (Linux `complete_fast_pio_*`).
     fn complete(v: &mut VmxVcpu<H>) {
-        if let Some(rip) = v.st.pending_rip.take() {
-            v.st.rip = rip;
+        if let Some((_, next)) = v.st.pending_rip.take() {
+            v.st.rip = next;
             v.st.intr &= !(interruptibility::STI | interruptibility::MOV_SS);
         }
+    }
+
+    /// Whether the pending completion still applies (RIP unchanged since the exit); drops it
+    /// otherwise.
+    fn completion_live(v: &mut VmxVcpu<H>) -> bool {
+        let live = v.st.pending_rip.is_some_and(|(at, _)| at == v.st.rip);
+        if !live {
+            v.st.pending_rip = None;
+        }
+        live
     }
 
     fn inject_gp(v: &mut VmxVcpu<H>) {
@@ -1074,7 +1093,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
         s.rsp = r.rsp;
         s.rip = r.rip;
         s.rflags = r.rflags | vs::RFLAGS_FIXED;
-        s.pending_rip = None;
+        // A pending completion stays: it applies only while RIP is still at the instruction.
     }
 
     fn get_sregs(&self, v: &mut VmxVcpu<H>, out: &mut kvm_sregs) {
@@ -1365,6 +1384,9 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
     }
 
     fn complete_io(&self, v: &mut VmxVcpu<H>, c: IoCompletion) {
+        if !Self::completion_live(v) {
+            return;
+        }
         let rax = &mut v.st.extra.regs.gpr[0];
         match c {
             IoCompletion::Write => {}
@@ -1388,6 +1410,9 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
     }
 
     fn complete_cpuid(&self, v: &mut VmxVcpu<H>, r: CpuidResult) {
+        if !Self::completion_live(v) {
+            return;
+        }
         let g = &mut v.st.extra.regs.gpr;
         g[0] = u64::from(r.eax);
         g[3] = u64::from(r.ebx);
@@ -1399,6 +1424,9 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
     fn complete_rdmsr(&self, v: &mut VmxVcpu<H>, value: Option<u64>) {
         match value {
             Some(x) => {
+                if !Self::completion_live(v) {
+                    return;
+                }
                 v.st.extra.regs.gpr[0] = x & 0xffff_ffff;
                 v.st.extra.regs.gpr[2] = x >> 32;
                 Self::complete(v);

@@ -65,8 +65,8 @@ pub struct VmxVcpuState {
     pub nmi_pending: bool,
     /// Userspace asked for an interrupt-window exit.
     pub irq_window: bool,
-    /// RIP after the instruction whose exit the core is completing.
-    pub pending_rip: Option<u64>,
+    /// The instruction whose exit the core is completing: its RIP and the RIP after it.
+    pub pending_rip: Option<(u64, u64)>,
 }
 
 impl VmxVcpuState {

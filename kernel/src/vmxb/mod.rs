@@ -28,7 +28,8 @@
 //! done, such a CR0/CR4 write ends in `KVM_EXIT_INTERNAL_ERROR`. The VM exit leaves the host's
 //! TR limit at 0x67, GDTR/IDTR limits at 0xFFFF and LDTR null (processes using ioperm or an
 //! LDT are not expected to run vCPUs). DR0–DR3 are not loaded into the hardware (guest hardware
-//! breakpoints do not fire; MOV DR is emulated).
+//! breakpoints do not fire; MOV DR is emulated), and the exit leaves DR7 = 400h and
+//! IA32_DEBUGCTL = 0 (host hardware breakpoints are not restored).
 
 pub mod hw;
 pub mod state;
@@ -177,9 +178,12 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
             bm.set_passthrough(m, vmx::bitmaps::MsrAccess::Write, true);
         }
         let ncpu = host.cpu_count().max(1) as usize;
+        // Every CPU's VMXON region now: the entry path runs with preemption disabled, where
+        // the host allocator may not sleep. (A CPU whose page is missing cannot run guests.)
+        let usable = caps.is_ok();
         let percpu = match HSlice::new_with(host, ncpu, |_| {
             PerCpuCell(UnsafeCell::new(PerCpu {
-                vmxon: None,
+                vmxon: if usable { host.page_alloc() } else { None },
                 enabled: false,
                 host_owned: false,
                 last_vcpu: 0,
@@ -268,9 +272,6 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 "okvm: vmx: VMXON not possible (IA32_FEATURE_CONTROL or host CR0/CR4)",
             );
             return None;
-        }
-        if pc.vmxon.is_none() {
-            pc.vmxon = self.host.page_alloc();
         }
         let Some(region) = pc.vmxon.as_ref() else {
             self.host.vmx_disable();

@@ -712,3 +712,28 @@ fn entry_failures_report_the_hardware_reason() {
     b.hw().push(exit(2, 0, 0));
     assert_eq!(b.run(&vm, &mut v), Exit::Shutdown);
 }
+
+#[test]
+fn xsetbv_within_the_guest_cpuid() {
+    let (_h, b, vm, mut v) = setup();
+    let mut e: kvm_abi::kvm_cpuid_entry2 = FromZeros::new_zeroed();
+    e.function = 0xd;
+    e.eax = 7;
+    b.cpuid_changed(&mut v, &[e]);
+    let mut sc = exit(55, 0, 3);
+    sc.gprs = vec![(0, 7), (1, 0), (2, 0)];
+    b.hw().push(sc);
+    assert_eq!(b.run(&vm, &mut v), Exit::Continue);
+    let mut x: kvm_abi::kvm_xcrs = FromZeros::new_zeroed();
+    b.get_xcrs(&mut v, &mut x);
+    assert_eq!(x.xcrs[0].value, 7);
+    assert_eq!(regs(b, &mut v).rip, 0xfff3);
+    // XCR0 without x87, or beyond the guest CPUID: #GP.
+    let mut sc = exit(55, 0, 3);
+    sc.gprs = vec![(0, 6)];
+    b.hw().push(sc);
+    b.run(&vm, &mut v);
+    let mut ev = kvm_vcpu_events::new_zeroed();
+    b.get_events(&mut v, &mut ev);
+    assert_eq!((ev.exception.injected, ev.exception.nr), (1, 13));
+}

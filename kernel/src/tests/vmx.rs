@@ -255,6 +255,10 @@ fn cpuid(leaf: u32, _sub: u32) -> CpuidResult {
             ecx: (1 << 5) | (1 << 26) | (1 << 27),
             ..Default::default()
         },
+        0xd => CpuidResult {
+            eax: 0xe7,
+            ..Default::default()
+        },
         0x8000_0000 => CpuidResult {
             eax: 0x8000_0008,
             ..Default::default()
@@ -736,4 +740,12 @@ fn xsetbv_within_the_guest_cpuid() {
     let mut ev = kvm_vcpu_events::new_zeroed();
     b.get_events(&mut v, &mut ev);
     assert_eq!((ev.exception.injected, ev.exception.nr), (1, 13));
+}
+
+#[test]
+fn guest_cpuid_offers_only_the_host_xcr0_components() {
+    let (_h, b) = backend(&BOCHS_SKYLAKE_X);
+    // The fake host runs with XCR0 = 7 (x87, SSE, AVX) on a CPU that supports 0xe7.
+    assert_eq!(b.host_cpuid(0xd, 0).eax, 7);
+    assert_ne!(b.host_cpuid(1, 0).ecx & (1 << 26), 0, "XSAVE stays");
 }

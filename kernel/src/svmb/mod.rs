@@ -449,6 +449,8 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 self.hw.fxrstor(fpu);
             }
         }
+        // The world switch loads the guest's DR0-DR3; the host's go back afterwards.
+        let host_db = [0u8, 1, 2, 3].map(|n| self.hw.read_db(n));
         // SAFETY: SVM is enabled on this CPU with its host save area, interrupts are off,
         // preemption is disabled, the VMCB and host VMSAVE page are ours and prepared.
         let d = unsafe {
@@ -461,6 +463,12 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 &mut s.extra,
             )
         };
+        for (n, (h, g)) in (0u8..).zip(host_db.iter().zip(s.extra.db)) {
+            if *h != g {
+                // SAFETY: restores the host's own value.
+                unsafe { self.hw.write_db(n, *h) };
+            }
+        }
         // SAFETY: as above; the host XCR0 goes back before the host uses extended state.
         unsafe {
             if self.host_xcr0 != 0 {

@@ -159,6 +159,15 @@ const SZ32: u64 = 1 << 6;
 fn pio_cpuid_hlt_msr_without_nrips() {
     let f = Fix::new();
     f.set_rip(0x1000);
+    *f.hw().db.lock().unwrap() = [0x11, 0x22, 0x33, 0x44];
+    let dr = kvm_debugregs {
+        db: [1, 2, 3, 4],
+        dr6: 0xffff_0ff0,
+        dr7: 0x400,
+        ..FromZeros::new_zeroed()
+    };
+    let da = f.v.put(&dr);
+    assert_eq!(f.v.ioctl_fd(f.cpu, KVM_SET_DEBUGREGS, da), 0);
     f.step(|v, _| {
         // The first entry: SVME in the guest EFER, a fresh ASID flushed (TCG has no
         // flush-by-ASID: everything), intercepts for the core's exits, nested paging on.
@@ -186,6 +195,8 @@ fn pio_cpuid_hlt_msr_without_nrips() {
     assert_ne!(f.hw().rdmsr(0xc000_0080) & (1 << 12), 0);
     assert_ne!(f.hw().rdmsr(0xc001_0117), 0);
     assert!(*f.hw().irq_on.lock().unwrap());
+    // The host's DR0-DR3 are back after the run.
+    assert_eq!(*f.hw().db.lock().unwrap(), [0x11, 0x22, 0x33, 0x44]);
     // Guest XCR0 (1) during the run, host's (7) afterwards; guest FPU state in and out.
     assert_eq!(*f.hw().xcr0.lock().unwrap(), (7, 1));
     assert_eq!(*f.hw().fpu_ops.lock().unwrap(), (1, 1));

@@ -577,3 +577,28 @@ fn no_nested_paging_refuses_vm_creation() {
     );
     assert!(!line.as_str().contains("refused"));
 }
+
+#[test]
+fn svm_enabled_lazily_and_off_at_detach_unless_another_hypervisor_owns_it() {
+    let f = Fix::new();
+    f.step(|v, _| v.control.exit_code = 0x78);
+    assert_eq!(f.run(), 0);
+    let hsave = f.hw().rdmsr(0xc001_0117);
+    assert_ne!(hsave, 0);
+    f.v.sys.backend.disable_this_cpu();
+    assert_eq!(f.hw().rdmsr(0xc000_0080) & (1 << 12), 0);
+    assert_eq!(f.hw().rdmsr(0xc001_0117), 0);
+    // vmm(4) turned SVM on with its own host save area: shared, left alone at detach.
+    // SAFETY: fake hardware.
+    unsafe {
+        f.hw().wrmsr(0xc000_0080, 0x1d01);
+        f.hw().wrmsr(0xc001_0117, 0x7700_0000);
+    }
+    f.step(|v, _| v.control.exit_code = 0x78);
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.hw().rdmsr(0xc001_0117), 0x7700_0000);
+    f.v.sys.backend.disable_this_cpu();
+    assert_eq!(f.hw().rdmsr(0xc000_0080), 0x1d01);
+    assert_eq!(f.hw().rdmsr(0xc001_0117), 0x7700_0000);
+    f.done();
+}

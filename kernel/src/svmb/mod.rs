@@ -463,8 +463,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 self.hw.fxrstor(fpu);
             }
         }
-        // The world switch loads the guest's DR0-DR3; the host's go back afterwards.
+        // The world switch loads the guest's DR0-DR3 and #VMEXIT leaves DR7 at 400h: the
+        // host's go back afterwards (DR6/DR7 only when it had breakpoints enabled).
         let host_db = [0u8, 1, 2, 3].map(|n| self.hw.read_db(n));
+        let (host_dr6, host_dr7) = self.hw.read_dr6_dr7();
         // SAFETY: SVM is enabled on this CPU with its host save area, interrupts are off,
         // preemption is disabled, the VMCB and host VMSAVE page are ours and prepared.
         let d = unsafe {
@@ -482,6 +484,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 // SAFETY: restores the host's own value.
                 unsafe { self.hw.write_db(n, *h) };
             }
+        }
+        if host_dr7 & 0xff != 0 {
+            // SAFETY: restores the host's own values.
+            unsafe { self.hw.write_dr6_dr7(host_dr6, host_dr7) };
         }
         // SAFETY: as above; the host XCR0 goes back before the host uses extended state.
         unsafe {

@@ -160,6 +160,8 @@ fn pio_cpuid_hlt_msr_without_nrips() {
     let f = Fix::new();
     f.set_rip(0x1000);
     *f.hw().db.lock().unwrap() = [0x11, 0x22, 0x33, 0x44];
+    // A host debugger's breakpoint armed in DR7.
+    *f.hw().dr67.lock().unwrap() = (0xffff_0ff0, 0x401);
     let dr = kvm_debugregs {
         db: [1, 2, 3, 4],
         dr6: 0xffff_0ff0,
@@ -195,8 +197,9 @@ fn pio_cpuid_hlt_msr_without_nrips() {
     assert_ne!(f.hw().rdmsr(0xc000_0080) & (1 << 12), 0);
     assert_ne!(f.hw().rdmsr(0xc001_0117), 0);
     assert!(*f.hw().irq_on.lock().unwrap());
-    // The host's DR0-DR3 are back after the run.
+    // The host's DR0-DR3 and DR7 are back after the run.
     assert_eq!(*f.hw().db.lock().unwrap(), [0x11, 0x22, 0x33, 0x44]);
+    assert_eq!(*f.hw().dr67.lock().unwrap(), (0xffff_0ff0, 0x401));
     // Guest XCR0 (1) during the run, host's (7) afterwards; guest FPU state in and out.
     assert_eq!(*f.hw().xcr0.lock().unwrap(), (7, 1));
     assert_eq!(*f.hw().fpu_ops.lock().unwrap(), (1, 1));

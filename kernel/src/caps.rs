@@ -36,9 +36,16 @@ const KVM_CAP_MAX_VCPU_ID: u64 = kvm_abi::KVM_CAP_MAX_VCPU_ID as u64;
 const KVM_CAP_IMMEDIATE_EXIT: u64 = kvm_abi::KVM_CAP_IMMEDIATE_EXIT as u64;
 const KVM_CAP_GET_MSR_FEATURES: u64 = kvm_abi::KVM_CAP_GET_MSR_FEATURES as u64;
 const KVM_CAP_GET_TSC_KHZ: u64 = kvm_abi::KVM_CAP_GET_TSC_KHZ as u64;
+const KVM_CAP_EXIT_ON_EMULATION_FAILURE: u64 = kvm_abi::KVM_CAP_EXIT_ON_EMULATION_FAILURE as u64;
+/// Advertised only because QEMU <= 7.2's x86 `kvm_arch_init` refuses to start without it, even
+/// with `kernel-irqchip=off` (it uses routing only with an in-kernel irqchip, which okvm does
+/// not have: `KVM_SET_GSI_ROUTING` stays an unknown VM ioctl). Linux's value,
+/// `KVM_MAX_IRQ_ROUTES`, is not claimed: the answer is 1.
+const KVM_CAP_IRQ_ROUTING: u64 = kvm_abi::KVM_CAP_IRQ_ROUTING as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 23] = [
+pub const SUPPORTED: [u64; 25] = [
+    KVM_CAP_IRQ_ROUTING,
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -62,6 +69,7 @@ pub const SUPPORTED: [u64; 23] = [
     KVM_CAP_IMMEDIATE_EXIT,
     KVM_CAP_GET_MSR_FEATURES,
     KVM_CAP_GET_TSC_KHZ,
+    KVM_CAP_EXIT_ON_EMULATION_FAILURE,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.

@@ -2,8 +2,10 @@
 #![allow(clippy::mut_from_ref, clippy::not_unsafe_ptr_arg_deref)]
 
 mod badinput;
+mod emulation;
 mod exits;
 mod header;
 mod lifetime;
 mod memslots;
 mod qemu;
+mod svm;

@@ -36,9 +36,16 @@ const KVM_CAP_MAX_VCPU_ID: u64 = kvm_abi::KVM_CAP_MAX_VCPU_ID as u64;
 const KVM_CAP_IMMEDIATE_EXIT: u64 = kvm_abi::KVM_CAP_IMMEDIATE_EXIT as u64;
 const KVM_CAP_GET_MSR_FEATURES: u64 = kvm_abi::KVM_CAP_GET_MSR_FEATURES as u64;
 const KVM_CAP_GET_TSC_KHZ: u64 = kvm_abi::KVM_CAP_GET_TSC_KHZ as u64;
+/// Nonzero because QEMU's `kvm_irqchip_create` returns early (no in-kernel irqchip at all)
+/// when it is 0, before it looks at split mode. Only the split irqchip exists:
+/// `KVM_CREATE_IRQCHIP` (the full in-kernel PIC/IOAPIC) answers `ENOTTY`.
+const KVM_CAP_IRQCHIP: u64 = kvm_abi::KVM_CAP_IRQCHIP as u64;
+const KVM_CAP_SPLIT_IRQCHIP: u64 = kvm_abi::KVM_CAP_SPLIT_IRQCHIP as u64;
+const KVM_CAP_IRQ_ROUTING: u64 = kvm_abi::KVM_CAP_IRQ_ROUTING as u64;
+const KVM_CAP_SIGNAL_MSI: u64 = kvm_abi::KVM_CAP_SIGNAL_MSI as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 23] = [
+pub const SUPPORTED: [u64; 27] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -62,6 +69,10 @@ pub const SUPPORTED: [u64; 23] = [
     KVM_CAP_IMMEDIATE_EXIT,
     KVM_CAP_GET_MSR_FEATURES,
     KVM_CAP_GET_TSC_KHZ,
+    KVM_CAP_IRQCHIP,
+    KVM_CAP_SPLIT_IRQCHIP,
+    KVM_CAP_IRQ_ROUTING,
+    KVM_CAP_SIGNAL_MSI,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.
@@ -73,6 +84,8 @@ pub fn check_extension(cap: u64, online_cpus: u32) -> i64 {
         KVM_CAP_MAX_VCPU_ID => i64::from(KVM_MAX_VCPU_IDS),
         KVM_CAP_NR_MEMSLOTS => KVM_USER_MEM_SLOTS as i64,
         KVM_CAP_COALESCED_MMIO => KVM_COALESCED_MMIO_PAGE_OFFSET,
+        // Linux: the number of GSI routes (QEMU sizes its GSI bitmap from it).
+        KVM_CAP_IRQ_ROUTING => i64::from(crate::irqchip::MAX_IRQ_ROUTES),
         c if SUPPORTED.contains(&c) => 1,
         _ => 0,
     }

@@ -22,6 +22,7 @@ use crate::caps::KVM_PIO_PAGE_OFFSET;
 use crate::cpuid;
 use crate::errno::{KResult, EINTR, EINVAL};
 use crate::host::{Host, PAGE_SIZE};
+use crate::irqchip::ApicMmio;
 use crate::vcpu::{Pending, Vcpu, VcpuState};
 
 /// Entries of the coalesced MMIO ring (Linux `KVM_COALESCED_MMIO_MAX`).
@@ -82,7 +83,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         }
         // SAFETY: as above.
         let cr8 = unsafe { addr_of!((*run).cr8).read_volatile() };
-        b.set_cr8(&mut st.b, cr8)?;
+        // With an in-kernel APIC, CR8 is the APIC's TPR and kvm_run.cr8 is ignored (Linux).
+        if st.lapic.is_none() {
+            b.set_cr8(&mut st.b, cr8)?;
+        }
         self.complete_pending(st);
         // SAFETY: as above.
         if unsafe { addr_of!((*run).immediate_exit).read_volatile() } != 0 {
@@ -98,6 +102,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             } else {
                 if want_window && !self.ready_for_injection(st) {
                     b.set_irq_window(&mut st.b, true);
+                }
+                if !self.apic_before_entry(st) {
+                    // A signal ended an in-kernel halt.
+                    continue;
                 }
                 self.cpu.store(
                     host.cpu_current() as i32,
@@ -129,7 +137,9 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     /// Linux `kvm_vcpu_ready_for_interrupt_injection` with a userspace irqchip.
     fn ready_for_injection(&self, st: &mut VcpuState<H, B>) -> bool {
         let b = &self.vm().sys.backend;
-        b.interrupt_allowed(&mut st.b) && !b.interrupt_queued(&mut st.b)
+        b.interrupt_allowed(&mut st.b)
+            && !b.interrupt_queued(&mut st.b)
+            && self.apic_accepts_extint(st)
     }
 
     fn post_run_save(&self, st: &mut VcpuState<H, B>) {
@@ -245,11 +255,23 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 gpa,
                 len,
                 write,
-                data,
+                mut data,
             } => {
                 if !(1..=8).contains(&len) {
                     self.set_internal(kvm_abi::KVM_INTERNAL_ERROR_EMULATION, gpa);
                     return Step::ToUser;
+                }
+                match self.apic_mmio(st, gpa, len, write, &mut data) {
+                    ApicMmio::NotMine => {}
+                    done => {
+                        let c = if write {
+                            IoCompletion::Write
+                        } else {
+                            IoCompletion::MmioRead { len, data }
+                        };
+                        b.complete_io(&mut st.b, c);
+                        return self.eoi_step(done);
+                    }
                 }
                 if write
                     && vm.coalesced(gpa, u32::from(len), false)
@@ -293,6 +315,9 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 }
             },
             Exit::Hlt => {
+                if self.apic_halt(st) {
+                    return Step::Continue;
+                }
                 self.set_exit(kvm_abi::KVM_EXIT_HLT);
                 Step::ToUser
             }
@@ -311,7 +336,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 Step::Continue
             }
             Exit::Wrmsr { index, data } => {
-                let ok = b.set_msr(&mut st.b, index, data, false).is_ok();
+                let ok = self.apic_wrmsr_ok(st, index, data)
+                    && b.set_msr(&mut st.b, index, data, false).is_ok();
                 b.complete_wrmsr(&mut st.b, ok);
                 Step::Continue
             }
@@ -339,6 +365,22 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 Step::ToUser
             }
         }
+    }
+
+    /// The step after an access the local APIC handled: `KVM_EXIT_IOAPIC_EOI` for an EOI the
+    /// userspace IOAPIC must see.
+    fn eoi_step(&self, r: ApicMmio) -> Step {
+        let ApicMmio::EoiExit(vector) = r else {
+            return Step::Continue;
+        };
+        self.set_exit(kvm_abi::KVM_EXIT_IOAPIC_EOI);
+        // SAFETY: live run page; the union member starts at the union's offset.
+        unsafe {
+            addr_of_mut!((*self.run_ptr()).u)
+                .cast::<kvm_abi::kvm_run_eoi>()
+                .write_volatile(kvm_abi::kvm_run_eoi { vector })
+        };
+        Step::ToUser
     }
 
     /// Appends a write to the VM's coalesced ring; false when the ring is full (then the access

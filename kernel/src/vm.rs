@@ -18,6 +18,7 @@ use crate::caps::{self, KVM_MAX_VCPUS, KVM_MAX_VCPU_IDS};
 use crate::errno::{KResult, EEXIST, EFAULT, EINVAL, EIO, ENOMEM, ENOSPC, ENOTTY};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{FdKind, Host, MmRef};
+use crate::irqchip::{self, IrqChip};
 use crate::memslot::{Change, Memslots, Region};
 use crate::sync::HMutex;
 use crate::system::{Head, Magic, System};
@@ -74,6 +75,8 @@ pub struct Vm<H: Host, B: Backend> {
     online: AtomicU32,
     /// [m] The locked state.
     pub st: HMutex<VmState<H>, H>,
+    /// The in-kernel irqchip (split mode: local APICs, GSI routes).
+    pub irq: IrqChip<H>,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -129,6 +132,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
             })?,
             online: AtomicU32::new(0),
             st: HMutex::new(host, st)?,
+            irq: IrqChip::new(host)?,
         };
         HBox::new(host, vm)
     }
@@ -237,12 +241,12 @@ impl<H: Host, B: Backend> Vm<H, B> {
                 Ok(0)
             }
             KVM_ENABLE_CAP => {
+                // Only KVM_CAP_SPLIT_IRQCHIP is enableable; Linux answers EINVAL otherwise.
                 let c: kvm_enable_cap = user::read(host, arg)?;
-                // Nothing here is enableable; Linux answers EINVAL for flags or unknown caps.
-                let _ = c;
-                Err(EINVAL)
+                irqchip::enable_cap(self, &c)
             }
-            _ => Err(ENOTTY),
+            KVM_CREATE_IRQCHIP if self.irq.split() => Err(EEXIST),
+            _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
         }
     }
 

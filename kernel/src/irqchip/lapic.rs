@@ -1,0 +1,671 @@
+//! The local APIC register model (xAPIC), as Linux's `arch/x86/kvm/lapic.c` presents it to
+//! userspace: the 1 KiB register page of `KVM_GET_LAPIC`/`KVM_SET_LAPIC` (every register at
+//! its MMIO offset, 32 bits per 16-byte slot) plus the timer, the MP state and the pending
+//! ExtINT vector of the userspace PIC.
+//!
+//! This is pure state: time comes in as `now` (nanoseconds), side effects that involve other
+//! vCPUs, the backend or userspace come out as an [`Effect`]. The owner vCPU changes it under
+//! its vCPU lock; other vCPUs never touch it (they post interrupts through
+//! [`super::ApicShared`]).
+//!
+//! Not modelled (as in Linux unless noted): x2APIC mode (CPUID does not offer it, so the MSRs
+//! 0x800-0x8ff raise #GP), the TSC-deadline timer mode (not offered in CPUID; LVTT bit 18 is
+//! dropped on writes), directed EOI, the CMCI LVT (the version register reports 6 LVTs), APR
+//! (reads 0, as in Linux), arbitration priority for lowest-priority delivery (the first
+//! matching vCPU is chosen).
+
+use kvm_abi::KVM_MP_STATE_RUNNABLE;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Size of the register page of `KVM_GET_LAPIC` (`KVM_APIC_REG_SIZE`).
+pub const APIC_REG_SIZE: usize = 1024;
+/// Size of the xAPIC MMIO window.
+pub const APIC_MMIO_SIZE: u64 = 4096;
+
+/// Register offsets (Intel SDM vol. 3 table 11-1).
+pub mod reg {
+    /// Local APIC ID.
+    pub const ID: u32 = 0x20;
+    /// Version.
+    pub const LVR: u32 = 0x30;
+    /// Task priority.
+    pub const TASKPRI: u32 = 0x80;
+    /// Arbitration priority.
+    pub const ARBPRI: u32 = 0x90;
+    /// Processor priority.
+    pub const PROCPRI: u32 = 0xa0;
+    /// End of interrupt.
+    pub const EOI: u32 = 0xb0;
+    /// Remote read.
+    pub const RRR: u32 = 0xc0;
+    /// Logical destination.
+    pub const LDR: u32 = 0xd0;
+    /// Destination format.
+    pub const DFR: u32 = 0xe0;
+    /// Spurious interrupt vector.
+    pub const SPIV: u32 = 0xf0;
+    /// In-service register (8 × 32 bits).
+    pub const ISR: u32 = 0x100;
+    /// Trigger mode register.
+    pub const TMR: u32 = 0x180;
+    /// Interrupt request register.
+    pub const IRR: u32 = 0x200;
+    /// Error status.
+    pub const ESR: u32 = 0x280;
+    /// LVT corrected machine check (not offered).
+    pub const LVTCMCI: u32 = 0x2f0;
+    /// Interrupt command, low half.
+    pub const ICR: u32 = 0x300;
+    /// Interrupt command, high half (destination).
+    pub const ICR2: u32 = 0x310;
+    /// LVT timer.
+    pub const LVTT: u32 = 0x320;
+    /// LVT thermal sensor.
+    pub const LVTTHMR: u32 = 0x330;
+    /// LVT performance counter.
+    pub const LVTPC: u32 = 0x340;
+    /// LVT LINT0.
+    pub const LVT0: u32 = 0x350;
+    /// LVT LINT1.
+    pub const LVT1: u32 = 0x360;
+    /// LVT error.
+    pub const LVTERR: u32 = 0x370;
+    /// Timer initial count.
+    pub const TMICT: u32 = 0x380;
+    /// Timer current count.
+    pub const TMCCT: u32 = 0x390;
+    /// Timer divide configuration.
+    pub const TDCR: u32 = 0x3e0;
+}
+
+/// Version register: version 0x14, 6 LVT entries (max LVT index 5), as Linux without CMCI.
+pub const APIC_VERSION: u32 = 0x14 | (5 << 16);
+/// LVT mask bit.
+pub const LVT_MASKED: u32 = 1 << 16;
+/// SVR software enable.
+pub const SPIV_ENABLED: u32 = 1 << 8;
+/// `IA32_APIC_BASE` global enable.
+pub const BASE_ENABLE: u64 = 1 << 11;
+/// `IA32_APIC_BASE` x2APIC enable.
+pub const BASE_X2APIC: u64 = 1 << 10;
+/// `IA32_APIC_BASE` bootstrap processor.
+pub const BASE_BSP: u64 = 1 << 8;
+/// LVT timer periodic mode.
+const LVTT_PERIODIC: u32 = 1 << 17;
+/// Linux's APIC bus cycle: 1 ns (1 GHz).
+const BUS_CYCLE_NS: u64 = 1;
+/// Shortest periodic timer period (Linux `min_timer_period_us` = 200): a guest cannot make
+/// the host timer fire more often.
+pub const MIN_PERIOD_NS: u64 = 200_000;
+
+/// Delivery modes (ICR/MSI/LVT bits 10:8).
+pub mod dm {
+    /// Fixed.
+    pub const FIXED: u8 = 0;
+    /// Lowest priority.
+    pub const LOWEST: u8 = 1;
+    /// SMI.
+    pub const SMI: u8 = 2;
+    /// NMI.
+    pub const NMI: u8 = 4;
+    /// INIT.
+    pub const INIT: u8 = 5;
+    /// Start-up IPI.
+    pub const SIPI: u8 = 6;
+    /// External interrupt.
+    pub const EXTINT: u8 = 7;
+}
+
+/// Destination shorthands (ICR bits 19:18).
+pub mod sh {
+    /// Use the destination field.
+    pub const NONE: u8 = 0;
+    /// Self.
+    pub const SELF: u8 = 1;
+    /// All including self.
+    pub const ALL: u8 = 2;
+    /// All excluding self.
+    pub const OTHERS: u8 = 3;
+}
+
+/// An interrupt request to one or more local APICs (from an ICR write or a decoded MSI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Irq {
+    /// Vector.
+    pub vector: u8,
+    /// Delivery mode (`dm::*`).
+    pub mode: u8,
+    /// Logical destination mode.
+    pub logical: bool,
+    /// Level (1 = assert).
+    pub level: bool,
+    /// Level-triggered.
+    pub trig_level: bool,
+    /// Shorthand (`sh::*`).
+    pub shorthand: u8,
+    /// Destination (8 bits in xAPIC mode).
+    pub dest: u32,
+}
+
+/// What a register write asks the caller to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing beyond the register change.
+    None,
+    /// Send this IPI (ICR write).
+    Ipi(Irq),
+    /// An EOI retired this in-service vector (the userspace IOAPIC may need to hear of it).
+    Eoi(u8),
+    /// TPR changed: CR8 must follow.
+    Tpr,
+}
+
+/// Timer state (one-shot/periodic, in host nanoseconds).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct Timer {
+    /// Next expiry, 0 = not running.
+    pub deadline: u64,
+    /// Period for periodic mode (0 = one-shot).
+    pub period: u64,
+    /// Length of one count in ns (bus cycle × divider).
+    pub tick_ns: u64,
+    /// The deadline the host timer was last armed for (0 = none).
+    pub armed: u64,
+}
+
+/// One local APIC (owned by its vCPU, changed under the vCPU lock).
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct Lapic {
+    /// The register page (`regs[off / 4]` holds the register at MMIO offset `off`).
+    regs: [u32; APIC_REG_SIZE / 4],
+    /// `IA32_APIC_BASE` as last synchronized from the backend.
+    pub base: u64,
+    /// Timer.
+    pub timer: Timer,
+    /// `KVM_MP_STATE_*`.
+    pub mp_state: u32,
+    /// Pending ExtINT vector from the userspace PIC (`KVM_INTERRUPT`), bit 8 = valid.
+    pub extint: u32,
+    /// The vCPU id (xAPIC ID after reset).
+    pub vcpu_id: u32,
+    _pad: u32,
+}
+
+fn slot(off: u32) -> usize {
+    (off / 4) as usize
+}
+
+impl Lapic {
+    /// Register at MMIO offset `off` (16-byte aligned).
+    pub fn reg(&self, off: u32) -> u32 {
+        self.regs.get(slot(off)).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, off: u32, v: u32) {
+        if let Some(r) = self.regs.get_mut(slot(off)) {
+            *r = v;
+        }
+    }
+
+    fn bit(&self, base: u32, v: u8) -> bool {
+        self.reg(base + u32::from(v >> 5) * 0x10) & (1 << (v & 31)) != 0
+    }
+
+    fn set_bit(&mut self, base: u32, v: u8, on: bool) {
+        let off = base + u32::from(v >> 5) * 0x10;
+        let r = self.reg(off);
+        let m = 1u32 << (v & 31);
+        self.set(off, if on { r | m } else { r & !m });
+    }
+
+    fn highest(&self, base: u32) -> Option<u8> {
+        (0..8u32).rev().find_map(|i| {
+            let r = self.reg(base + i * 0x10);
+            (r != 0).then(|| (i * 32 + 31 - r.leading_zeros()) as u8)
+        })
+    }
+
+    /// A fresh, reset APIC for vCPU `id` with `IA32_APIC_BASE` = `base`.
+    pub fn new_state(&mut self, id: u32, base: u64) {
+        self.vcpu_id = id;
+        self.base = base;
+        self.timer = Timer::default();
+        self.extint = 0;
+        self.mp_state = if base & BASE_BSP != 0 {
+            KVM_MP_STATE_RUNNABLE
+        } else {
+            kvm_abi::KVM_MP_STATE_UNINITIALIZED
+        };
+        self.reset(true);
+    }
+
+    /// Power-on/INIT reset of the registers (Linux `kvm_lapic_reset`); `set_id` resets the ID.
+    pub fn reset(&mut self, set_id: bool) {
+        let id = if set_id {
+            self.vcpu_id << 24
+        } else {
+            self.reg(reg::ID)
+        };
+        self.regs = [0; APIC_REG_SIZE / 4];
+        self.set(reg::ID, id);
+        self.set(reg::LVR, APIC_VERSION);
+        for off in [
+            reg::LVTT,
+            reg::LVTTHMR,
+            reg::LVTPC,
+            reg::LVT0,
+            reg::LVT1,
+            reg::LVTERR,
+        ] {
+            self.set(off, LVT_MASKED);
+        }
+        self.set(reg::DFR, 0xffff_ffff);
+        self.set(reg::SPIV, 0xff);
+        self.timer.deadline = 0;
+        self.timer.period = 0;
+        self.timer.tick_ns = 2 * BUS_CYCLE_NS;
+    }
+
+    /// Global (hardware) enable from `IA32_APIC_BASE`.
+    pub fn hw_enabled(&self) -> bool {
+        self.base & BASE_ENABLE != 0
+    }
+
+    /// Software enable (SVR bit 8).
+    pub fn sw_enabled(&self) -> bool {
+        self.reg(reg::SPIV) & SPIV_ENABLED != 0
+    }
+
+    /// Physical base of the MMIO window when it decodes accesses (enabled, xAPIC mode).
+    pub fn mmio_base(&self) -> Option<u64> {
+        (self.hw_enabled() && self.base & BASE_X2APIC == 0).then_some(self.base & 0x000f_ffff_ffff_f000)
+    }
+
+    /// Takes a new `IA32_APIC_BASE` value (Linux `kvm_lapic_set_base`): enabling the APIC
+    /// again resets the xAPIC ID to the vCPU id.
+    pub fn set_base(&mut self, base: u64) {
+        let old = self.base;
+        self.base = base;
+        if (old ^ base) & BASE_ENABLE != 0 && base & BASE_ENABLE != 0 {
+            self.set(reg::ID, self.vcpu_id << 24);
+        }
+    }
+
+    /// The xAPIC ID (8 bits).
+    pub fn id(&self) -> u8 {
+        (self.reg(reg::ID) >> 24) as u8
+    }
+
+    /// TPR >> 4, as CR8 reads it.
+    pub fn cr8(&self) -> u64 {
+        u64::from((self.reg(reg::TASKPRI) >> 4) & 0xf)
+    }
+
+    /// The guest changed CR8 (MOV to CR8): the TPR follows (low bits kept if the class is the same).
+    pub fn sync_cr8(&mut self, cr8: u64) {
+        if self.cr8() != cr8 & 0xf {
+            self.set(reg::TASKPRI, ((cr8 & 0xf) as u32) << 4);
+            self.update_ppr();
+        }
+    }
+
+    fn update_ppr(&mut self) {
+        let tpr = self.reg(reg::TASKPRI) & 0xff;
+        let isrv = self.highest(reg::ISR).map_or(0, u32::from);
+        let ppr = if (tpr & 0xf0) >= (isrv & 0xf0) {
+            tpr
+        } else {
+            isrv & 0xf0
+        };
+        self.set(reg::PROCPRI, ppr);
+    }
+
+    /// Processor priority.
+    pub fn ppr(&self) -> u32 {
+        self.reg(reg::PROCPRI)
+    }
+
+    /// Accepts a fixed interrupt (IRR, TMR per trigger mode). Dropped while software-disabled
+    /// (Linux `__apic_accept_irq`); returns whether it was accepted.
+    pub fn accept_fixed(&mut self, vector: u8, trig_level: bool) -> bool {
+        if !self.sw_enabled() || !self.hw_enabled() {
+            return false;
+        }
+        self.set_bit(reg::TMR, vector, trig_level);
+        self.set_bit(reg::IRR, vector, true);
+        true
+    }
+
+    /// Highest requested vector whose class is above PPR (deliverable now), if enabled.
+    pub fn pending(&self) -> Option<u8> {
+        if !self.hw_enabled() || !self.sw_enabled() {
+            return None;
+        }
+        let v = self.highest(reg::IRR)?;
+        (u32::from(v & 0xf0) > self.ppr()).then_some(v)
+    }
+
+    /// Interrupt acknowledge of `vector`: IRR → ISR, PPR raised.
+    pub fn ack(&mut self, vector: u8) {
+        self.set_bit(reg::IRR, vector, false);
+        self.set_bit(reg::ISR, vector, true);
+        self.update_ppr();
+    }
+
+    /// Whether `vector` is in service (tests).
+    pub fn in_service(&self, vector: u8) -> bool {
+        self.bit(reg::ISR, vector)
+    }
+
+    /// Whether `vector` is requested (tests).
+    pub fn requested(&self, vector: u8) -> bool {
+        self.bit(reg::IRR, vector)
+    }
+
+    /// Whether `vector` was accepted level-triggered.
+    pub fn level_triggered(&self, vector: u8) -> bool {
+        self.bit(reg::TMR, vector)
+    }
+
+    /// Whether PIC (ExtINT) interrupts reach the CPU (Linux `kvm_apic_accept_pic_intr`):
+    /// APIC globally disabled, or LINT0 unmasked in ExtINT mode.
+    pub fn accept_pic_intr(&self) -> bool {
+        let lvt0 = self.reg(reg::LVT0);
+        !self.hw_enabled() || (lvt0 & LVT_MASKED == 0 && (lvt0 >> 8) & 7 == u32::from(dm::EXTINT))
+    }
+
+    /// The pending ExtINT vector from `KVM_INTERRUPT`.
+    pub fn extint(&self) -> Option<u8> {
+        (self.extint & 0x100 != 0).then_some(self.extint as u8)
+    }
+
+    /// Divide configuration → ns per count.
+    fn update_divide(&mut self) {
+        let t = self.reg(reg::TDCR) & 0xf;
+        let shift = (((t & 3) | ((t & 8) >> 1)) + 1) & 7;
+        self.timer.tick_ns = BUS_CYCLE_NS << shift;
+    }
+
+    /// Starts the timer from `count` counts at `now` (0 stops it).
+    fn start_timer(&mut self, count: u32, now: u64) {
+        self.timer.deadline = 0;
+        self.timer.period = 0;
+        if count == 0 {
+            return;
+        }
+        let mut len = u64::from(count).saturating_mul(self.timer.tick_ns);
+        if self.reg(reg::LVTT) & LVTT_PERIODIC != 0 {
+            len = len.max(MIN_PERIOD_NS);
+            self.timer.period = len;
+        }
+        self.timer.deadline = now.saturating_add(len).max(1);
+    }
+
+    /// Current count (Linux `apic_get_tmcct`).
+    fn tmcct(&self, now: u64) -> u32 {
+        if self.timer.deadline == 0 || self.timer.tick_ns == 0 {
+            return 0;
+        }
+        let left = self.timer.deadline.saturating_sub(now);
+        let left = if self.timer.period != 0 {
+            left % self.timer.period
+        } else {
+            left
+        };
+        (left / self.timer.tick_ns).min(u64::from(self.reg(reg::TMICT))) as u32
+    }
+
+    /// Expires the timer if its deadline passed: raises the LVTT vector unless masked, re-arms
+    /// a periodic timer. Returns whether it expired.
+    pub fn timer_poll(&mut self, now: u64) -> bool {
+        let d = self.timer.deadline;
+        if d == 0 || now < d {
+            return false;
+        }
+        let lvtt = self.reg(reg::LVTT);
+        if lvtt & LVT_MASKED == 0 {
+            self.accept_fixed(lvtt as u8, false);
+        }
+        if self.timer.period != 0 {
+            let next = d.saturating_add(self.timer.period);
+            self.timer.deadline = if next <= now {
+                now.saturating_add(self.timer.period)
+            } else {
+                next
+            };
+        } else {
+            self.timer.deadline = 0;
+        }
+        true
+    }
+
+    /// Reads a register (Linux `kvm_lapic_reg_read`: `None` for an offset that is no register).
+    pub fn read_reg(&self, off: u32, now: u64) -> Option<u32> {
+        let valid = matches!(
+            off,
+            reg::ID | reg::LVR | reg::TASKPRI | reg::ARBPRI | reg::PROCPRI | reg::LDR | reg::DFR
+                | reg::SPIV | reg::ESR | reg::ICR | reg::ICR2 | reg::LVTT | reg::LVTTHMR
+                | reg::LVTPC | reg::LVT0 | reg::LVT1 | reg::LVTERR | reg::TMICT | reg::TMCCT
+                | reg::TDCR
+        ) || (reg::ISR..reg::ESR).contains(&off) && off & 0xf == 0;
+        if !valid {
+            return None;
+        }
+        Some(match off {
+            reg::TMCCT => self.tmcct(now),
+            reg::ARBPRI => 0,
+            _ => self.reg(off),
+        })
+    }
+
+    /// An MMIO read of `len` bytes at page offset `off` (misaligned or invalid: zeros).
+    pub fn mmio_read(&self, off: u32, len: u32, now: u64) -> u32 {
+        let align = off & 0xf;
+        if align + len > 4 {
+            return 0;
+        }
+        let v = self.read_reg(off & !0xf, now).unwrap_or(0) >> (align * 8);
+        match len {
+            1 => v & 0xff,
+            2 => v & 0xffff,
+            _ => v,
+        }
+    }
+
+    /// An MMIO write: only aligned 32-bit writes take effect (Linux `apic_mmio_write`).
+    pub fn mmio_write(&mut self, off: u32, len: u32, val: u32, now: u64) -> Effect {
+        if len != 4 || off & 0xf != 0 {
+            return Effect::None;
+        }
+        self.write_reg(off, val, now)
+    }
+
+    /// Writes a register (Linux `kvm_lapic_reg_write`, xAPIC mode).
+    pub fn write_reg(&mut self, off: u32, val: u32, now: u64) -> Effect {
+        let lvt_common = 0x0001_10ff; // masked, delivery status, vector
+        match off {
+            reg::ID => self.set(reg::ID, val & 0xff00_0000),
+            reg::TASKPRI => {
+                self.set(reg::TASKPRI, val & 0xff);
+                self.update_ppr();
+                return Effect::Tpr;
+            }
+            reg::EOI => {
+                if let Some(v) = self.highest(reg::ISR) {
+                    self.set_bit(reg::ISR, v, false);
+                    self.update_ppr();
+                    return Effect::Eoi(v);
+                }
+            }
+            reg::LDR => self.set(reg::LDR, val & 0xff00_0000),
+            reg::DFR => self.set(reg::DFR, val | 0x0fff_ffff),
+            reg::SPIV => {
+                self.set(reg::SPIV, val & 0x3ff);
+                if val & SPIV_ENABLED == 0 {
+                    for o in [
+                        reg::LVTT,
+                        reg::LVTTHMR,
+                        reg::LVTPC,
+                        reg::LVT0,
+                        reg::LVT1,
+                        reg::LVTERR,
+                    ] {
+                        let r = self.reg(o);
+                        self.set(o, r | LVT_MASKED);
+                    }
+                }
+            }
+            reg::ICR => {
+                let icr = val & !(1 << 12);
+                self.set(reg::ICR, icr);
+                return Effect::Ipi(Irq {
+                    vector: icr as u8,
+                    mode: ((icr >> 8) & 7) as u8,
+                    logical: icr & (1 << 11) != 0,
+                    level: icr & (1 << 14) != 0,
+                    trig_level: icr & (1 << 15) != 0,
+                    shorthand: ((icr >> 18) & 3) as u8,
+                    dest: self.reg(reg::ICR2) >> 24,
+                });
+            }
+            reg::ICR2 => self.set(reg::ICR2, val & 0xff00_0000),
+            reg::LVT0 | reg::LVT1 => self.write_lvt(off, val & (lvt_common | 0xa700)),
+            reg::LVTTHMR | reg::LVTPC => self.write_lvt(off, val & (lvt_common | 0x700)),
+            reg::LVTERR => self.write_lvt(off, val & lvt_common),
+            reg::LVTT => {
+                // TSC-deadline mode (bit 18) is not offered: dropped, as Linux does without
+                // the CPUID bit. Switching one-shot <-> periodic keeps the timer running.
+                let v = val & (lvt_common | LVTT_PERIODIC);
+                self.write_lvt(off, v);
+                if self.timer.deadline != 0 {
+                    self.timer.period = if v & LVTT_PERIODIC != 0 {
+                        u64::from(self.reg(reg::TMICT))
+                            .saturating_mul(self.timer.tick_ns)
+                            .max(MIN_PERIOD_NS)
+                    } else {
+                        0
+                    };
+                }
+            }
+            reg::TMICT => {
+                self.set(reg::TMICT, val);
+                self.start_timer(val, now);
+            }
+            reg::TDCR => {
+                self.set(reg::TDCR, val & 0xb);
+                self.update_divide();
+            }
+            // ESR writes re-arm error latching; no errors are ever recorded (as in Linux).
+            reg::ESR => {}
+            // Read-only or reserved registers: ignored.
+            _ => {}
+        }
+        Effect::None
+    }
+
+    fn write_lvt(&mut self, off: u32, mut v: u32) {
+        v &= !(1 << 12);
+        if !self.sw_enabled() {
+            v |= LVT_MASKED;
+        }
+        self.set(off, v);
+    }
+
+    /// The `KVM_GET_LAPIC` page (TMCCT computed at `now`).
+    pub fn get_state(&self, now: u64, out: &mut [u8; APIC_REG_SIZE]) {
+        out.copy_from_slice(self.regs.as_bytes());
+        let tmcct = self.tmcct(now).to_le_bytes();
+        if let Some(d) = out.get_mut(reg::TMCCT as usize..reg::TMCCT as usize + 4) {
+            d.copy_from_slice(&tmcct);
+        }
+    }
+
+    /// `KVM_SET_LAPIC` (Linux `kvm_apic_set_state`): takes the page, keeps KVM's version
+    /// register, recomputes PPR and the divider, and restarts the timer from the page's TMCCT.
+    pub fn set_state(&mut self, page: &[u8; APIC_REG_SIZE], now: u64) {
+        for (i, r) in self.regs.iter_mut().enumerate() {
+            let mut b = [0u8; 4];
+            if let Some(s) = page.get(i * 4..i * 4 + 4) {
+                b.copy_from_slice(s);
+            }
+            *r = u32::from_le_bytes(b);
+        }
+        self.set(reg::LVR, APIC_VERSION);
+        self.update_ppr();
+        self.update_divide();
+        let count = self.reg(reg::TMCCT);
+        self.set(reg::TMCCT, 0);
+        self.start_timer(count, now);
+        if self.timer.period != 0 {
+            // A periodic timer reloads from TMICT after the first expiry.
+            self.timer.period = u64::from(self.reg(reg::TMICT))
+                .saturating_mul(self.timer.tick_ns)
+                .max(MIN_PERIOD_NS);
+        }
+    }
+
+    /// Snapshot of what other vCPUs need for destination matching: bits 0-7 xAPIC ID,
+    /// 8-15 logical ID (LDR[31:24]), 16-19 DFR model, 20 present (hardware-enabled).
+    pub fn mirror(&self) -> u32 {
+        u32::from(self.id())
+            | ((self.reg(reg::LDR) >> 24) << 8)
+            | ((self.reg(reg::DFR) >> 28) << 16)
+            | (u32::from(self.hw_enabled()) << 20)
+    }
+}
+
+/// Whether an APIC with mirror `m` (see [`Lapic::mirror`]) is a target of `irq` sent by
+/// `is_source` (Linux `kvm_apic_match_dest`, xAPIC).
+pub fn match_dest(m: u32, irq: &Irq, is_source: bool) -> bool {
+    if m & (1 << 20) == 0 {
+        return false;
+    }
+    match irq.shorthand {
+        sh::SELF => is_source,
+        sh::ALL => true,
+        sh::OTHERS => !is_source,
+        _ => {
+            let dest = irq.dest & 0xff;
+            if dest == 0xff {
+                return true;
+            }
+            if !irq.logical {
+                return dest == m & 0xff;
+            }
+            let lid = (m >> 8) & 0xff;
+            match (m >> 16) & 0xf {
+                // Flat model.
+                0xf => lid & dest != 0,
+                // Cluster model: cluster in the high nibble, members in the low one.
+                0x0 => (lid >> 4) == (dest >> 4) && (lid & dest & 0xf) != 0,
+                _ => false,
+            }
+        }
+    }
+}
+
+/// Decodes an MSI (Intel SDM 11.11; Linux `kvm_set_msi_irq` without x2APIC format): address
+/// bits 19:12 destination, bit 2 logical; data bits 7:0 vector, 10:8 delivery mode, 15 level
+/// trigger. MSIs always assert.
+pub fn decode_msi(address_lo: u32, data: u32) -> Irq {
+    Irq {
+        vector: data as u8,
+        mode: ((data >> 8) & 7) as u8,
+        logical: address_lo & (1 << 2) != 0,
+        level: true,
+        trig_level: data & (1 << 15) != 0,
+        shorthand: sh::NONE,
+        dest: (address_lo >> 12) & 0xff,
+    }
+}
+
+#[cfg(test)]
+impl Lapic {
+    /// A zeroed model on the heap (call [`Lapic::new_state`] next).
+    pub fn boxed() -> Box<Self> {
+        // SAFETY: Lapic is FromZeros: all-zero bytes are a valid value.
+        unsafe { Box::<Self>::new_zeroed().assume_init() }
+    }
+}

@@ -4,6 +4,7 @@
 mod badinput;
 mod exits;
 mod header;
+mod irqchip;
 mod lapic;
 mod lifetime;
 mod memslots;

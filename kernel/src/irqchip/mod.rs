@@ -273,8 +273,11 @@ fn irq_line<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64> {
 fn set_gsi_routing<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64> {
     use kvm_abi::{KVM_IRQ_ROUTING_MSI, KVM_MSI_VALID_DEVID};
     let host = vm.sys.host;
+    if !vm.irq.split() {
+        return Err(EINVAL);
+    }
     let hdr: kvm_irq_routing = user::read(host, arg)?;
-    if !vm.irq.split() || hdr.nr > MAX_IRQ_ROUTES || hdr.flags != 0 {
+    if hdr.nr > MAX_IRQ_ROUTES || hdr.flags != 0 {
         return Err(EINVAL);
     }
     let n = hdr.nr as usize;

@@ -22,7 +22,7 @@ use crate::caps::KVM_PIO_PAGE_OFFSET;
 use crate::cpuid;
 use crate::errno::{KResult, EINTR, EINVAL};
 use crate::host::{Host, PAGE_SIZE};
-use crate::irqchip::ApicMmio;
+use crate::irqchip::ApicEntry;
 use crate::vcpu::{Pending, Vcpu, VcpuState};
 
 /// Entries of the coalesced MMIO ring (Linux `KVM_COALESCED_MMIO_MAX`).
@@ -103,9 +103,13 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 if want_window && !self.ready_for_injection(st) {
                     b.set_irq_window(&mut st.b, true);
                 }
-                if !self.apic_before_entry(st) {
-                    // A signal ended an in-kernel halt.
-                    continue;
+                match self.apic_before_entry(st) {
+                    ApicEntry::Enter => {}
+                    ApicEntry::Signal => continue,
+                    ApicEntry::EoiExit(vector) => {
+                        self.set_eoi_exit(vector);
+                        return Ok(0);
+                    }
                 }
                 self.cpu.store(
                     host.cpu_current() as i32,
@@ -261,16 +265,16 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     self.set_internal(kvm_abi::KVM_INTERNAL_ERROR_EMULATION, gpa);
                     return Step::ToUser;
                 }
-                match self.apic_mmio(st, gpa, len, write, &mut data) {
-                    ApicMmio::NotMine => {}
-                    done => {
+                if let Some(l) = st.lapic.as_mut() {
+                    let n = usize::from(len);
+                    if self.apic_access(l, gpa, data.get_mut(..n).unwrap_or(&mut []), write) {
                         let c = if write {
                             IoCompletion::Write
                         } else {
                             IoCompletion::MmioRead { len, data }
                         };
                         b.complete_io(&mut st.b, c);
-                        return self.eoi_step(done);
+                        return Step::Continue;
                     }
                 }
                 if write
@@ -367,12 +371,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         }
     }
 
-    /// The step after an access the local APIC handled: `KVM_EXIT_IOAPIC_EOI` for an EOI the
-    /// userspace IOAPIC must see.
-    fn eoi_step(&self, r: ApicMmio) -> Step {
-        let ApicMmio::EoiExit(vector) = r else {
-            return Step::Continue;
-        };
+    /// `KVM_EXIT_IOAPIC_EOI`: the guest's EOI of `vector`, for the userspace IOAPIC.
+    fn set_eoi_exit(&self, vector: u8) {
         self.set_exit(kvm_abi::KVM_EXIT_IOAPIC_EOI);
         // SAFETY: live run page; the union member starts at the union's offset.
         unsafe {
@@ -380,7 +380,6 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 .cast::<kvm_abi::kvm_run_eoi>()
                 .write_volatile(kvm_abi::kvm_run_eoi { vector })
         };
-        Step::ToUser
     }
 
     /// Appends a write to the VM's coalesced ring; false when the ring is full (then the access

@@ -190,6 +190,11 @@ pub struct Lapic {
     pub extint: u32,
     /// The vCPU id (xAPIC ID after reset).
     pub vcpu_id: u32,
+    /// An EOI the userspace IOAPIC must hear of (`KVM_EXIT_IOAPIC_EOI` before the next
+    /// entry), bit 8 = valid.
+    pub eoi_exit: u32,
+    /// The guest wrote the TPR through MMIO: CR8 must follow before the next entry.
+    pub tpr_dirty: u32,
     _pad: u32,
 }
 

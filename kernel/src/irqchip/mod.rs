@@ -37,7 +37,7 @@ use crate::vm::Vm;
 
 use lapic::{decode_msi, dm, match_dest, Irq};
 
-pub use run::ApicMmio;
+pub use run::ApicEntry;
 
 /// Linux `KVM_MAX_IRQ_ROUTES`: GSIs are below this; also the most IOAPIC pins of split mode.
 pub const MAX_IRQ_ROUTES: u32 = kvm_abi::KVM_MAX_IRQ_ROUTES;

@@ -22,14 +22,14 @@ use crate::msrs::MSR_IA32_APICBASE;
 use crate::user;
 use crate::vcpu::{Vcpu, VcpuState};
 
-/// Outcome of an access to guest-physical memory that may be the xAPIC page.
+/// What the run loop does after [`Vcpu::apic_before_entry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApicMmio {
-    /// Not the local APIC: the generic MMIO path handles it.
-    NotMine,
-    /// Handled (read data filled in).
-    Done,
-    /// Handled; the EOI needs `KVM_EXIT_IOAPIC_EOI` with this vector.
+pub enum ApicEntry {
+    /// Enter the guest.
+    Enter,
+    /// A signal ended an in-kernel halt: return `-EINTR`.
+    Signal,
+    /// Exit to userspace with `KVM_EXIT_IOAPIC_EOI` for this vector first.
     EoiExit(u8),
 }
 
@@ -37,16 +37,25 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     /// Run-loop hook before a guest entry. With an in-kernel APIC: delivers what other threads
     /// posted, runs the timer, handles INIT/SIPI/NMI, sleeps while the vCPU is halted or
     /// waiting for SIPI, then injects the highest deliverable interrupt (the userspace PIC's
-    /// ExtINT first) or requests an interrupt window. Returns `false` when a signal ended a
-    /// sleep (the caller then returns `-EINTR`). On `true` the vCPU is marked as running on
-    /// this CPU, so later senders kick it.
-    pub(crate) fn apic_before_entry(&self, st: &mut VcpuState<H, B>) -> bool {
+    /// ExtINT first) or requests an interrupt window. A pending EOI for the userspace IOAPIC
+    /// comes first (Linux `KVM_REQ_IOAPIC_EOI_EXIT`). On [`ApicEntry::Enter`] the vCPU is
+    /// marked as running on this CPU, so later senders kick it.
+    pub(crate) fn apic_before_entry(&self, st: &mut VcpuState<H, B>) -> ApicEntry {
         let (Some(a), Some(l)) = (self.apic.as_ref(), st.lapic.as_mut()) else {
-            return true;
+            return ApicEntry::Enter;
         };
         let b = &self.vm().sys.backend;
         let host = a.host;
         let vb = &mut st.b;
+        if l.eoi_exit & 0x100 != 0 {
+            let v = l.eoi_exit as u8;
+            l.eoi_exit = 0;
+            return ApicEntry::EoiExit(v);
+        }
+        if l.tpr_dirty != 0 {
+            l.tpr_dirty = 0;
+            let _ = b.set_cr8(vb, l.cr8());
+        }
         l.set_base(b.get_apic_base(vb));
         loop {
             self.apic_process(a, l, vb);
@@ -57,7 +66,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 let g = a.wait.lock();
                 if !a.has_posted() {
                     if host.signal_pending() {
-                        return false;
+                        return ApicEntry::Signal;
                     }
                     let now = host.nanotime();
                     let timeout = match l.timer.deadline {
@@ -86,7 +95,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             }
             t.armed = t.deadline;
         }
-        true
+        ApicEntry::Enter
     }
 
     /// Merges posted requests and events into the APIC (Linux `kvm_apic_accept_events` and
@@ -235,52 +244,52 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         }
     }
 
-    /// A guest access to guest-physical `gpa` of `len` bytes: handled here when it falls in
-    /// the enabled xAPIC page (Linux `apic_mmio_in_range`). For reads `data` receives the value.
-    pub fn apic_mmio(
-        &self,
-        st: &mut VcpuState<H, B>,
-        gpa: u64,
-        len: u8,
-        write: bool,
-        data: &mut [u8; 8],
-    ) -> ApicMmio {
-        let (Some(a), Some(l)) = (self.apic.as_ref(), st.lapic.as_mut()) else {
-            return ApicMmio::NotMine;
+    /// A guest access of `data.len()` bytes (1..=8) at guest-physical `gpa`, from a decoded
+    /// MMIO exit or the instruction emulator: handled (`true`, read data filled in) when it
+    /// falls in this vCPU's enabled xAPIC page (Linux `apic_mmio_in_range`). Effects that need
+    /// the backend or userspace (CR8 after a TPR write, `KVM_EXIT_IOAPIC_EOI`) are recorded in
+    /// `l` and carried out by [`Vcpu::apic_before_entry`]; IPIs are sent at once.
+    pub fn apic_access(&self, l: &mut Lapic, gpa: u64, data: &mut [u8], write: bool) -> bool {
+        let Some(a) = self.apic.as_ref() else {
+            return false;
         };
         let Some(base) = l.mmio_base() else {
-            return ApicMmio::NotMine;
+            return false;
         };
         if gpa < base || gpa - base >= APIC_MMIO_SIZE {
-            return ApicMmio::NotMine;
+            return false;
         }
         let vm = self.vm();
         let off = (gpa - base) as u32;
+        let len = data.len() as u32;
         let now = a.host.nanotime();
         if !write {
-            *data = u64::from(l.mmio_read(off, u32::from(len), now)).to_le_bytes();
-            return ApicMmio::Done;
+            let v = u64::from(l.mmio_read(off, len, now)).to_le_bytes();
+            for (d, s) in data.iter_mut().zip(v) {
+                *d = s;
+            }
+            return true;
         }
         let mut v = [0u8; 4];
         for (d, s) in v.iter_mut().zip(data.iter()) {
             *d = *s;
         }
-        let effect = l.mmio_write(off, u32::from(len), u32::from_le_bytes(v), now);
+        let effect = l.mmio_write(off, len, u32::from_le_bytes(v), now);
         let m = mirror_of(l);
         a.mirror.store(m, Ordering::SeqCst);
         match effect {
-            Effect::None => ApicMmio::Done,
-            Effect::Tpr => {
-                let _ = vm.sys.backend.set_cr8(&mut st.b, l.cr8());
-                ApicMmio::Done
-            }
+            Effect::None => {}
+            Effect::Tpr => l.tpr_dirty = 1,
             Effect::Ipi(irq) => {
                 deliver(vm, &irq, self);
-                ApicMmio::Done
             }
-            Effect::Eoi(v) if vm.irq.eoi_exit(m, v) => ApicMmio::EoiExit(v),
-            Effect::Eoi(_) => ApicMmio::Done,
+            Effect::Eoi(v) => {
+                if vm.irq.eoi_exit(m, v) {
+                    l.eoi_exit = 0x100 | u32::from(v);
+                }
+            }
         }
+        true
     }
 
     /// A guest `WRMSR`: whether the in-kernel APIC lets it through to the backend. Refuses

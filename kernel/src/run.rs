@@ -335,13 +335,18 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 Step::Continue
             }
             Exit::Rdmsr { index } => {
-                let v = b.get_msr(&mut st.b, index, false).ok();
+                let v = match self.apic_rdmsr(st, index) {
+                    Some(v) => v,
+                    None => b.get_msr(&mut st.b, index, false).ok(),
+                };
                 b.complete_rdmsr(&mut st.b, v);
                 Step::Continue
             }
             Exit::Wrmsr { index, data } => {
-                let ok = self.apic_wrmsr_ok(st, index, data)
-                    && b.set_msr(&mut st.b, index, data, false).is_ok();
+                let ok = match self.apic_wrmsr(st, index, data) {
+                    Some(ok) => ok,
+                    None => b.set_msr(&mut st.b, index, data, false).is_ok(),
+                };
                 b.complete_wrmsr(&mut st.b, ok);
                 Step::Continue
             }

@@ -8,11 +8,16 @@
 //! its vCPU lock; other vCPUs never touch it (they post interrupts through
 //! [`super::ApicShared`]).
 //!
-//! Not modelled (as in Linux unless noted): x2APIC mode (CPUID does not offer it, so the MSRs
-//! 0x800-0x8ff raise #GP), the TSC-deadline timer mode (not offered in CPUID; LVTT bit 18 is
-//! dropped on writes), directed EOI, the CMCI LVT (the version register reports 6 LVTs), APR
-//! (reads 0, as in Linux), arbitration priority for lowest-priority delivery (the first
-//! matching vCPU is chosen).
+//! x2APIC mode (`IA32_APIC_BASE` bits 10 and 11) is modelled as Linux does it without
+//! `KVM_CAP_X2APIC_API`: the ID register holds the 32-bit x2APIC ID (= vCPU id), LDR is derived
+//! from it, ICR is one 64-bit MSR, SELF IPI exists, the MMIO page is gone, and
+//! `KVM_GET/SET_LAPIC` show the ID in xAPIC format.
+//!
+//! Not modelled (as in Linux unless noted): the TSC-deadline timer mode (not offered in CPUID;
+//! LVTT bit 18 is dropped on writes), directed EOI, the CMCI LVT (the version register reports
+//! 6 LVTs), APR (reads 0, as in Linux), arbitration priority for lowest-priority delivery (the
+//! first matching vCPU is chosen), re-scaling a running timer when TDCR changes (the new
+//! divider applies from the next TMICT write).
 
 use kvm_abi::KVM_MP_STATE_RUNNABLE;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -76,7 +81,14 @@ pub mod reg {
     pub const TMCCT: u32 = 0x390;
     /// Timer divide configuration.
     pub const TDCR: u32 = 0x3e0;
+    /// x2APIC self IPI (write-only, x2APIC mode only).
+    pub const SELF_IPI: u32 = 0x3f0;
 }
+
+/// First x2APIC MSR (`0x800 + offset / 16`).
+pub const X2APIC_MSR_BASE: u32 = 0x800;
+/// Last x2APIC MSR.
+pub const X2APIC_MSR_LAST: u32 = 0x8ff;
 
 /// Version register: version 0x14, 6 LVT entries (max LVT index 5), as Linux without CMCI.
 pub const APIC_VERSION: u32 = 0x14 | (5 << 16);
@@ -285,7 +297,8 @@ impl Lapic {
 
     /// Physical base of the MMIO window when it decodes accesses (enabled, xAPIC mode).
     pub fn mmio_base(&self) -> Option<u64> {
-        (self.hw_enabled() && self.base & BASE_X2APIC == 0).then_some(self.base & 0x000f_ffff_ffff_f000)
+        (self.hw_enabled() && self.base & BASE_X2APIC == 0)
+            .then_some(self.base & 0x000f_ffff_ffff_f000)
     }
 
     /// Takes a new `IA32_APIC_BASE` value (Linux `kvm_lapic_set_base`): enabling the APIC
@@ -293,14 +306,29 @@ impl Lapic {
     pub fn set_base(&mut self, base: u64) {
         let old = self.base;
         self.base = base;
-        if (old ^ base) & BASE_ENABLE != 0 && base & BASE_ENABLE != 0 {
+        let was_x2 = old & (BASE_ENABLE | BASE_X2APIC) == BASE_ENABLE | BASE_X2APIC;
+        if self.x2apic() && !was_x2 {
+            // Entering x2APIC mode: the ID is the vCPU id, the LDR follows from it.
+            let id = self.vcpu_id;
+            self.set(reg::ID, id);
+            self.set(reg::LDR, ((id >> 4) << 16) | (1 << (id & 0xf)));
+        } else if (old ^ base) & BASE_ENABLE != 0 && base & BASE_ENABLE != 0 {
             self.set(reg::ID, self.vcpu_id << 24);
         }
     }
 
-    /// The xAPIC ID (8 bits).
-    pub fn id(&self) -> u8 {
-        (self.reg(reg::ID) >> 24) as u8
+    /// x2APIC mode (enabled, EXTD set).
+    pub fn x2apic(&self) -> bool {
+        self.base & (BASE_ENABLE | BASE_X2APIC) == BASE_ENABLE | BASE_X2APIC
+    }
+
+    /// The APIC ID: 8 bits in xAPIC mode, 32 in x2APIC mode.
+    pub fn id(&self) -> u32 {
+        if self.x2apic() {
+            self.reg(reg::ID)
+        } else {
+            self.reg(reg::ID) >> 24
+        }
     }
 
     /// TPR >> 4, as CR8 reads it.
@@ -450,11 +478,12 @@ impl Lapic {
     pub fn read_reg(&self, off: u32, now: u64) -> Option<u32> {
         let valid = matches!(
             off,
-            reg::ID | reg::LVR | reg::TASKPRI | reg::ARBPRI | reg::PROCPRI | reg::LDR | reg::DFR
-                | reg::SPIV | reg::ESR | reg::ICR | reg::ICR2 | reg::LVTT | reg::LVTTHMR
-                | reg::LVTPC | reg::LVT0 | reg::LVT1 | reg::LVTERR | reg::TMICT | reg::TMCCT
-                | reg::TDCR
-        ) || (reg::ISR..reg::ESR).contains(&off) && off & 0xf == 0;
+            reg::ID | reg::LVR | reg::TASKPRI | reg::PROCPRI | reg::LDR | reg::SPIV | reg::ESR
+                | reg::ICR | reg::LVTT | reg::LVTTHMR | reg::LVTPC | reg::LVT0 | reg::LVT1
+                | reg::LVTERR | reg::TMICT | reg::TMCCT | reg::TDCR
+        ) || (reg::ISR..reg::ESR).contains(&off) && off & 0xf == 0
+            // ARBPRI, DFR and ICR2 do not exist in x2APIC mode.
+            || !self.x2apic() && matches!(off, reg::ARBPRI | reg::DFR | reg::ICR2);
         if !valid {
             return None;
         }
@@ -532,7 +561,11 @@ impl Lapic {
                     level: icr & (1 << 14) != 0,
                     trig_level: icr & (1 << 15) != 0,
                     shorthand: ((icr >> 18) & 3) as u8,
-                    dest: self.reg(reg::ICR2) >> 24,
+                    dest: if self.x2apic() {
+                        self.reg(reg::ICR2)
+                    } else {
+                        self.reg(reg::ICR2) >> 24
+                    },
                 });
             }
             reg::ICR2 => self.set(reg::ICR2, val & 0xff00_0000),
@@ -570,6 +603,66 @@ impl Lapic {
         Effect::None
     }
 
+    /// `RDMSR` of x2APIC MSR `msr` (Linux `kvm_x2apic_msr_read`): `None` → #GP (not in x2APIC
+    /// mode, or no readable register there).
+    pub fn x2apic_read(&self, msr: u32, now: u64) -> Option<u64> {
+        if !self.x2apic() {
+            return None;
+        }
+        let off = msr.checked_sub(X2APIC_MSR_BASE)? << 4;
+        if off == reg::ICR {
+            return Some(u64::from(self.reg(reg::ICR2)) << 32 | u64::from(self.reg(reg::ICR)));
+        }
+        self.read_reg(off, now).map(u64::from)
+    }
+
+    /// `WRMSR` of x2APIC MSR `msr` (Linux `kvm_x2apic_msr_write`): `None` → #GP (not in x2APIC
+    /// mode, reserved upper bits, read-only or absent register).
+    pub fn x2apic_write(&mut self, msr: u32, data: u64, now: u64) -> Option<Effect> {
+        if !self.x2apic() {
+            return None;
+        }
+        let off = msr.checked_sub(X2APIC_MSR_BASE)? << 4;
+        if off == reg::ICR {
+            self.set(reg::ICR2, (data >> 32) as u32);
+            return Some(self.write_reg(reg::ICR, data as u32, now));
+        }
+        if data >> 32 != 0 {
+            return None;
+        }
+        let val = data as u32;
+        match off {
+            reg::SELF_IPI => {
+                if val & !0xff != 0 {
+                    return None;
+                }
+                Some(Effect::Ipi(Irq {
+                    vector: val as u8,
+                    mode: dm::FIXED,
+                    logical: false,
+                    level: true,
+                    trig_level: false,
+                    shorthand: sh::SELF,
+                    dest: 0,
+                }))
+            }
+            reg::ESR if val != 0 => None,
+            reg::TASKPRI
+            | reg::EOI
+            | reg::SPIV
+            | reg::ESR
+            | reg::LVTT
+            | reg::LVTTHMR
+            | reg::LVTPC
+            | reg::LVT0
+            | reg::LVT1
+            | reg::LVTERR
+            | reg::TMICT
+            | reg::TDCR => Some(self.write_reg(off, val, now)),
+            _ => None,
+        }
+    }
+
     fn write_lvt(&mut self, off: u32, mut v: u32) {
         v &= !(1 << 12);
         if !self.sw_enabled() {
@@ -581,9 +674,15 @@ impl Lapic {
     /// The `KVM_GET_LAPIC` page (TMCCT computed at `now`).
     pub fn get_state(&self, now: u64, out: &mut [u8; APIC_REG_SIZE]) {
         out.copy_from_slice(self.regs.as_bytes());
-        let tmcct = self.tmcct(now).to_le_bytes();
-        if let Some(d) = out.get_mut(reg::TMCCT as usize..reg::TMCCT as usize + 4) {
-            d.copy_from_slice(&tmcct);
+        let mut put = |off: u32, v: u32| {
+            if let Some(d) = out.get_mut(off as usize..off as usize + 4) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        };
+        put(reg::TMCCT, self.tmcct(now));
+        if self.x2apic() {
+            // Without KVM_CAP_X2APIC_API userspace sees the x2APIC ID in xAPIC format.
+            put(reg::ID, self.reg(reg::ID) << 24);
         }
     }
 
@@ -598,6 +697,12 @@ impl Lapic {
             *r = u32::from_le_bytes(b);
         }
         self.set(reg::LVR, APIC_VERSION);
+        if self.x2apic() {
+            // The x2APIC ID is read-only (the page's is ignored), the LDR follows from it.
+            let id = self.vcpu_id;
+            self.set(reg::ID, id);
+            self.set(reg::LDR, ((id >> 4) << 16) | (1 << (id & 0xf)));
+        }
         self.update_ppr();
         self.update_divide();
         let count = self.reg(reg::TMCCT);
@@ -611,43 +716,72 @@ impl Lapic {
         }
     }
 
-    /// Snapshot of what other vCPUs need for destination matching: bits 0-7 xAPIC ID,
-    /// 8-15 logical ID (LDR[31:24]), 16-19 DFR model, 20 present (hardware-enabled).
-    pub fn mirror(&self) -> u32 {
-        u32::from(self.id())
-            | ((self.reg(reg::LDR) >> 24) << 8)
-            | ((self.reg(reg::DFR) >> 28) << 16)
-            | (u32::from(self.hw_enabled()) << 20)
+    /// Snapshot of what other vCPUs need for destination matching: bits 0-31 the APIC ID
+    /// (8 or 32 bits), 32-39 the xAPIC logical ID (LDR[31:24]), 40-43 the DFR model, 44
+    /// present (hardware-enabled), 45 x2APIC mode; in x2APIC mode bits 32-63 are instead the
+    /// 32-bit LDR and bits 44/45 are implied (an x2APIC LDR never reaches bit 44 for ids < 256,
+    /// see `MIRROR_X2APIC`).
+    pub fn mirror(&self) -> u64 {
+        if self.x2apic() {
+            return u64::from(self.id()) | (u64::from(self.reg(reg::LDR)) << 32) | MIRROR_X2APIC;
+        }
+        u64::from(self.id())
+            | (u64::from(self.reg(reg::LDR) >> 24) << 32)
+            | (u64::from(self.reg(reg::DFR) >> 28) << 40)
+            | (u64::from(self.hw_enabled()) << 44)
     }
 }
 
+/// Mirror flag of an x2APIC-mode APIC (always present). Bit 63: x2APIC LDRs of vCPU ids below
+/// 256 use at most bits 0-19 (cluster 0-15 in bits 16-19, member bit 0-15), so mirror bits
+/// 62-63 are free in both formats (62: software-enabled, added by the owner vCPU).
+pub const MIRROR_X2APIC: u64 = 1 << 63;
+
 /// Whether an APIC with mirror `m` (see [`Lapic::mirror`]) is a target of `irq` sent by
-/// `is_source` (Linux `kvm_apic_match_dest`, xAPIC).
-pub fn match_dest(m: u32, irq: &Irq, is_source: bool) -> bool {
-    if m & (1 << 20) == 0 {
+/// `is_source`; `ipi` for an IPI (vs. an MSI or IOAPIC message). Linux
+/// `kvm_apic_match_dest`, with its quirk that a non-IPI message to 0xff is a broadcast for
+/// x2APIC targets too.
+pub fn match_dest(m: u64, irq: &Irq, is_source: bool, ipi: bool) -> bool {
+    let x2 = m & MIRROR_X2APIC != 0;
+    if !x2 && m & (1 << 44) == 0 {
         return false;
     }
     match irq.shorthand {
-        sh::SELF => is_source,
-        sh::ALL => true,
-        sh::OTHERS => !is_source,
-        _ => {
-            let dest = irq.dest & 0xff;
-            if dest == 0xff {
-                return true;
-            }
-            if !irq.logical {
-                return dest == m & 0xff;
-            }
-            let lid = (m >> 8) & 0xff;
-            match (m >> 16) & 0xf {
-                // Flat model.
-                0xf => lid & dest != 0,
-                // Cluster model: cluster in the high nibble, members in the low one.
-                0x0 => (lid >> 4) == (dest >> 4) && (lid & dest & 0xf) != 0,
-                _ => false,
-            }
+        sh::SELF => return is_source,
+        sh::ALL => return true,
+        sh::OTHERS => return !is_source,
+        _ => {}
+    }
+    let id = m as u32;
+    if x2 {
+        let mda = if !ipi && irq.dest == 0xff {
+            u32::MAX
+        } else {
+            irq.dest
+        };
+        if mda == u32::MAX {
+            return true;
         }
+        if !irq.logical {
+            return mda == id;
+        }
+        let ldr = ((m >> 32) as u32) & 0x3fff_ffff;
+        return ldr >> 16 == mda >> 16 && ldr & mda & 0xffff != 0;
+    }
+    let dest = irq.dest;
+    if dest == 0xff {
+        return true;
+    }
+    if !irq.logical {
+        return dest == id;
+    }
+    let lid = ((m >> 32) & 0xff) as u32;
+    match (m >> 40) & 0xf {
+        // Flat model.
+        0xf => lid & dest != 0,
+        // Cluster model: cluster in the high nibble, members in the low one.
+        0x0 => (lid >> 4) == (dest >> 4) && (lid & dest & 0xf) != 0,
+        _ => false,
     }
 }
 

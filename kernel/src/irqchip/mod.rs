@@ -47,7 +47,7 @@ const EV_INIT: u32 = 2;
 const EV_SIPI: u32 = 4;
 const EV_TIMER: u32 = 8;
 /// Mirror bit: software-enabled (SVR) — fixed interrupts are accepted.
-const MIRROR_SW_ENABLED: u32 = 1 << 21;
+const MIRROR_SW_ENABLED: u64 = 1 << 62;
 
 /// The cross-thread part of one vCPU's local APIC.
 pub struct ApicShared<H: Host> {
@@ -61,7 +61,7 @@ pub struct ApicShared<H: Host> {
     /// [a] Vector of the last start-up IPI.
     sipi: AtomicU32,
     /// [a] [`lapic::Lapic::mirror`] plus `MIRROR_SW_ENABLED`.
-    mirror: AtomicU32,
+    mirror: AtomicU64,
     /// Leaf lock a halted vCPU sleeps on; senders take and drop it before the wakeup.
     wait: HMutex<(), H>,
     /// [I after creation] The host timer driving the APIC timer.
@@ -76,7 +76,7 @@ impl<H: Host> ApicShared<H> {
             pir_level: Default::default(),
             events: AtomicU32::new(0),
             sipi: AtomicU32::new(0),
-            mirror: AtomicU32::new(0),
+            mirror: AtomicU64::new(0),
             wait: HMutex::new(host, ())?,
             timer: None,
         })
@@ -179,7 +179,7 @@ impl<H: Host> IrqChip<H> {
 
     /// Whether a guest EOI of `vector` on an APIC with mirror `m` must exit to the userspace
     /// IOAPIC (Linux `kvm_scan_ioapic_routes` + `kvm_ioapic_send_eoi` in split mode).
-    fn eoi_exit(&self, m: u32, vector: u8) -> bool {
+    fn eoi_exit(&self, m: u64, vector: u8) -> bool {
         let w = self
             .level_vectors
             .get(usize::from(vector >> 6))
@@ -194,7 +194,10 @@ impl<H: Host> IrqChip<H> {
         };
         t.iter().take(pins).any(|r| {
             let irq = decode_msi(r.address_lo, r.data);
-            r.valid != 0 && irq.trig_level && irq.vector == vector && match_dest(m, &irq, false)
+            r.valid != 0
+                && irq.trig_level
+                && irq.vector == vector
+                && match_dest(m, &irq, false, false)
         })
     }
 }
@@ -212,7 +215,9 @@ pub fn enable_cap<H: Host, B: Backend>(vm: &Vm<H, B>, c: &kvm_enable_cap) -> KRe
     if vm.irq.split() || st.created_vcpus != 0 {
         return Err(EEXIST);
     }
-    vm.irq.ioapic_pins.store(c.args[0] as u32, Ordering::Release);
+    vm.irq
+        .ioapic_pins
+        .store(c.args[0] as u32, Ordering::Release);
     vm.irq.split.store(true, Ordering::Release);
     Ok(0)
 }
@@ -296,10 +301,9 @@ fn set_gsi_routing<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64>
         let mut t = HSlice::<Route, H>::new_zeroed(host, max as usize + 1)?;
         let pins = vm.irq.ioapic_pins.load(Ordering::Acquire);
         for e in ents.iter() {
-            if e.flags & !KVM_MSI_VALID_DEVID != 0
-                || (e.flags != 0 && e.r#type != KVM_IRQ_ROUTING_MSI)
-                || e.r#type != KVM_IRQ_ROUTING_MSI
-            {
+            // Only MSI routes exist in split mode (IRQCHIP routes are EINVAL there, as are
+            // unknown types); KVM_MSI_VALID_DEVID is the only entry flag.
+            if e.flags & !KVM_MSI_VALID_DEVID != 0 || e.r#type != KVM_IRQ_ROUTING_MSI {
                 return Err(EINVAL);
             }
             let msi = e.u.msi();
@@ -341,7 +345,7 @@ pub fn deliver<H: Host, B: Backend>(vm: &Vm<H, B>, irq: &Irq, source: *const Vcp
         i += 1;
         let Some(a) = v.apic.as_ref() else { continue };
         let m = a.mirror.load(Ordering::SeqCst);
-        if !match_dest(m, irq, core::ptr::eq(v, source)) {
+        if !match_dest(m, irq, core::ptr::eq(v, source), !source.is_null()) {
             continue;
         }
         r = r.max(0);
@@ -381,13 +385,16 @@ unsafe extern "C" fn timer_fired<H: Host, B: Backend>(arg: *mut c_void) {
     kick(v, false);
 }
 
+/// The cross-thread and the owned part of a vCPU's local APIC.
+pub type VcpuParts<H> = (Option<ApicShared<H>>, Option<HBox<lapic::Lapic, H>>);
+
 /// The irqchip parts of a new vCPU (`None`s without an in-kernel irqchip). Called with the
 /// VM lock held, which orders it after `KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)`.
 pub fn vcpu_parts<H: Host, B: Backend>(
     vm: &Vm<H, B>,
     id: u32,
     b: &mut B::Vcpu,
-) -> KResult<(Option<ApicShared<H>>, Option<HBox<lapic::Lapic, H>>)> {
+) -> KResult<VcpuParts<H>> {
     if !vm.irq.split() {
         return Ok((None, None));
     }
@@ -412,11 +419,6 @@ pub fn attach_timer<H: Host, B: Backend>(v: &mut HBox<Vcpu<H, B>, H>) -> KResult
     Ok(())
 }
 
-fn mirror_of(l: &lapic::Lapic) -> u32 {
-    l.mirror()
-        | if l.sw_enabled() {
-            MIRROR_SW_ENABLED
-        } else {
-            0
-        }
+fn mirror_of(l: &lapic::Lapic) -> u64 {
+    l.mirror() | if l.sw_enabled() { MIRROR_SW_ENABLED } else { 0 }
 }

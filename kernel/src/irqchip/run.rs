@@ -12,9 +12,13 @@ use kvm_abi::{
 };
 use zerocopy::{FromZeros, IntoBytes};
 
-use super::lapic::{Effect, Lapic, APIC_MMIO_SIZE, APIC_REG_SIZE, BASE_BSP};
+use super::lapic::{
+    Effect, Lapic, APIC_MMIO_SIZE, APIC_REG_SIZE, BASE_BSP, BASE_ENABLE, BASE_X2APIC,
+    X2APIC_MSR_BASE, X2APIC_MSR_LAST,
+};
 use super::{deliver, mirror_of, ApicShared, EV_INIT, EV_NMI, EV_SIPI, EV_TIMER};
 use crate::backend::Backend;
+use crate::cpuid;
 use crate::errno::{KResult, EEXIST, EINVAL};
 use crate::hmem::HBox;
 use crate::host::Host;
@@ -78,8 +82,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 drop(g);
                 continue;
             }
-            self.cpu
-                .store(host.cpu_current() as i32, Ordering::SeqCst);
+            self.cpu.store(host.cpu_current() as i32, Ordering::SeqCst);
             if !a.has_posted() {
                 break;
             }
@@ -259,7 +262,6 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         if gpa < base || gpa - base >= APIC_MMIO_SIZE {
             return false;
         }
-        let vm = self.vm();
         let off = (gpa - base) as u32;
         let len = data.len() as u32;
         let now = a.host.nanotime();
@@ -275,8 +277,17 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             *d = *s;
         }
         let effect = l.mmio_write(off, len, u32::from_le_bytes(v), now);
+        self.apic_effect(l, effect);
+        true
+    }
+
+    /// Carries out the effect of a register write (see [`Vcpu::apic_access`]).
+    fn apic_effect(&self, l: &mut Lapic, effect: Effect) {
+        let vm = self.vm();
         let m = mirror_of(l);
-        a.mirror.store(m, Ordering::SeqCst);
+        if let Some(a) = self.apic.as_ref() {
+            a.mirror.store(m, Ordering::SeqCst);
+        }
         match effect {
             Effect::None => {}
             Effect::Tpr => l.tpr_dirty = 1,
@@ -289,17 +300,57 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 }
             }
         }
-        true
     }
 
-    /// A guest `WRMSR`: whether the in-kernel APIC lets it through to the backend. Refuses
-    /// (→ #GP) `IA32_APIC_BASE` values with reserved bits or x2APIC mode, which CPUID does not
-    /// offer (Linux `kvm_apic_set_base` checks).
-    pub(crate) fn apic_wrmsr_ok(&self, st: &VcpuState<H, B>, index: u32, data: u64) -> bool {
-        if st.lapic.is_none() || index != MSR_IA32_APICBASE {
-            return true;
+    /// A guest `RDMSR` the in-kernel APIC owns (the x2APIC MSRs): `None` when it is not an
+    /// APIC MSR (or there is no in-kernel APIC), `Some(None)` for #GP.
+    pub(crate) fn apic_rdmsr(&self, st: &mut VcpuState<H, B>, index: u32) -> Option<Option<u64>> {
+        if !(X2APIC_MSR_BASE..=X2APIC_MSR_LAST).contains(&index) {
+            return None;
         }
-        data & (0xff | (1 << 9) | super::lapic::BASE_X2APIC | (!0u64 << 52)) == 0
+        let (a, l) = (self.apic.as_ref()?, st.lapic.as_mut()?);
+        l.set_base(self.vm().sys.backend.get_apic_base(&mut st.b));
+        Some(l.x2apic_read(index, a.host.nanotime()))
+    }
+
+    /// A guest `WRMSR` the in-kernel APIC owns or checks: the x2APIC MSRs (`Some(ok)`, `false`
+    /// → #GP), and `IA32_APIC_BASE`, refused (`Some(false)`) for what Linux's
+    /// `kvm_apic_set_base` refuses: reserved bits, x2APIC without CPUID x2APIC, EXTD without
+    /// EN, x2APIC → xAPIC and disabled → x2APIC. `None`: the backend handles it.
+    pub(crate) fn apic_wrmsr(
+        &self,
+        st: &mut VcpuState<H, B>,
+        index: u32,
+        data: u64,
+    ) -> Option<bool> {
+        let a = self.apic.as_ref()?;
+        let b = &self.vm().sys.backend;
+        let cpuid_x2 =
+            cpuid::lookup(st.cpuid.as_deref().unwrap_or(&[]), 1, 0).ecx & cpuid::L1_ECX_X2APIC != 0;
+        let l = st.lapic.as_mut()?;
+        l.set_base(b.get_apic_base(&mut st.b));
+        if index == MSR_IA32_APICBASE {
+            let both = BASE_ENABLE | BASE_X2APIC;
+            let (old, new) = (l.base & both, data & both);
+            let reserved = 0x2ff | (!0u64 << 52) | if cpuid_x2 { 0 } else { BASE_X2APIC };
+            let bad = data & reserved != 0
+                || new == BASE_X2APIC
+                || (old == both && new == BASE_ENABLE)
+                || (old == 0 && new == both);
+            return if bad || data == l.base {
+                Some(!bad)
+            } else {
+                None
+            };
+        }
+        if !(X2APIC_MSR_BASE..=X2APIC_MSR_LAST).contains(&index) {
+            return None;
+        }
+        let Some(effect) = l.x2apic_write(index, data, a.host.nanotime()) else {
+            return Some(false);
+        };
+        self.apic_effect(l, effect);
+        Some(true)
     }
 
     /// `ready_for_interrupt_injection` extra condition with a split irqchip (Linux
@@ -312,7 +363,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
 
     /// `KVM_INTERRUPT` with a split irqchip: the userspace PIC's vector, delivered when LINT0
     /// accepts ExtINT and the guest can take it. `None` without an in-kernel APIC.
-    pub(crate) fn apic_interrupt(&self, st: &mut VcpuState<H, B>, arg: u64) -> Option<KResult<i64>> {
+    pub(crate) fn apic_interrupt(
+        &self,
+        st: &mut VcpuState<H, B>,
+        arg: u64,
+    ) -> Option<KResult<i64>> {
         let l = st.lapic.as_mut()?;
         Some((|| {
             let irq: kvm_interrupt = user::read(self.vm().sys.host, arg)?;
@@ -376,7 +431,14 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             }
             KVM_GET_MP_STATE => {
                 self.apic_process(a, l, vb);
-                user::write(host, arg, &kvm_mp_state { mp_state: l.mp_state }).map(|()| 0)
+                user::write(
+                    host,
+                    arg,
+                    &kvm_mp_state {
+                        mp_state: l.mp_state,
+                    },
+                )
+                .map(|()| 0)
             }
             KVM_SET_MP_STATE => {
                 let m: kvm_mp_state = user::read(host, arg)?;

@@ -76,7 +76,11 @@ fn msi(v: &Vmm, vm: i64, dest: u32, data: u32) -> i64 {
 
 fn set_if(v: &Vmm, cpu: i64, on: bool) {
     let mut r = v.regs(cpu);
-    r.rflags = if on { r.rflags | 0x200 } else { r.rflags & !0x200 };
+    r.rflags = if on {
+        r.rflags | 0x200
+    } else {
+        r.rflags & !0x200
+    };
     v.set_regs(cpu, &r);
 }
 
@@ -101,7 +105,11 @@ fn msi_route(gsi: u32, dest: u32, data: u32) -> kvm_irq_routing_entry {
 }
 
 fn soft_delivered(v: &Vmm, cpu: i64) -> Vec<u8> {
-    let h = v.h(cpu) as *const crate::vcpu::Vcpu<crate::fake::host::FakeHost, crate::soft::SoftBackend<crate::fake::host::FakeHost>>;
+    let h = v.h(cpu)
+        as *const crate::vcpu::Vcpu<
+            crate::fake::host::FakeHost,
+            crate::soft::SoftBackend<crate::fake::host::FakeHost>,
+        >;
     // SAFETY: live vCPU handle; the vCPU is idle (no KVM_RUN in progress).
     let vc = unsafe { &*h };
     let st = vc.st.lock();
@@ -123,10 +131,18 @@ fn enable_cap_follows_linux_rules() {
     let mut c: kvm_enable_cap = zeroed();
     c.cap = KVM_CAP_IRQFD;
     let a = v.put(&c);
-    assert_eq!(v.ioctl_fd(vm, KVM_ENABLE_CAP, a), e(EINVAL), "not enableable");
+    assert_eq!(
+        v.ioctl_fd(vm, KVM_ENABLE_CAP, a),
+        e(EINVAL),
+        "not enableable"
+    );
     // Without the irqchip: Linux's answers.
     let cpu = v.create_vcpu(vm, 0);
-    assert_eq!(enable_split(&v, vm, 24, 0), e(EEXIST), "after vCPU creation");
+    assert_eq!(
+        enable_split(&v, vm, 24, 0),
+        e(EEXIST),
+        "after vCPU creation"
+    );
     assert_eq!(msi(&v, vm, 0, 0x30), e(EINVAL));
     let l = v.put(&kvm_irq_level { irq: 1, level: 1 });
     assert_eq!(v.ioctl_fd(vm, KVM_IRQ_LINE, l), e(ENXIO));
@@ -155,19 +171,30 @@ fn gsi_routing_validation() {
     let vm = split_vm(&v);
     assert_eq!(routing(&v, vm, 0, &[]), 0, "empty table");
     assert_eq!(routing(&v, vm, 1, &[]), e(EINVAL), "flags");
-    assert_eq!(routing(&v, vm, 0, &[msi_route(0, 0, 0x30), msi_route(23, 1, 0x31)]), 0);
+    assert_eq!(
+        routing(&v, vm, 0, &[msi_route(0, 0, 0x30), msi_route(23, 1, 0x31)]),
+        0
+    );
     let mut chip: kvm_irq_routing_entry = zeroed();
     chip.gsi = 2;
     chip.r#type = KVM_IRQ_ROUTING_IRQCHIP;
     chip.u.irqchip_mut().irqchip = 2;
     chip.u.irqchip_mut().pin = 2;
-    assert_eq!(routing(&v, vm, 0, &[chip]), e(EINVAL), "no in-kernel IOAPIC/PIC in split mode");
+    assert_eq!(
+        routing(&v, vm, 0, &[chip]),
+        e(EINVAL),
+        "no in-kernel IOAPIC/PIC in split mode"
+    );
     assert_eq!(
         routing(&v, vm, 0, &[msi_route(5, 0, 0x30), msi_route(5, 0, 0x31)]),
         e(EINVAL),
         "one MSI route per GSI"
     );
-    assert_eq!(routing(&v, vm, 0, &[msi_route(4096, 0, 0x30)]), e(EINVAL), "GSI range");
+    assert_eq!(
+        routing(&v, vm, 0, &[msi_route(4096, 0, 0x30)]),
+        e(EINVAL),
+        "GSI range"
+    );
     let mut hv = msi_route(3, 0, 0x30);
     hv.r#type = KVM_IRQ_ROUTING_HV_SINT;
     assert_eq!(routing(&v, vm, 0, &[hv]), e(EINVAL), "unknown type");
@@ -204,7 +231,11 @@ fn msi_irq_line_and_lapic_round_trip() {
     assert_eq!(msi(&v, vm, 7, 0x41), e(EPERM));
     enable_apic(&v, c1, 0x10000);
     assert_eq!(msi(&v, vm, 1, 0x41), 1);
-    assert_eq!(msi(&v, vm, 0xff, 0x42), 1, "broadcast: only c1 is software-enabled");
+    assert_eq!(
+        msi(&v, vm, 0xff, 0x42),
+        1,
+        "broadcast: only c1 is software-enabled"
+    );
     let p = get_lapic(&v, c1);
     assert!(bit(&p, reg::IRR, 0x41) && bit(&p, reg::IRR, 0x42));
     // KVM_IRQ_LINE through an MSI route: level-triggered (data bit 15) sets TMR.
@@ -214,7 +245,11 @@ fn msi_irq_line_and_lapic_round_trip() {
     let low = v.put(&kvm_irq_level { irq: 9, level: 0 });
     assert_eq!(v.ioctl_fd(vm, KVM_IRQ_LINE, low), 0);
     let none = v.put(&kvm_irq_level { irq: 10, level: 1 });
-    assert_eq!(v.ioctl_fd(vm, KVM_IRQ_LINE, none), 0, "unrouted GSI: 0 like Linux");
+    assert_eq!(
+        v.ioctl_fd(vm, KVM_IRQ_LINE, none),
+        0,
+        "unrouted GSI: 0 like Linux"
+    );
     let p = get_lapic(&v, c1);
     assert!(bit(&p, reg::IRR, 0x51) && bit(&p, reg::TMR, 0x51));
     // SET_LAPIC/GET_LAPIC round trip; the version register stays KVM's.
@@ -378,20 +413,27 @@ fn xapic_mmio_eoi_exit_and_ipis() {
     assert_eq!(v.ioctl_fd(c1, KVM_RUN, 0), 0);
     let ea = v.buf(size_of::<kvm_vcpu_events>());
     assert_eq!(v.ioctl_fd(c1, KVM_GET_VCPU_EVENTS, ea), 0);
-    let h = v.h(c1) as *const crate::vcpu::Vcpu<crate::fake::host::FakeHost, crate::soft::SoftBackend<crate::fake::host::FakeHost>>;
+    let h = v.h(c1)
+        as *const crate::vcpu::Vcpu<
+            crate::fake::host::FakeHost,
+            crate::soft::SoftBackend<crate::fake::host::FakeHost>,
+        >;
     // SAFETY: live idle vCPU.
     assert_eq!(unsafe { &*h }.st.lock().b.nmis, 1);
     // x2APIC mode is refused (#GP injected, RIP not advanced).
     let rip = v.regs(c0).rip;
     v.script(
         0,
-        &[(
-            Exit::Wrmsr {
-                index: 0x1b,
-                data: 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8),
-            },
-            2,
-        ), out],
+        &[
+            (
+                Exit::Wrmsr {
+                    index: 0x1b,
+                    data: 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8),
+                },
+                2,
+            ),
+            out,
+        ],
     );
     assert_eq!(v.ioctl_fd(c0, KVM_RUN, 0), 0);
     assert_eq!(v.regs(c0).rip, rip + 1, "only the OUT advanced");
@@ -427,7 +469,11 @@ fn timer_fires_with_the_fake_clock() {
     v.script(0, &[out, out]);
     let arms = v.host.timer_arms.load(Ordering::SeqCst);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
-    assert_eq!(v.host.timer_arms.load(Ordering::SeqCst), arms + 1, "host timer armed");
+    assert_eq!(
+        v.host.timer_arms.load(Ordering::SeqCst),
+        arms + 1,
+        "host timer armed"
+    );
     assert!(soft_delivered(&v, cpu).is_empty());
     assert_eq!(reg32(&get_lapic(&v, cpu), reg::TMCCT), 50_000);
     v.host.clock.store(1_030_000, Ordering::SeqCst);
@@ -476,13 +522,19 @@ fn userspace_pic_interrupt_goes_through_lint0() {
     assert_eq!(v.ioctl_fd(cpu, KVM_INTERRUPT, bad), e(EINVAL));
     v.script(0, &[out]);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
-    assert_eq!(r.ready_for_interrupt_injection, 0, "IF=0 and an ExtINT waits");
+    assert_eq!(
+        r.ready_for_interrupt_injection, 0,
+        "IF=0 and an ExtINT waits"
+    );
     assert!(soft_delivered(&v, cpu).is_empty());
     set_if(&v, cpu, true);
     v.script(0, &[out]);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     assert_eq!(soft_delivered(&v, cpu), vec![0x08]);
-    assert!(!bit(&get_lapic(&v, cpu), reg::ISR, 0x08), "ExtINT bypasses the ISR");
+    assert!(
+        !bit(&get_lapic(&v, cpu), reg::ISR, 0x08),
+        "ExtINT bypasses the ISR"
+    );
     // QEMU's interrupt-window request for its PIC exits once injection is possible.
     // SAFETY: as above.
     unsafe { (*run).request_interrupt_window = 1 };
@@ -516,7 +568,10 @@ fn hlt_sleeps_in_the_kernel_until_an_msi_arrives() {
     assert_eq!(msi(&v, vm, 0, 0x71), 1);
     let (r, reason) = t.join().unwrap();
     assert_eq!(r, 0);
-    assert_eq!(reason, KVM_EXIT_FAIL_ENTRY, "script ended after the wakeup: back in the guest");
+    assert_eq!(
+        reason, KVM_EXIT_FAIL_ENTRY,
+        "script ended after the wakeup: back in the guest"
+    );
     assert_eq!(soft_delivered(&v, cpu), vec![0x71]);
     assert_eq!(mp_state(&v, cpu), KVM_MP_STATE_RUNNABLE);
     // HLT with a signal pending: -EINTR, still halted for the next KVM_RUN.
@@ -534,6 +589,83 @@ fn hlt_sleeps_in_the_kernel_until_an_msi_arrives() {
     v.host.signal.store(false, Ordering::SeqCst);
     assert_eq!(mp_state(&v, cpu), KVM_MP_STATE_HALTED);
     v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}
+
+#[test]
+fn x2apic_through_msr_exits() {
+    let v = Vmm::new();
+    let vm = split_vm(&v);
+    let c0 = v.create_vcpu(vm, 0);
+    let c1 = v.create_vcpu(vm, 1);
+    // CPUID with x2APIC (from KVM_GET_SUPPORTED_CPUID, as QEMU builds it).
+    let mut n = 64u32;
+    let a = v.buf(8 + 40 * 64);
+    v.host.user_write(a, &n.to_le_bytes());
+    assert_eq!(v.ioctl(v.kvm, KVM_GET_SUPPORTED_CPUID, a), 0);
+    n = u32::from_le_bytes(v.host.user_read(a, 4).try_into().unwrap());
+    assert!(n > 0);
+    assert_eq!(v.ioctl_fd(c0, KVM_SET_CPUID2, a), 0);
+    enable_apic(&v, c1, 0x10000);
+    set_if(&v, c1, true);
+    let wr = |index: u32, data: u64| (Exit::Wrmsr { index, data }, 2);
+    let rd = |index: u32| (Exit::Rdmsr { index }, 2);
+    let out = (
+        Exit::Io {
+            port: 0x80,
+            size: 1,
+            out: true,
+            data: 0,
+        },
+        1,
+    );
+    // x2APIC MSRs before x2APIC mode: #GP (RIP stays).
+    v.script(0, &[rd(0x802), out]);
+    let rip = v.regs(c0).rip;
+    assert_eq!(v.ioctl_fd(c0, KVM_RUN, 0), 0);
+    assert_eq!(
+        v.regs(c0).rip,
+        rip,
+        "#GP; the OUT completes at the next KVM_RUN"
+    );
+    let run = v.run_page(c0);
+    // Enable the APIC in x2APIC mode, software-enable it, read the ID, send an IPI to APIC 1.
+    v.script(
+        0,
+        &[
+            wr(0x1b, 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8)),
+            wr(0x80f, 0x1ff),
+            rd(0x80d),
+            wr(0x830, (1u64 << 32) | 0x4066),
+            out,
+        ],
+    );
+    assert_eq!(v.ioctl_fd(c0, KVM_RUN, 0), 0);
+    // SAFETY: the run page lives as long as the vCPU.
+    assert_eq!(unsafe { &*run }.exit_reason, KVM_EXIT_IO);
+    assert_eq!(v.regs(c0).rip, rip + 1 + 8, "every WRMSR/RDMSR completed");
+    assert_eq!(v.regs(c0).rax, 1, "LDR of x2APIC ID 0: cluster 0, bit 0");
+    let p = get_lapic(&v, c1);
+    assert!(bit(&p, reg::IRR, 0x66), "the IPI reached APIC 1");
+    assert_eq!(
+        reg32(&get_lapic(&v, c0), reg::ID),
+        0,
+        "x2APIC ID 0 in xAPIC format"
+    );
+    // x2APIC → xAPIC directly is refused (#GP), x2APIC → disabled is allowed.
+    v.script(0, &[wr(0x1b, 0xfee0_0000 | (1 << 11) | (1 << 8)), out]);
+    assert_eq!(v.ioctl_fd(c0, KVM_RUN, 0), 0);
+    assert_eq!(
+        v.regs(c0).rip,
+        rip + 1 + 8 + 1,
+        "refused: only the previous OUT completed"
+    );
+    v.script(0, &[wr(0x1b, 0xfee0_0000 | (1 << 8)), out]);
+    assert_eq!(v.ioctl_fd(c0, KVM_RUN, 0), 0);
+    assert_eq!(v.regs(c0).rip, rip + 1 + 8 + 1 + 1 + 2);
+    v.close(c0);
+    v.close(c1);
     v.close(vm);
     v.assert_clean();
 }

@@ -3,8 +3,8 @@
 //! decode (Intel SDM vol. 3 ch. 11; Linux `lapic.c` behaviour).
 
 use crate::irqchip::lapic::{
-    decode_msi, dm, match_dest, reg, sh, Effect, Irq, Lapic, APIC_REG_SIZE, APIC_VERSION,
-    BASE_BSP, BASE_ENABLE, LVT_MASKED, MIN_PERIOD_NS,
+    decode_msi, dm, match_dest, reg, sh, Effect, Irq, Lapic, APIC_REG_SIZE, APIC_VERSION, BASE_BSP,
+    BASE_ENABLE, LVT_MASKED, MIN_PERIOD_NS,
 };
 
 fn apic() -> Box<Lapic> {
@@ -23,7 +23,14 @@ fn reset_values_follow_linux() {
     assert_eq!(l.reg(reg::LVR), APIC_VERSION);
     assert_eq!(l.reg(reg::DFR), 0xffff_ffff);
     assert_eq!(l.reg(reg::SPIV), 0xff);
-    for o in [reg::LVTT, reg::LVTTHMR, reg::LVTPC, reg::LVT0, reg::LVT1, reg::LVTERR] {
+    for o in [
+        reg::LVTT,
+        reg::LVTTHMR,
+        reg::LVTPC,
+        reg::LVT0,
+        reg::LVT1,
+        reg::LVTERR,
+    ] {
         assert_eq!(l.reg(o), LVT_MASKED, "LVT {o:#x}");
     }
     assert!(!l.sw_enabled());
@@ -58,7 +65,11 @@ fn priority_ack_eoi_and_isr_stacking() {
     assert_eq!(l.ppr(), 0x50);
     assert_eq!(l.write_reg(reg::EOI, 0, 0), Effect::Eoi(0x52));
     assert_eq!(l.ppr(), 0);
-    assert_eq!(l.write_reg(reg::EOI, 0, 0), Effect::None, "nothing in service");
+    assert_eq!(
+        l.write_reg(reg::EOI, 0, 0),
+        Effect::None,
+        "nothing in service"
+    );
     assert_eq!(l.pending(), Some(0x5f));
     // TPR masks by class: 0x5f is blocked by TPR 0x50, not by 0x4f.
     assert_eq!(l.write_reg(reg::TASKPRI, 0x50, 0), Effect::Tpr);
@@ -92,7 +103,11 @@ fn register_write_masks_and_mmio_access_rules() {
     l.write_reg(reg::LVR, 0, 0);
     assert_eq!(l.reg(reg::LVR), APIC_VERSION, "read-only");
     l.write_reg(reg::LVT0, 0xffff_ffff, 0);
-    assert_eq!(l.reg(reg::LVT0), 0x0001_a7ff, "LINT0: no delivery status, no remote IRR");
+    assert_eq!(
+        l.reg(reg::LVT0),
+        0x0001_a7ff,
+        "LINT0: no delivery status, no remote IRR"
+    );
     l.write_reg(reg::LVTERR, 0xffff_ffff, 0);
     assert_eq!(l.reg(reg::LVTERR), 0x0001_00ff);
     l.write_reg(reg::LVTT, 0xffff_ffff, 0);
@@ -219,7 +234,8 @@ fn state_page_round_trip_and_linux_fixups() {
     a.ack(0x61);
     let mut page = [0u8; APIC_REG_SIZE];
     a.get_state(3000, &mut page);
-    let at = |off: u32| u32::from_le_bytes(page[off as usize..off as usize + 4].try_into().unwrap());
+    let at =
+        |off: u32| u32::from_le_bytes(page[off as usize..off as usize + 4].try_into().unwrap());
     assert_eq!(at(reg::TMCCT), 3000, "current count computed at read time");
     assert_eq!(at(reg::ISR + 0x30), 1 << 1, "ISR bit 0x61");
     assert_eq!(at(reg::IRR + 0x20), 1 << 5, "IRR bit 0x45");
@@ -232,7 +248,11 @@ fn state_page_round_trip_and_linux_fixups() {
     p2[reg::LVR as usize..reg::LVR as usize + 4].copy_from_slice(&0xdead_beefu32.to_le_bytes());
     p2[reg::PROCPRI as usize..reg::PROCPRI as usize + 4].copy_from_slice(&0u32.to_le_bytes());
     b.set_state(&p2, 10_000);
-    assert_eq!(b.reg(reg::LVR), APIC_VERSION, "KVM's version register is kept");
+    assert_eq!(
+        b.reg(reg::LVR),
+        APIC_VERSION,
+        "KVM's version register is kept"
+    );
     assert_eq!(b.ppr(), 0x60, "PPR recomputed from ISR/TPR");
     assert_eq!(b.timer.deadline, 13_000);
     assert_eq!(b.reg(reg::TMCCT), 0);
@@ -260,9 +280,9 @@ fn phys(dest: u32) -> Irq {
 fn destination_matching() {
     let mut l = apic();
     let m = l.mirror();
-    assert!(match_dest(m, &phys(3), false));
-    assert!(!match_dest(m, &phys(4), false));
-    assert!(match_dest(m, &phys(0xff), false), "broadcast");
+    assert!(match_dest(m, &phys(3), false, false));
+    assert!(!match_dest(m, &phys(4), false, false));
+    assert!(match_dest(m, &phys(0xff), false, false), "broadcast");
     // Flat logical: LDR bit set in the destination mask.
     l.write_reg(reg::LDR, 0x0400_0000, 0);
     let m = l.mirror();
@@ -270,26 +290,28 @@ fn destination_matching() {
         logical: true,
         ..phys(dest)
     };
-    assert!(match_dest(m, &log(0x06), false));
-    assert!(!match_dest(m, &log(0x03), false));
+    assert!(match_dest(m, &log(0x06), false, false));
+    assert!(!match_dest(m, &log(0x03), false, false));
     // Cluster: high nibble cluster, low nibble members.
     l.write_reg(reg::DFR, 0x0fff_ffff, 0);
     l.write_reg(reg::LDR, 0x2100_0000, 0);
     let m = l.mirror();
-    assert!(match_dest(m, &log(0x23), false));
-    assert!(!match_dest(m, &log(0x13), false));
-    assert!(!match_dest(m, &log(0x22), false));
+    assert!(match_dest(m, &log(0x23), false, false));
+    assert!(!match_dest(m, &log(0x13), false, false));
+    assert!(!match_dest(m, &log(0x22), false, false));
     // Shorthands.
     let s = |shorthand| Irq {
         shorthand,
         ..phys(0)
     };
-    assert!(match_dest(m, &s(sh::SELF), true) && !match_dest(m, &s(sh::SELF), false));
-    assert!(match_dest(m, &s(sh::ALL), true) && match_dest(m, &s(sh::ALL), false));
-    assert!(!match_dest(m, &s(sh::OTHERS), true) && match_dest(m, &s(sh::OTHERS), false));
+    assert!(match_dest(m, &s(sh::SELF), true, false) && !match_dest(m, &s(sh::SELF), false, false));
+    assert!(match_dest(m, &s(sh::ALL), true, false) && match_dest(m, &s(sh::ALL), false, false));
+    assert!(
+        !match_dest(m, &s(sh::OTHERS), true, false) && match_dest(m, &s(sh::OTHERS), false, false)
+    );
     // A globally disabled APIC is no target.
     l.set_base(0xfee0_0000);
-    assert!(!match_dest(l.mirror(), &phys(0xff), false));
+    assert!(!match_dest(l.mirror(), &phys(0xff), false, false));
     // Enabling it again resets the xAPIC ID to the vCPU id (Linux kvm_lapic_set_base).
     l.write_reg(reg::ID, 0x0900_0000, 0);
     l.set_base(0xfee0_0000 | BASE_ENABLE);
@@ -299,7 +321,10 @@ fn destination_matching() {
 #[test]
 fn msi_decode() {
     // Physical destination 5, vector 0x41, fixed, edge.
-    assert_eq!(decode_msi(0xfee0_5000, 0x0041), phys(5).with(0x41, dm::FIXED, false));
+    assert_eq!(
+        decode_msi(0xfee0_5000, 0x0041),
+        phys(5).with(0x41, dm::FIXED, false)
+    );
     // Logical, lowest priority, level-triggered, NMI / INIT modes.
     let i = decode_msi(0xfee0_3004, 0xc125);
     assert!(i.logical && i.trig_level && i.level);
@@ -321,4 +346,106 @@ impl With for Irq {
             ..self
         }
     }
+}
+
+#[test]
+fn x2apic_mode_msrs_and_state() {
+    use crate::irqchip::lapic::{BASE_X2APIC, MIRROR_X2APIC};
+    let mut l = Lapic::boxed();
+    l.new_state(0x23, 0xfee0_0000 | BASE_ENABLE);
+    l.write_reg(reg::SPIV, 0x1ff, 0);
+    // Not in x2APIC mode: the MSRs raise #GP.
+    assert_eq!(l.x2apic_read(0x802, 0), None);
+    assert_eq!(l.x2apic_write(0x808, 0, 0), None);
+    l.set_base(0xfee0_0000 | BASE_ENABLE | BASE_X2APIC);
+    assert!(l.x2apic());
+    assert_eq!(l.mmio_base(), None, "no MMIO page in x2APIC mode");
+    assert_eq!(l.x2apic_read(0x802, 0), Some(0x23), "32-bit x2APIC ID");
+    assert_eq!(
+        l.x2apic_read(0x80d, 0),
+        Some((2 << 16) | (1 << 3)),
+        "LDR from the ID"
+    );
+    assert_eq!(l.x2apic_read(0x803, 0), Some(u64::from(APIC_VERSION)));
+    // Registers that do not exist in x2APIC mode, write-only and read-only ones.
+    for msr in [0x809, 0x80e, 0x831, 0x80b, 0x83f] {
+        assert_eq!(l.x2apic_read(msr, 0), None, "read {msr:#x}");
+    }
+    for msr in [0x802, 0x803, 0x80a, 0x80d, 0x80e, 0x810, 0x839] {
+        assert_eq!(l.x2apic_write(msr, 0, 0), None, "write {msr:#x}");
+    }
+    assert_eq!(
+        l.x2apic_write(0x808, 1 << 32, 0),
+        None,
+        "reserved upper half"
+    );
+    assert_eq!(l.x2apic_write(0x828, 1, 0), None, "ESR: only 0");
+    assert_eq!(
+        l.x2apic_write(0x83f, 0x100, 0),
+        None,
+        "SELF IPI: vector only"
+    );
+    // TPR, EOI through MSRs.
+    assert_eq!(l.x2apic_write(0x808, 0x20, 0), Some(Effect::Tpr));
+    assert!(l.accept_fixed(0x51, false));
+    l.ack(0x51);
+    assert_eq!(l.x2apic_write(0x80b, 0, 0), Some(Effect::Eoi(0x51)));
+    // ICR is one 64-bit MSR with a 32-bit destination.
+    let e = l.x2apic_write(0x830, (0x1234_5678u64 << 32) | 0x0000_4031, 0);
+    assert_eq!(
+        e,
+        Some(Effect::Ipi(Irq {
+            vector: 0x31,
+            mode: dm::FIXED,
+            logical: false,
+            level: true,
+            trig_level: false,
+            shorthand: sh::NONE,
+            dest: 0x1234_5678,
+        }))
+    );
+    assert_eq!(
+        l.x2apic_read(0x830, 0),
+        Some((0x1234_5678u64 << 32) | 0x4031)
+    );
+    assert_eq!(
+        l.x2apic_write(0x83f, 0x44, 0),
+        Some(Effect::Ipi(Irq {
+            vector: 0x44,
+            mode: dm::FIXED,
+            logical: false,
+            level: true,
+            trig_level: false,
+            shorthand: sh::SELF,
+            dest: 0,
+        }))
+    );
+    // KVM_GET_LAPIC shows the ID in xAPIC format (no KVM_CAP_X2APIC_API); SET ignores it.
+    let mut page = [0u8; APIC_REG_SIZE];
+    l.get_state(0, &mut page);
+    assert_eq!(
+        u32::from_le_bytes(page[0x20..0x24].try_into().unwrap()),
+        0x23 << 24
+    );
+    page[0x20..0x24].copy_from_slice(&0x0700_0000u32.to_le_bytes());
+    page[0xd0..0xd4].copy_from_slice(&0u32.to_le_bytes());
+    l.set_state(&page, 0);
+    assert_eq!(l.id(), 0x23);
+    assert_eq!(l.x2apic_read(0x80d, 0), Some((2 << 16) | (1 << 3)));
+    // Matching in x2APIC mode: 32-bit physical, cluster logical, broadcasts.
+    let m = l.mirror();
+    assert_ne!(m & MIRROR_X2APIC, 0);
+    assert!(match_dest(m, &phys(0x23), false, true));
+    assert!(!match_dest(m, &phys(0x123), false, true));
+    let log = |dest| Irq {
+        logical: true,
+        ..phys(dest)
+    };
+    assert!(match_dest(m, &log((2 << 16) | 0x18), false, true));
+    assert!(!match_dest(m, &log((3 << 16) | 0x8), false, true));
+    assert!(match_dest(m, &phys(0xffff_ffff), false, true));
+    // An MSI/IOAPIC message to 0xff reaches x2APIC targets (Linux's broadcast quirk), an IPI
+    // to 0xff does not.
+    assert!(match_dest(m, &phys(0xff), false, false));
+    assert!(!match_dest(m, &phys(0xff), false, true));
 }

@@ -336,8 +336,9 @@ fn set_gsi_routing<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64>
 }
 
 /// Delivers `irq` to every matching local APIC of `vm` (`source`: the sending vCPU, for the
-/// self/others shorthands; lowest priority goes to the first match). Returns Linux's
-/// `kvm_irq_delivery_to_apic` value: -1 if no APIC matched, else the number that accepted.
+/// self/others shorthands; lowest priority goes to the first matching software-enabled APIC,
+/// the only candidates Linux considers). Returns Linux's `kvm_irq_delivery_to_apic` value: -1
+/// if no APIC matched, else the number that accepted.
 pub fn deliver<H: Host, B: Backend>(vm: &Vm<H, B>, irq: &Irq, source: *const Vcpu<H, B>) -> i64 {
     let mut r = -1i64;
     let mut i = 0;
@@ -345,7 +346,9 @@ pub fn deliver<H: Host, B: Backend>(vm: &Vm<H, B>, irq: &Irq, source: *const Vcp
         i += 1;
         let Some(a) = v.apic.as_ref() else { continue };
         let m = a.mirror.load(Ordering::SeqCst);
-        if !match_dest(m, irq, core::ptr::eq(v, source), !source.is_null()) {
+        if !match_dest(m, irq, core::ptr::eq(v, source), !source.is_null())
+            || (irq.mode == dm::LOWEST && m & MIRROR_SW_ENABLED == 0)
+        {
             continue;
         }
         r = r.max(0);

@@ -238,6 +238,10 @@ fn msi_irq_line_and_lapic_round_trip() {
     );
     let p = get_lapic(&v, c1);
     assert!(bit(&p, reg::IRR, 0x41) && bit(&p, reg::IRR, 0x42));
+    // Lowest priority to both (broadcast): only software-enabled APICs compete, one takes it.
+    assert_eq!(msi(&v, vm, 0xff, 0x143), 1);
+    assert!(bit(&get_lapic(&v, c1), reg::IRR, 0x43));
+    assert!(!bit(&get_lapic(&v, c0), reg::IRR, 0x43));
     // KVM_IRQ_LINE through an MSI route: level-triggered (data bit 15) sets TMR.
     assert_eq!(routing(&v, vm, 0, &[msi_route(9, 1, 0x8051)]), 0);
     let l = v.put(&kvm_irq_level { irq: 9, level: 1 });

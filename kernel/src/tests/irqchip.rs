@@ -673,3 +673,48 @@ fn x2apic_through_msr_exits() {
     v.close(vm);
     v.assert_clean();
 }
+
+#[test]
+fn an_msi_kicks_a_running_target_out_of_the_guest() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let v = Vmm::new();
+    let vm = split_vm(&v);
+    let cpu = v.create_vcpu(vm, 0);
+    enable_apic(&v, cpu, 0x700);
+    set_if(&v, cpu, true);
+    let out = (
+        Exit::Io {
+            port: 0x80,
+            size: 1,
+            out: true,
+            data: 0,
+        },
+        1,
+    );
+    v.script(0, &[out, out]);
+    let b = &v.sys.backend;
+    b.hold_id.store(0, SeqCst);
+    b.hold.store(true, SeqCst);
+    let (sys, h) = (v.sys, v.h(cpu) as usize);
+    let t = std::thread::spawn(move || {
+        // SAFETY: the vCPU is closed only after the join.
+        unsafe { sys.ioctl(h as *mut std::ffi::c_void, KVM_RUN, 0) }
+    });
+    while !b.holding.load(SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // The vCPU is "in the guest": the MSI is posted and its CPU kicked.
+    let kicks = v.host.kicks.load(SeqCst);
+    assert_eq!(msi(&v, vm, 0, 0x5a), 1);
+    assert_eq!(v.host.kicks.load(SeqCst), kicks + 1, "target CPU kicked");
+    b.hold.store(false, SeqCst);
+    b.hold_id.store(u32::MAX, SeqCst);
+    assert_eq!(t.join().unwrap(), 0);
+    assert!(soft_delivered(&v, cpu).is_empty(), "posted while in the guest");
+    // The next entry takes it.
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    assert_eq!(soft_delivered(&v, cpu), vec![0x5a]);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}

@@ -710,7 +710,10 @@ fn an_msi_kicks_a_running_target_out_of_the_guest() {
     b.hold.store(false, SeqCst);
     b.hold_id.store(u32::MAX, SeqCst);
     assert_eq!(t.join().unwrap(), 0);
-    assert!(soft_delivered(&v, cpu).is_empty(), "posted while in the guest");
+    assert!(
+        soft_delivered(&v, cpu).is_empty(),
+        "posted while in the guest"
+    );
     // The next entry takes it.
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     assert_eq!(soft_delivered(&v, cpu), vec![0x5a]);

@@ -397,8 +397,21 @@ fn routes(v: &Vmm, vm: i64, r: &[(u32, u32, u32)]) -> i64 {
 
 #[test]
 fn qemu_10_split_irqchip_startup_to_first_run() {
+    split_irqchip_startup(true);
+}
+
+#[test]
+fn qemu_7_2_split_irqchip_startup_to_first_run() {
+    // QEMU 7.2 asks for none of QEMU10_MISSING: with -machine kernel-irqchip=split it gets the
+    // in-kernel local APICs from okvm as it is.
+    split_irqchip_startup(false);
+}
+
+/// QEMU's start-up with `-machine kernel-irqchip=split -smp 2` through both vCPUs' first
+/// `KVM_RUN`, then the interrupt paths QEMU uses in split mode (same ioctls in 7.2 and 10).
+fn split_irqchip_startup(qemu10: bool) {
     let v = Vmm::new();
-    let vm = kvm_init(&v, true);
+    let vm = kvm_init(&v, qemu10);
     let vmh = v.h(vm);
     // kvm_irqchip_create: KVM_CAP_IRQCHIP gates every in-kernel irqchip; then (QEMU >= 8.2)
     // KVM_CAP_IRQFD, missing (QEMU10_MISSING); x86 kvm_arch_irqchip_create enables split mode
@@ -612,4 +625,20 @@ fn supported_cpuid_is_filtered() {
             .all(|e| e.function < 0x4000_0000 || e.function >= 0x8000_0000),
         "no KVM PV leaves"
     );
+}
+
+#[test]
+fn default_kernel_irqchip_is_refused_clearly() {
+    // QEMU's default for pc machines is kernel-irqchip=on (no fallback to split): it creates
+    // the full in-kernel PIC/IOAPIC, which okvm does not have. QEMU then exits with "Create
+    // kernel irqchip failed"; users pass -machine kernel-irqchip=split (or =off up to 7.2).
+    let v = Vmm::new();
+    let vm = v.create_vm();
+    assert_eq!(cap(&v, v.h(vm), KVM_CAP_IRQCHIP), 1);
+    assert_eq!(
+        v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0),
+        -i64::from(crate::errno::ENOTTY.0)
+    );
+    v.close(vm);
+    v.assert_clean();
 }

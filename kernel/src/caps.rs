@@ -43,9 +43,10 @@ const KVM_CAP_IRQCHIP: u64 = kvm_abi::KVM_CAP_IRQCHIP as u64;
 const KVM_CAP_SPLIT_IRQCHIP: u64 = kvm_abi::KVM_CAP_SPLIT_IRQCHIP as u64;
 const KVM_CAP_IRQ_ROUTING: u64 = kvm_abi::KVM_CAP_IRQ_ROUTING as u64;
 const KVM_CAP_SIGNAL_MSI: u64 = kvm_abi::KVM_CAP_SIGNAL_MSI as u64;
+const KVM_CAP_TSC_DEADLINE_TIMER: u64 = kvm_abi::KVM_CAP_TSC_DEADLINE_TIMER as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 27] = [
+pub const SUPPORTED: [u64; 28] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -73,6 +74,7 @@ pub const SUPPORTED: [u64; 27] = [
     KVM_CAP_SPLIT_IRQCHIP,
     KVM_CAP_IRQ_ROUTING,
     KVM_CAP_SIGNAL_MSI,
+    KVM_CAP_TSC_DEADLINE_TIMER,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.

@@ -37,6 +37,10 @@ const L1_EDX: u32 = (1 << 0)
 /// x2APIC, emulated by the in-kernel local APIC whatever the host has (as Linux reports it;
 /// QEMU removes it from guests that have no in-kernel irqchip).
 pub const L1_ECX_X2APIC: u32 = 1 << 21;
+/// TSC-deadline timer, emulated by the in-kernel local APIC. Not in the supported CPUID (as in
+/// Linux): QEMU adds it itself when it has an in-kernel irqchip and
+/// `KVM_CAP_TSC_DEADLINE_TIMER`.
+pub const L1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const L1_ECX: u32 = (1 << 0)
     | (1 << 1)
     | (1 << 9)

@@ -13,8 +13,10 @@
 //! from it, ICR is one 64-bit MSR, SELF IPI exists, the MMIO page is gone, and
 //! `KVM_GET/SET_LAPIC` show the ID in xAPIC format.
 //!
-//! Not modelled (as in Linux unless noted): the TSC-deadline timer mode (not offered in CPUID;
-//! LVTT bit 18 is dropped on writes), directed EOI, the CMCI LVT (the version register reports
+//! The timer runs one-shot, periodic or (when the guest's CPUID has it) TSC-deadline: a
+//! deadline in guest TSC ticks becomes a host-time deadline through the TSC frequency.
+//!
+//! Not modelled (as in Linux unless noted): directed EOI, the CMCI LVT (the version register reports
 //! 6 LVTs), APR (reads 0, as in Linux), arbitration priority for lowest-priority delivery (the
 //! first matching vCPU is chosen), re-scaling a running timer when TDCR changes (the new
 //! divider applies from the next TMICT write).
@@ -104,6 +106,10 @@ pub const BASE_X2APIC: u64 = 1 << 10;
 pub const BASE_BSP: u64 = 1 << 8;
 /// LVT timer periodic mode.
 const LVTT_PERIODIC: u32 = 1 << 17;
+/// LVT timer TSC-deadline mode.
+const LVTT_TSCDEADLINE: u32 = 1 << 18;
+/// `IA32_TSC_DEADLINE`.
+pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 /// Linux's APIC bus cycle: 1 ns (1 GHz).
 const BUS_CYCLE_NS: u64 = 1;
 /// Shortest periodic timer period (Linux `min_timer_period_us` = 200): a guest cannot make
@@ -207,7 +213,11 @@ pub struct Lapic {
     pub eoi_exit: u32,
     /// The guest wrote the TPR through MMIO: CR8 must follow before the next entry.
     pub tpr_dirty: u32,
-    _pad: u32,
+    /// Bit 0: the guest's CPUID offers the TSC-deadline timer (LVTT mode 2 is writable);
+    /// bit 1: bit 0 was looked up (CPUID is frozen after the first `KVM_RUN`).
+    pub tscdl_ok: u32,
+    /// `IA32_TSC_DEADLINE` in guest TSC ticks (0 = disarmed).
+    pub tscdl: u64,
 }
 
 fn slot(off: u32) -> usize {
@@ -436,9 +446,46 @@ impl Lapic {
         self.timer.deadline = now.saturating_add(len).max(1);
     }
 
+    /// LVTT selects the TSC-deadline mode.
+    pub fn tsc_deadline_mode(&self) -> bool {
+        self.reg(reg::LVTT) & (LVTT_PERIODIC | LVTT_TSCDEADLINE) == LVTT_TSCDEADLINE
+    }
+
+    /// `WRMSR IA32_TSC_DEADLINE` (Linux `kvm_set_lapic_tscdeadline_msr`): ignored outside
+    /// TSC-deadline mode; 0 disarms; a deadline at or before `guest_tsc` fires at once. The
+    /// guest TSC runs at `tsc_khz` (0 = unknown: fire at once rather than never).
+    pub fn set_tsc_deadline(&mut self, data: u64, guest_tsc: u64, tsc_khz: u64, now: u64) {
+        if !self.hw_enabled() || !self.tsc_deadline_mode() {
+            return;
+        }
+        self.tscdl = data;
+        self.timer.period = 0;
+        if data == 0 {
+            self.timer.deadline = 0;
+            return;
+        }
+        let ticks = data.saturating_sub(guest_tsc);
+        let ns = match tsc_khz {
+            0 => 0,
+            k => (ticks / k)
+                .saturating_mul(1_000_000)
+                .saturating_add((ticks % k) * 1_000_000 / k),
+        };
+        self.timer.deadline = now.saturating_add(ns).max(1);
+    }
+
+    /// `RDMSR IA32_TSC_DEADLINE`: the armed deadline in TSC-deadline mode, else 0 (Linux).
+    pub fn tsc_deadline(&self) -> u64 {
+        if self.hw_enabled() && self.tsc_deadline_mode() {
+            self.tscdl
+        } else {
+            0
+        }
+    }
+
     /// Current count (Linux `apic_get_tmcct`).
     fn tmcct(&self, now: u64) -> u32 {
-        if self.timer.deadline == 0 || self.timer.tick_ns == 0 {
+        if self.timer.deadline == 0 || self.timer.tick_ns == 0 || self.tsc_deadline_mode() {
             return 0;
         }
         let left = self.timer.deadline.saturating_sub(now);
@@ -470,6 +517,7 @@ impl Lapic {
             };
         } else {
             self.timer.deadline = 0;
+            self.tscdl = 0;
         }
         true
     }
@@ -573,11 +621,22 @@ impl Lapic {
             reg::LVTTHMR | reg::LVTPC => self.write_lvt(off, val & (lvt_common | 0x700)),
             reg::LVTERR => self.write_lvt(off, val & lvt_common),
             reg::LVTT => {
-                // TSC-deadline mode (bit 18) is not offered: dropped, as Linux does without
-                // the CPUID bit. Switching one-shot <-> periodic keeps the timer running.
-                let v = val & (lvt_common | LVTT_PERIODIC);
+                // TSC-deadline mode (bit 18) only with the CPUID bit (Linux); entering or
+                // leaving it stops the timer. One-shot <-> periodic keeps it running.
+                let modes = if self.tscdl_ok & 1 != 0 {
+                    LVTT_PERIODIC | LVTT_TSCDEADLINE
+                } else {
+                    LVTT_PERIODIC
+                };
+                let v = val & (lvt_common | modes);
+                let was_dl = self.tsc_deadline_mode();
                 self.write_lvt(off, v);
-                if self.timer.deadline != 0 {
+                if was_dl != self.tsc_deadline_mode() {
+                    self.set(reg::TMICT, 0);
+                    self.timer.deadline = 0;
+                    self.timer.period = 0;
+                    self.tscdl = 0;
+                } else if self.timer.deadline != 0 && !was_dl {
                     self.timer.period = if v & LVTT_PERIODIC != 0 {
                         u64::from(self.reg(reg::TMICT))
                             .saturating_mul(self.timer.tick_ns)
@@ -587,7 +646,8 @@ impl Lapic {
                     };
                 }
             }
-            reg::TMICT => {
+            // TMICT is ignored in TSC-deadline mode.
+            reg::TMICT if !self.tsc_deadline_mode() => {
                 self.set(reg::TMICT, val);
                 self.start_timer(val, now);
             }
@@ -707,6 +767,13 @@ impl Lapic {
         self.update_divide();
         let count = self.reg(reg::TMCCT);
         self.set(reg::TMCCT, 0);
+        self.tscdl = 0;
+        if self.tsc_deadline_mode() {
+            // The deadline itself is an MSR (IA32_TSC_DEADLINE), not part of the page.
+            self.timer.deadline = 0;
+            self.timer.period = 0;
+            return;
+        }
         self.start_timer(count, now);
         if self.timer.period != 0 {
             // A periodic timer reloads from TMICT after the first expiry.

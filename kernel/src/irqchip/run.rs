@@ -14,7 +14,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use super::lapic::{
     Effect, Lapic, APIC_MMIO_SIZE, APIC_REG_SIZE, BASE_BSP, BASE_ENABLE, BASE_X2APIC,
-    X2APIC_MSR_BASE, X2APIC_MSR_LAST,
+    MSR_IA32_TSC_DEADLINE, X2APIC_MSR_BASE, X2APIC_MSR_LAST,
 };
 use super::{deliver, mirror_of, ApicShared, EV_INIT, EV_NMI, EV_SIPI, EV_TIMER};
 use crate::backend::Backend;
@@ -22,7 +22,7 @@ use crate::cpuid;
 use crate::errno::{KResult, EEXIST, EINVAL};
 use crate::hmem::HBox;
 use crate::host::Host;
-use crate::msrs::MSR_IA32_APICBASE;
+use crate::msrs::{MSR_IA32_APICBASE, MSR_IA32_TSC};
 use crate::user;
 use crate::vcpu::{Vcpu, VcpuState};
 
@@ -59,6 +59,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         if l.tpr_dirty != 0 {
             l.tpr_dirty = 0;
             let _ = b.set_cr8(vb, l.cr8());
+        }
+        if l.tscdl_ok & 2 == 0 {
+            // CPUID is frozen from the first KVM_RUN on: look it up once.
+            let ecx = cpuid::lookup(st.cpuid.as_deref().unwrap_or(&[]), 1, 0).ecx;
+            l.tscdl_ok = 2 | u32::from(ecx & cpuid::L1_ECX_TSC_DEADLINE != 0);
         }
         l.set_base(b.get_apic_base(vb));
         loop {
@@ -305,11 +310,14 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     /// A guest `RDMSR` the in-kernel APIC owns (the x2APIC MSRs): `None` when it is not an
     /// APIC MSR (or there is no in-kernel APIC), `Some(None)` for #GP.
     pub(crate) fn apic_rdmsr(&self, st: &mut VcpuState<H, B>, index: u32) -> Option<Option<u64>> {
-        if !(X2APIC_MSR_BASE..=X2APIC_MSR_LAST).contains(&index) {
+        if index != MSR_IA32_TSC_DEADLINE && !(X2APIC_MSR_BASE..=X2APIC_MSR_LAST).contains(&index) {
             return None;
         }
         let (a, l) = (self.apic.as_ref()?, st.lapic.as_mut()?);
         l.set_base(self.vm().sys.backend.get_apic_base(&mut st.b));
+        if index == MSR_IA32_TSC_DEADLINE {
+            return Some(Some(l.tsc_deadline()));
+        }
         Some(l.x2apic_read(index, a.host.nanotime()))
     }
 
@@ -342,6 +350,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             } else {
                 None
             };
+        }
+        if index == MSR_IA32_TSC_DEADLINE {
+            let tsc = b.get_msr(&mut st.b, MSR_IA32_TSC, false).unwrap_or(0);
+            l.set_tsc_deadline(data, tsc, a.host.tsc_khz(), a.host.nanotime());
+            return Some(true);
         }
         if !(X2APIC_MSR_BASE..=X2APIC_MSR_LAST).contains(&index) {
             return None;

@@ -721,3 +721,81 @@ fn an_msi_kicks_a_running_target_out_of_the_guest() {
     v.close(vm);
     v.assert_clean();
 }
+
+#[test]
+fn tsc_deadline_timer_through_the_msr() {
+    let v = Vmm::new();
+    v.host.clock.store(1_000_000, Ordering::SeqCst);
+    let vm = split_vm(&v);
+    let cpu = v.create_vcpu(vm, 0);
+    // QEMU's CPUID with TSC_DEADLINE added (KVM_CAP_TSC_DEADLINE_TIMER).
+    let mut n = 64u32;
+    let a = v.buf(8 + 40 * 64);
+    v.host.user_write(a, &n.to_le_bytes());
+    assert_eq!(v.ioctl(v.kvm, KVM_GET_SUPPORTED_CPUID, a), 0);
+    n = u32::from_le_bytes(v.host.user_read(a, 4).try_into().unwrap());
+    for i in 0..n as u64 {
+        let at = a + 8 + 40 * i;
+        let mut e: kvm_cpuid_entry2 = v.get(at);
+        if e.function == 1 {
+            e.ecx |= 1 << 24;
+            v.host.user_write(at, e.as_bytes());
+        }
+    }
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_CPUID2, a), 0);
+    enable_apic(&v, cpu, 0x700);
+    set_if(&v, cpu, true);
+    // Guest TSC at 4_000_000; the fake host's TSC runs at 2 GHz.
+    let mut m = [0u8; 24];
+    m[..4].copy_from_slice(&1u32.to_le_bytes());
+    m[8..12].copy_from_slice(&0x10u32.to_le_bytes());
+    m[16..24].copy_from_slice(&4_000_000u64.to_le_bytes());
+    let ma = v.put(&m);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_MSRS, ma), 1);
+    let mut data = [0u8; 8];
+    data[..4].copy_from_slice(&0x4_00d0u32.to_le_bytes());
+    let out = (
+        Exit::Io {
+            port: 0x80,
+            size: 1,
+            out: true,
+            data: 0,
+        },
+        1,
+    );
+    v.script(
+        0,
+        &[
+            (
+                Exit::Mmio {
+                    gpa: 0xfee0_0320,
+                    len: 4,
+                    write: true,
+                    data,
+                },
+                6,
+            ),
+            (
+                Exit::Wrmsr {
+                    index: 0x6e0,
+                    data: 4_020_000,
+                },
+                2,
+            ),
+            (Exit::Rdmsr { index: 0x6e0 }, 2),
+            out,
+        ],
+    );
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    assert_eq!(v.regs(cpu).rax, 4_020_000, "IA32_TSC_DEADLINE reads back");
+    assert!(soft_delivered(&v, cpu).is_empty());
+    // 20_000 ticks at 2 GHz = 10 µs later.
+    v.host.clock.store(1_010_000, Ordering::SeqCst);
+    v.script(0, &[(Exit::Rdmsr { index: 0x6e0 }, 2), out]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    assert_eq!(soft_delivered(&v, cpu), vec![0xd0]);
+    assert_eq!(v.regs(cpu).rax, 0, "disarmed once it fired");
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}

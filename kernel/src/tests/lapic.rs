@@ -449,3 +449,37 @@ fn x2apic_mode_msrs_and_state() {
     assert!(match_dest(m, &phys(0xff), false, false));
     assert!(!match_dest(m, &phys(0xff), false, true));
 }
+
+#[test]
+fn tsc_deadline_mode() {
+    let mut l = apic();
+    // Without the CPUID bit the mode cannot be selected.
+    l.write_reg(reg::LVTT, 0x4_00e0, 0);
+    assert!(!l.tsc_deadline_mode());
+    l.tscdl_ok = 3;
+    l.write_reg(reg::LVTT, 0x4_00e0, 0);
+    assert!(l.tsc_deadline_mode());
+    // TMICT is ignored, TMCCT reads 0.
+    l.write_reg(reg::TMICT, 1000, 0);
+    assert_eq!((l.reg(reg::TMICT), l.timer.deadline), (0, 0));
+    // 2 GHz TSC: 3000 ticks ahead = 1500 ns.
+    l.set_tsc_deadline(13_000, 10_000, 2_000_000, 100);
+    assert_eq!((l.timer.deadline, l.tsc_deadline()), (1600, 13_000));
+    assert_eq!(l.mmio_read(reg::TMCCT, 4, 200), 0);
+    assert!(!l.timer_poll(1599));
+    assert!(l.timer_poll(1600));
+    assert!(l.requested(0xe0));
+    assert_eq!(l.tsc_deadline(), 0, "disarmed after it fired");
+    // A deadline in the past fires at the next poll; 0 disarms; huge deltas saturate.
+    l.set_tsc_deadline(5, 10_000, 2_000_000, 7);
+    assert_eq!(l.timer.deadline, 7);
+    l.set_tsc_deadline(0, 10_000, 2_000_000, 7);
+    assert_eq!(l.timer.deadline, 0);
+    l.set_tsc_deadline(u64::MAX, 0, 1, 7);
+    assert_eq!(l.timer.deadline, u64::MAX);
+    // Leaving TSC-deadline mode stops the timer; the MSR then reads 0 and writes are ignored.
+    l.write_reg(reg::LVTT, 0xe0, 0);
+    assert_eq!((l.timer.deadline, l.tsc_deadline()), (0, 0));
+    l.set_tsc_deadline(13_000, 10_000, 2_000_000, 100);
+    assert_eq!(l.timer.deadline, 0);
+}

@@ -430,10 +430,11 @@ fn split_irqchip_startup(qemu10: bool) {
     let reserved: Vec<(u32, u32, u32)> = (0..24).map(|g| (g, 0, 0)).collect();
     assert_eq!(routes(&v, vm, &reserved), 0);
     // kvm_init: direct MSI is used when offered (kvm_direct_msi_allowed); no x2APIC API
-    // (only needed beyond 255 vCPUs); no TSC-deadline timer to offer in CPUID.
+    // (only needed beyond 255 vCPUs).
     assert_eq!(cap(&v, vmh, KVM_CAP_SIGNAL_MSI), 1);
     assert_eq!(cap(&v, vmh, KVM_CAP_X2APIC_API), 0);
-    assert_eq!(cap(&v, vmh, KVM_CAP_TSC_DEADLINE_TIMER), 0);
+    // QEMU then adds CPUID.1:ECX.TSC_DEADLINE to the guest's CPUID itself.
+    assert_eq!(cap(&v, vmh, KVM_CAP_TSC_DEADLINE_TIMER), 1);
     assert_eq!(
         cap(&v, vmh, KVM_CAP_IRQ_INJECT_STATUS),
         0,

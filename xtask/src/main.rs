@@ -3,6 +3,7 @@
 mod glue_check;
 mod kobj;
 mod lint;
+mod nested;
 mod testcmd;
 mod util;
 
@@ -13,7 +14,8 @@ usage: cargo xtask <command>
   test [--quick]   everything CI runs: unit and differential tests, kernel object build + lint
                    (--quick: skip the slow suites: fuzzing and the nested-VM tests)
   kobj             build target/okvm.o with the kernel recipe and run the object lint on it
-  lint OBJ         run the object lint on any relocatable object";
+  lint OBJ         run the object lint on any relocatable object
+  nested CMD       nested-VM tests under emulated SVM/VMX (`cargo xtask nested help`)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
         Some("test") => testcmd::run(rest),
         Some("kobj") => kobj::run(rest),
         Some("lint") => lint::run_cli(rest),
+        Some("nested") => nested::main(rest),
         _ => Err(USAGE.to_string()),
     };
     match result {

@@ -1,0 +1,128 @@
+#!/bin/busybox sh
+# /init of the L1 guest (Debian kernel under QEMU TCG/SVM or Bochs/VMX).
+#
+# Kernel command line (set by `cargo xtask nested`):
+#   okvm.hv=linux,okvm            hypervisors to load in turn (never two at once)
+#   okvm.work=suite,l2_qemu72     workloads to run on each of them
+#   okvm.n=N okvm.t=S okvm.l2t=S  exits per timed suite test, per-test and per-L2-boot limits (L1 s)
+#   okvm.tests=a,b                suite tests to run (default: all)
+# Every result is one line "@@ RESULT hv=.. name=.. status=PASS|FAIL|UNSUPPORTED ..." on the
+# console; the host harness adds host timestamps and checks that every planned result came.
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+
+arg() {
+	for a in $(cat /proc/cmdline); do
+		case "$a" in "$1"=*) echo "${a#*=}"; return;; esac
+	done
+	echo "$2"
+}
+up() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(up)" 'BEGIN { printf "%.2f", b - a }'; }
+
+HVS=$(arg okvm.hv linux | tr , ' ')
+WORK=$(arg okvm.work suite | tr , ' ')
+N=$(arg okvm.n 20000)
+T=$(arg okvm.t 120)
+L2T=$(arg okvm.l2t 600)
+TESTS=$(arg okvm.tests "" | tr , ' ')
+L2APPEND="console=ttyS0 panic=-1 quiet"
+
+if grep -q -m1 GenuineIntel /proc/cpuinfo; then VENDOR=intel; else VENDOR=amd; fi
+FLAGS=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+have() { case "$FLAGS" in *" $1 "*) echo 1;; *) echo 0;; esac; }
+echo "@@ L1 uptime=$(up) kernel=$(uname -r) vendor=$VENDOR svm=$(have svm) npt=$(have npt) vmx=$(have vmx) ept=$(grep -c -m1 '^vmx flags.* ept' /proc/cpuinfo)"
+
+# hv_load HV: load one hypervisor's modules; prints an "@@ HV" line; fails if no /dev/kvm.
+hv_load() {
+	t0=$(up)
+	case "$1" in
+	linux)
+		mods="irqbypass kvm"
+		[ $VENDOR = amd ] && mods="$mods ccp kvm-amd" || mods="$mods kvm-intel"
+		;;
+	okvm)
+		mods="okvm"
+		;;
+	*)
+		echo "@@ HV hv=$1 status=FAIL msg=\"unknown hypervisor\""; return 1;;
+	esac
+	for m in $mods; do
+		if [ ! -f /modules/$m.ko ]; then
+			echo "@@ HV hv=$1 status=FAIL msg=\"$m.ko is not in the image\""; return 1
+		fi
+		if ! out=$(insmod /modules/$m.ko 2>&1); then
+			echo "@@ HV hv=$1 status=FAIL msg=\"insmod $m: $out\""
+			dmesg | tail -15
+			return 1
+		fi
+	done
+	params=""
+	for p in /sys/module/kvm_amd/parameters/npt /sys/module/kvm_amd/parameters/nested \
+	    /sys/module/kvm_intel/parameters/ept /sys/module/kvm_intel/parameters/unrestricted_guest \
+	    /sys/module/kvm_intel/parameters/vpid /sys/module/kvm_intel/parameters/nested; do
+		[ -e $p ] && params="$params ${p##*/}=$(cat $p)"
+	done
+	if [ ! -c /dev/kvm ]; then
+		echo "@@ HV hv=$1 status=FAIL msg=\"no /dev/kvm after loading $mods\""
+		dmesg | tail -15
+		return 1
+	fi
+	echo "@@ HV hv=$1 status=PASS load_secs=$(since $t0)$params"
+}
+
+# hv_unload HV: remove its modules again (reverse order), so the next one can register /dev/kvm.
+hv_unload() {
+	case "$1" in
+	linux) mods="kvm-amd kvm-intel ccp kvm irqbypass";;
+	okvm) mods="okvm";;
+	esac
+	for m in $mods; do
+		grep -q "^$(echo $m | tr - _) " /proc/modules && rmmod $m
+	done
+	[ -c /dev/kvm ] && echo "@@ NOTE /dev/kvm still present after unloading $1"
+	return 0
+}
+
+# l2_boot HV NAME QEMU...: boot the L2 kernel with a QEMU; PASS when its marker shows.
+l2_boot() {
+	hv=$1 name=$2
+	shift 2
+	echo "@@ BEGIN hv=$hv name=$name"
+	t0=$(up)
+	timeout -s KILL $L2T "$@" -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -display none \
+	    -serial stdio -monitor none -no-reboot -kernel /l2/vmlinuz -initrd /l2/initrd.cpio \
+	    -append "$L2APPEND" </dev/null >/tmp/l2.log 2>&1
+	rc=$?
+	secs=$(since $t0)
+	sed 's/^/L2| /' /tmp/l2.log | tail -20
+	if grep -q OKVM-L2-MARKER /tmp/l2.log; then
+		echo "@@ RESULT hv=$hv name=$name status=PASS secs=$secs rc=$rc"
+	else
+		last=$(grep -v '^$' /tmp/l2.log | tail -1 | tr -d '"' | cut -c1-160)
+		echo "@@ RESULT hv=$hv name=$name status=FAIL secs=$secs rc=$rc msg=\"no marker: $last\""
+	fi
+}
+
+for hv in $HVS; do
+	if hv_load $hv; then
+		for w in $WORK; do
+			case $w in
+			suite) /bin/kvmsuite --hv $hv -n $N -t $T $TESTS ;;
+			l2_qemu72) l2_boot $hv $w /usr/bin/qemu-system-x86_64 ;;
+			l2_qemu10) l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share ;;
+			*) echo "@@ RESULT hv=$hv name=$w status=FAIL msg=\"unknown workload\"" ;;
+			esac
+		done
+	fi
+	hv_unload $hv
+done
+echo "@@ DONE uptime=$(up)"
+# Let the UART drain: Bochs sends at the emulated baud rate, and a power-off drops what the
+# tty still holds (the last results went missing on a Penryn run).
+sleep 3
+poweroff -f

@@ -1,0 +1,2 @@
+/* okvm.h includes <stdint.h>; the Linux kernel defines the fixed-width types itself. */
+#include <linux/types.h>

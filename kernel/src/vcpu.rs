@@ -350,6 +350,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             n.nmi.pending = e.nmi.pending;
         }
         n.nmi.masked = e.nmi.masked;
+        if e.flags & KVM_VCPUEVENT_VALID_SIPI_VECTOR != 0 {
+            // The vector a later SIPI_RECEIVED MP state starts at (in-kernel APIC only).
+            self.apic_set_sipi_vector(e.sipi_vector);
+        }
         b.set_events(&mut st.b, &n).map(|()| 0)
     }
 

@@ -395,6 +395,14 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         })())
     }
 
+    /// `KVM_SET_VCPU_EVENTS` with `KVM_VCPUEVENT_VALID_SIPI_VECTOR` (Linux keeps it in the APIC;
+    /// ignored without one).
+    pub(crate) fn apic_set_sipi_vector(&self, vector: u32) {
+        if let Some(a) = self.apic.as_ref() {
+            a.sipi.store(vector & 0xff, Ordering::SeqCst);
+        }
+    }
+
     /// `KVM_GET_LAPIC`, `KVM_SET_LAPIC`, `KVM_GET_MP_STATE`, `KVM_SET_MP_STATE`.
     #[inline(never)]
     pub(crate) fn apic_ioctl(&self, st: &mut VcpuState<H, B>, cmd: u32, arg: u64) -> KResult<i64> {

@@ -273,6 +273,20 @@ fn msi_irq_line_and_lapic_round_trip() {
     });
     assert_eq!(v.ioctl_fd(c1, KVM_SET_MP_STATE, h), 0);
     assert_eq!(mp_state(&v, c1), KVM_MP_STATE_HALTED);
+    // Migration of an AP between INIT and SIPI: the SIPI vector comes with the vCPU events.
+    let mut ev: kvm_vcpu_events = zeroed();
+    ev.flags = KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+    ev.sipi_vector = 0x12;
+    let ea = v.put(&ev);
+    assert_eq!(v.ioctl_fd(c1, KVM_SET_VCPU_EVENTS, ea), 0);
+    let sr = v.put(&kvm_mp_state {
+        mp_state: KVM_MP_STATE_SIPI_RECEIVED,
+    });
+    assert_eq!(v.ioctl_fd(c1, KVM_SET_MP_STATE, sr), 0);
+    assert_eq!(mp_state(&v, c1), KVM_MP_STATE_RUNNABLE);
+    let sa = v.buf(size_of::<kvm_sregs>());
+    assert_eq!(v.ioctl_fd(c1, KVM_GET_SREGS, sa), 0);
+    assert_eq!(v.get::<kvm_sregs>(sa).cs.selector, 0x1200);
     v.close(c0);
     v.close(c1);
     v.close(vm);

@@ -10,13 +10,14 @@
 mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial" "$CACHE/debs" "$CACHE/x"
 [ -f "$APT_DIR/status" ] || : > "$APT_DIR/status"
 KEY=/usr/share/keyrings/debian-archive-keyring.gpg
-MIRROR=${OKVM_DEBIAN_MIRROR:-http://deb.debian.org}
-cat > "$APT_DIR/sources.list.new" <<SRC
-deb [signed-by=$KEY] $MIRROR/debian bookworm main
-deb [signed-by=$KEY] $MIRROR/debian bookworm-updates main
-deb [signed-by=$KEY] $MIRROR/debian-security bookworm-security main
-deb [signed-by=$KEY] $MIRROR/debian bookworm-backports main
-SRC
+# The archives the system's apt already uses (no host is named here); backports comes from
+# the same archive as bookworm.
+ARCHIVE="$(dirname "$0")/../debian-archive.sh"
+{
+	for suite in bookworm bookworm-updates bookworm-security bookworm-backports; do
+		echo "deb [signed-by=$KEY] $("$ARCHIVE" "$suite") $suite main"
+	done
+} > "$APT_DIR/sources.list.new"
 changed=0
 cmp -s "$APT_DIR/sources.list.new" "$APT_DIR/sources.list" || { mv "$APT_DIR/sources.list.new" "$APT_DIR/sources.list"; changed=1; }
 stamp=$APT_DIR/lists/.updated

@@ -2,7 +2,7 @@
 //!
 //! Phases: the workspace's unit, property and differential tests (`cargo test --workspace`), the
 //! kernel object build and lint (`kobj`), the OpenBSD glue and patch checks, and (not with
-//! `--quick`) a bounded fuzzing run of the emulator. Counts from every `cargo test` result line are summed
+//! `--quick`) a bounded fuzzing run of the emulator and the nested-VM cases of `nested::CI_CASES`. Counts from every `cargo test` result line are summed
 //! into the closing `tests: N passed, N failed` line; a failing phase fails the command.
 
 use crate::util::cargo;
@@ -110,6 +110,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
             counts.passed += 1;
         }
         phase("emulator fuzzing", r, &mut counts);
+        // The nested-VM cases CI runs (host packages: tests/nested/setup-host.sh).
+        let mut args = vec!["run".to_string()];
+        args.extend(crate::nested::CI_CASES.iter().map(|s| s.to_string()));
+        let r = crate::nested::main(&args);
+        if r.is_ok() {
+            counts.passed += 1;
+        }
+        phase("nested VMs", r, &mut counts);
     }
 
     println!("tests: {} passed, {} failed", counts.passed, counts.failed);

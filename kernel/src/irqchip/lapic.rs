@@ -18,8 +18,7 @@
 //!
 //! Not modelled (as in Linux unless noted): directed EOI, the CMCI LVT (the version register reports
 //! 6 LVTs), APR (reads 0, as in Linux), arbitration priority for lowest-priority delivery (the
-//! first matching vCPU is chosen), re-scaling a running timer when TDCR changes (the new
-//! divider applies from the next TMICT write).
+//! first matching vCPU is chosen).
 
 use kvm_abi::KVM_MP_STATE_RUNNABLE;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -431,6 +430,25 @@ impl Lapic {
         self.timer.tick_ns = BUS_CYCLE_NS << shift;
     }
 
+    /// A running count-down timer keeps its remaining count when the divider changes (Linux
+    /// `update_target_expiration`): the remaining time and the period scale with it.
+    fn rescale_timer(&mut self, old_tick: u64, now: u64) {
+        let new_tick = self.timer.tick_ns;
+        if old_tick == new_tick || old_tick == 0 || self.timer.deadline == 0 {
+            return;
+        }
+        if self.tsc_deadline_mode() {
+            return;
+        }
+        let left = self.timer.deadline.saturating_sub(now) / old_tick;
+        self.timer.deadline = now.saturating_add(left.saturating_mul(new_tick)).max(1);
+        if self.timer.period != 0 {
+            self.timer.period = (self.timer.period / old_tick)
+                .saturating_mul(new_tick)
+                .max(MIN_PERIOD_NS);
+        }
+    }
+
     /// Starts the timer from `count` counts at `now` (0 stops it).
     fn start_timer(&mut self, count: u32, now: u64) {
         self.timer.deadline = 0;
@@ -652,8 +670,10 @@ impl Lapic {
                 self.start_timer(val, now);
             }
             reg::TDCR => {
+                let old = self.timer.tick_ns;
                 self.set(reg::TDCR, val & 0xb);
                 self.update_divide();
+                self.rescale_timer(old, now);
             }
             // ESR writes re-arm error latching; no errors are ever recorded (as in Linux).
             reg::ESR => {}

@@ -188,6 +188,10 @@ fn timer_one_shot_periodic_divider_and_mask() {
     l.write_reg(reg::TMICT, 1000, 0);
     assert_eq!(l.timer.deadline, 2000);
     assert_eq!(l.mmio_read(reg::TMCCT, 4, 1000), 500);
+    // A divider change keeps the remaining count: 500 counts left at /2 become 500 at /8.
+    l.write_reg(reg::TDCR, 0x2, 1000);
+    assert_eq!(l.timer.deadline, 5000);
+    assert_eq!(l.mmio_read(reg::TMCCT, 4, 1000), 500);
     // TMICT = 0 stops the timer.
     l.write_reg(reg::TMICT, 0, 10);
     assert_eq!(l.timer.deadline, 0);

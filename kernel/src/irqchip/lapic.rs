@@ -16,9 +16,9 @@
 //! The timer runs one-shot, periodic or (when the guest's CPUID has it) TSC-deadline: a
 //! deadline in guest TSC ticks becomes a host-time deadline through the TSC frequency.
 //!
-//! Not modelled (as in Linux unless noted): directed EOI, the CMCI LVT (the version register reports
-//! 6 LVTs), APR (reads 0, as in Linux), arbitration priority for lowest-priority delivery (the
-//! first matching vCPU is chosen).
+//! Not modelled (as in Linux unless noted): directed EOI, the CMCI LVT (the version register
+//! reports 6 LVTs), APR (reads 0, as in Linux), arbitration priority for lowest-priority
+//! delivery (the first matching software-enabled APIC is chosen; Linux compares priorities).
 
 use kvm_abi::KVM_MP_STATE_RUNNABLE;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};

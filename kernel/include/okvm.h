@@ -17,7 +17,8 @@
  *     them, it calls okvm_host_copyin/copyout.
  *   - Physical addresses are host physical addresses (uint64_t).
  *   - Host services are called from thread context (never from interrupts), possibly with an
- *     okvm lock held; they may sleep unless noted.
+ *     okvm lock held; they may sleep unless noted. The one exception: a timer callback (soft-
+ *     interrupt context) calls okvm_host_wakeup and okvm_host_cpu_kick, which must not sleep.
  */
 #ifndef OKVM_H
 #define OKVM_H
@@ -148,7 +149,7 @@ void	okvm_host_unlock(okvm_lock_t l);
 /* Sleep on chan, atomically releasing held lock l, re-acquired on return; timeout_ns 0 = none. */
 /* Returns 0 when woken, -EINTR on a signal, -ETIMEDOUT on timeout. */
 int32_t	okvm_host_sleep(const void *chan, okvm_lock_t l, uint64_t timeout_ns);
-/* Wake every sleeper on chan. */
+/* Wake every sleeper on chan; never sleeps (also called from timer callbacks). */
 void	okvm_host_wakeup(const void *chan);
 
 /* CPUs: index of the current CPU. */
@@ -157,7 +158,8 @@ uint32_t okvm_host_cpu_current(void);
 uint32_t okvm_host_cpu_count(void);
 /* Run fn(arg) on every CPU, wait for all; the first nonzero result or 0. */
 int32_t	okvm_host_run_on_all_cpus(okvm_cpu_fn_t fn, void *arg);
-/* Send an IPI to cpu so that it leaves guest mode soon. */
+/* Send an IPI to cpu so that it leaves guest mode soon (no-op for the current CPU); never
+ * sleeps (also called from timer callbacks). */
 void	okvm_host_cpu_kick(uint32_t cpu);
 /* Keep the current thread on its CPU (nests). */
 void	okvm_host_preempt_disable(void);

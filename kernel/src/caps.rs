@@ -37,15 +37,17 @@ const KVM_CAP_IMMEDIATE_EXIT: u64 = kvm_abi::KVM_CAP_IMMEDIATE_EXIT as u64;
 const KVM_CAP_GET_MSR_FEATURES: u64 = kvm_abi::KVM_CAP_GET_MSR_FEATURES as u64;
 const KVM_CAP_GET_TSC_KHZ: u64 = kvm_abi::KVM_CAP_GET_TSC_KHZ as u64;
 const KVM_CAP_EXIT_ON_EMULATION_FAILURE: u64 = kvm_abi::KVM_CAP_EXIT_ON_EMULATION_FAILURE as u64;
-/// Advertised only because QEMU <= 7.2's x86 `kvm_arch_init` refuses to start without it, even
-/// with `kernel-irqchip=off` (it uses routing only with an in-kernel irqchip, which okvm does
-/// not have: `KVM_SET_GSI_ROUTING` stays an unknown VM ioctl). Linux's value,
-/// `KVM_MAX_IRQ_ROUTES`, is not claimed: the answer is 1.
+/// Nonzero because QEMU's `kvm_irqchip_create` returns early (no in-kernel irqchip at all)
+/// when it is 0, before it looks at split mode. Only the split irqchip exists:
+/// `KVM_CREATE_IRQCHIP` (the full in-kernel PIC/IOAPIC) answers `ENOTTY`.
+const KVM_CAP_IRQCHIP: u64 = kvm_abi::KVM_CAP_IRQCHIP as u64;
+const KVM_CAP_SPLIT_IRQCHIP: u64 = kvm_abi::KVM_CAP_SPLIT_IRQCHIP as u64;
 const KVM_CAP_IRQ_ROUTING: u64 = kvm_abi::KVM_CAP_IRQ_ROUTING as u64;
+const KVM_CAP_SIGNAL_MSI: u64 = kvm_abi::KVM_CAP_SIGNAL_MSI as u64;
+const KVM_CAP_TSC_DEADLINE_TIMER: u64 = kvm_abi::KVM_CAP_TSC_DEADLINE_TIMER as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 25] = [
-    KVM_CAP_IRQ_ROUTING,
+pub const SUPPORTED: [u64; 29] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -70,6 +72,11 @@ pub const SUPPORTED: [u64; 25] = [
     KVM_CAP_GET_MSR_FEATURES,
     KVM_CAP_GET_TSC_KHZ,
     KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+    KVM_CAP_IRQCHIP,
+    KVM_CAP_SPLIT_IRQCHIP,
+    KVM_CAP_IRQ_ROUTING,
+    KVM_CAP_SIGNAL_MSI,
+    KVM_CAP_TSC_DEADLINE_TIMER,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.
@@ -81,6 +88,8 @@ pub fn check_extension(cap: u64, online_cpus: u32) -> i64 {
         KVM_CAP_MAX_VCPU_ID => i64::from(KVM_MAX_VCPU_IDS),
         KVM_CAP_NR_MEMSLOTS => KVM_USER_MEM_SLOTS as i64,
         KVM_CAP_COALESCED_MMIO => KVM_COALESCED_MMIO_PAGE_OFFSET,
+        // Linux: the number of GSI routes (QEMU sizes its GSI bitmap from it).
+        KVM_CAP_IRQ_ROUTING => i64::from(crate::irqchip::MAX_IRQ_ROUTES),
         c if SUPPORTED.contains(&c) => 1,
         _ => 0,
     }

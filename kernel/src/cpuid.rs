@@ -33,7 +33,14 @@ const L1_EDX: u32 = (1 << 0)
     | (1 << 25)
     | (1 << 26);
 /// Leaf 1 ECX bits: SSE3 PCLMULQDQ SSSE3 FMA CX16 SSE4.1 SSE4.2 MOVBE POPCNT AES XSAVE AVX F16C
-/// RDRAND (no VMX/SMX, no x2APIC without an in-kernel LAPIC, no TSC deadline, no PCID).
+/// RDRAND (no VMX/SMX, no TSC deadline, no PCID); x2APIC is added: see [`L1_ECX_X2APIC`].
+/// x2APIC, emulated by the in-kernel local APIC whatever the host has (as Linux reports it;
+/// QEMU removes it from guests that have no in-kernel irqchip).
+pub const L1_ECX_X2APIC: u32 = 1 << 21;
+/// TSC-deadline timer, emulated by the in-kernel local APIC. Not in the supported CPUID (as in
+/// Linux): QEMU adds it itself when it has an in-kernel irqchip and
+/// `KVM_CAP_TSC_DEADLINE_TIMER`.
+pub const L1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const L1_ECX: u32 = (1 << 0)
     | (1 << 1)
     | (1 << 9)
@@ -108,7 +115,7 @@ pub fn supported<B: Backend>(b: &B, out: &mut [kvm_cpuid_entry2; 32]) -> usize {
         CpuidResult {
             eax: l1.eax,
             ebx: l1.ebx & 0x00ff_ffff, // initial APIC ID is the vCPU's, set by userspace
-            ecx: l1.ecx & L1_ECX,
+            ecx: (l1.ecx & L1_ECX) | L1_ECX_X2APIC,
             edx: l1.edx & L1_EDX,
         },
     ));

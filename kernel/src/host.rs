@@ -124,7 +124,7 @@ pub trait Host: Sync + 'static {
     /// Returns `Ok` when woken, `Err(EINTR)` on a signal, `Err(ETIMEDOUT)` after `timeout_ns`
     /// (0 = no timeout).
     fn sleep(&self, chan: *const c_void, l: RawLock, timeout_ns: u64) -> KResult<()>;
-    /// Wakes every sleeper on `chan`.
+    /// Wakes every sleeper on `chan`. Never sleeps: timer callbacks call it.
     fn wakeup(&self, chan: *const c_void);
 
     /// Index of the current CPU.
@@ -134,7 +134,7 @@ pub trait Host: Sync + 'static {
     /// Runs `f(arg)` on every CPU and waits for all; returns the first nonzero `f` result or 0.
     fn run_on_all_cpus(&self, f: unsafe extern "C" fn(*mut c_void) -> i32, arg: *mut c_void)
         -> i32;
-    /// Forces `cpu` out of guest mode soon (an IPI).
+    /// Forces `cpu` out of guest mode soon (an IPI). Never sleeps: timer callbacks call it.
     fn cpu_kick(&self, cpu: u32);
     /// Disables preemption/migration of the current thread (nests).
     fn preempt_disable(&self);

@@ -24,6 +24,7 @@ pub mod ffi;
 pub mod ffi_host;
 pub mod hmem;
 pub mod host;
+pub mod irqchip;
 pub mod memslot;
 pub mod msrs;
 pub mod run;

@@ -25,6 +25,7 @@ use crate::cpuid;
 use crate::emul::EmuStep;
 use crate::errno::{KResult, EINTR, EINVAL};
 use crate::host::{Host, PAGE_SIZE};
+use crate::irqchip::ApicEntry;
 use crate::vcpu::{Pending, Vcpu, VcpuState};
 
 /// Entries of the coalesced MMIO ring (Linux `KVM_COALESCED_MMIO_MAX`).
@@ -183,7 +184,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         }
         // SAFETY: as above.
         let cr8 = unsafe { addr_of!((*run).cr8).read_volatile() };
-        b.set_cr8(&mut st.b, cr8)?;
+        // With an in-kernel APIC, CR8 is the APIC's TPR and kvm_run.cr8 is ignored (Linux).
+        if st.lapic.is_none() {
+            b.set_cr8(&mut st.b, cr8)?;
+        }
         // Like Linux's complete_userspace_io: finishing an emulated instruction may itself need
         // userspace again (the next batch of a REP INS/OUTS), before immediate_exit is looked at.
         if let Step::ToUser = self.complete_pending(st)? {
@@ -203,6 +207,14 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             } else {
                 if want_window && !self.ready_for_injection(st) {
                     b.set_irq_window(&mut st.b, true);
+                }
+                match self.apic_before_entry(st) {
+                    ApicEntry::Enter => {}
+                    ApicEntry::Signal => continue,
+                    ApicEntry::EoiExit(vector) => {
+                        self.set_eoi_exit(vector);
+                        return Ok(0);
+                    }
                 }
                 self.cpu.store(
                     host.cpu_current() as i32,
@@ -234,7 +246,9 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     /// Linux `kvm_vcpu_ready_for_interrupt_injection` with a userspace irqchip.
     fn ready_for_injection(&self, st: &mut VcpuState<H, B>) -> bool {
         let b = &self.vm().sys.backend;
-        b.interrupt_allowed(&mut st.b) && !b.interrupt_queued(&mut st.b)
+        b.interrupt_allowed(&mut st.b)
+            && !b.interrupt_queued(&mut st.b)
+            && self.apic_accepts_extint(st)
     }
 
     fn post_run_save(&self, st: &mut VcpuState<H, B>) {
@@ -342,11 +356,23 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 gpa,
                 len,
                 write,
-                data,
+                mut data,
             } => {
                 if !(1..=8).contains(&len) {
                     self.set_emulation_failure(None, &[gpa]);
                     return Ok(Step::ToUser);
+                }
+                if let Some(l) = st.lapic.as_mut() {
+                    let n = usize::from(len);
+                    if self.apic_access(l, gpa, data.get_mut(..n).unwrap_or(&mut []), write) {
+                        let c = if write {
+                            IoCompletion::Write
+                        } else {
+                            IoCompletion::MmioRead { len, data }
+                        };
+                        b.complete_io(&mut st.b, c);
+                        return Ok(Step::Continue);
+                    }
                 }
                 if write
                     && vm.coalesced(gpa, u32::from(len), false)
@@ -383,6 +409,9 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 }
             }
             Exit::Hlt => {
+                if self.apic_halt(st) {
+                    return Ok(Step::Continue);
+                }
                 self.set_exit(kvm_abi::KVM_EXIT_HLT);
                 Step::ToUser
             }
@@ -396,12 +425,18 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 Step::Continue
             }
             Exit::Rdmsr { index } => {
-                let v = b.get_msr(&mut st.b, index, false).ok();
+                let v = match self.apic_rdmsr(st, index) {
+                    Some(v) => v,
+                    None => b.get_msr(&mut st.b, index, false).ok(),
+                };
                 b.complete_rdmsr(&mut st.b, v);
                 Step::Continue
             }
             Exit::Wrmsr { index, data } => {
-                let ok = b.set_msr(&mut st.b, index, data, false).is_ok();
+                let ok = match self.apic_wrmsr(st, index, data) {
+                    Some(ok) => ok,
+                    None => b.set_msr(&mut st.b, index, data, false).is_ok(),
+                };
                 b.complete_wrmsr(&mut st.b, ok);
                 Step::Continue
             }
@@ -429,6 +464,17 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 Step::ToUser
             }
         })
+    }
+
+    /// `KVM_EXIT_IOAPIC_EOI`: the guest's EOI of `vector`, for the userspace IOAPIC.
+    fn set_eoi_exit(&self, vector: u8) {
+        self.set_exit(kvm_abi::KVM_EXIT_IOAPIC_EOI);
+        // SAFETY: live run page; the union member starts at the union's offset.
+        unsafe {
+            addr_of_mut!((*self.run_ptr()).u)
+                .cast::<kvm_abi::kvm_run_eoi>()
+                .write_volatile(kvm_abi::kvm_run_eoi { vector })
+        };
     }
 
     /// Appends `count` writes of `size` bytes (`data` holds them back to back) at `addr` to the

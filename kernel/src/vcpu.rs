@@ -17,6 +17,7 @@ use crate::emul::{EmuRegs, EMULATOR_INIT};
 use crate::errno::{KResult, E2BIG, EEXIST, EFAULT, EINVAL, EIO};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::Host;
+use crate::irqchip::{self, lapic::Lapic, ApicShared};
 use crate::sync::HMutex;
 use crate::system::{msr_io, Head, Magic};
 use crate::user;
@@ -57,6 +58,8 @@ pub struct VcpuState<H: Host, B: Backend> {
     pub emu: HBox<emulate::Emulator, H>,
     /// The emulator's register snapshot and I/O staging (heap).
     pub ectx: HBox<EmuRegs, H>,
+    /// The in-kernel local APIC (split irqchip), else `None`.
+    pub lapic: Option<HBox<Lapic, H>>,
 }
 
 /// A vCPU.
@@ -73,6 +76,8 @@ pub struct Vcpu<H: Host, B: Backend> {
     pub pio: HPage<H>,
     /// [a] CPU the vCPU runs on, or -1 (for kicks).
     pub cpu: AtomicI32,
+    /// The cross-thread part of the in-kernel local APIC (split irqchip), else `None`.
+    pub apic: Option<ApicShared<H>>,
     /// [v] The locked state.
     pub st: HMutex<VcpuState<H, B>, H>,
 }
@@ -82,7 +87,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     #[inline(never)]
     pub fn new(vm: &Vm<H, B>, id: u32) -> KResult<HBox<Self, H>> {
         let host = vm.sys.host;
-        let b = vm.sys.backend.vcpu_create(&vm.bvm, id)?;
+        let mut b = vm.sys.backend.vcpu_create(&vm.bvm, id)?;
+        let (apic, lapic) = irqchip::vcpu_parts(vm, id, &mut b)?;
         let v = Vcpu {
             head: Head {
                 magic: Magic::Vcpu as u32,
@@ -92,6 +98,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             run: HPage::new(host)?,
             pio: HPage::new(host)?,
             cpu: AtomicI32::new(-1),
+            apic,
             st: HMutex::new(
                 host,
                 VcpuState {
@@ -103,10 +110,13 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     // no Drop, owns nothing): a bitwise copy of the initial value is valid.
                     emu: unsafe { HBox::new_copy(host, &EMULATOR_INIT)? },
                     ectx: HBox::new_zeroed(host)?,
+                    lapic,
                 },
             )?,
         };
-        HBox::new(host, v)
+        let mut v = HBox::new(host, v)?;
+        irqchip::attach_timer(&mut v)?;
+        Ok(v)
     }
 
     /// The VM pointer (for reference counting).
@@ -182,29 +192,17 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     b.set_msr(&mut st.b, e.index, e.data, true).is_ok()
                 })
             }
-            KVM_GET_MP_STATE => {
-                user::write(
-                    host,
-                    arg,
-                    &kvm_mp_state {
-                        mp_state: KVM_MP_STATE_RUNNABLE,
-                    },
-                )?;
-                Ok(0)
-            }
-            KVM_SET_MP_STATE => {
-                // Without an in-kernel LAPIC only RUNNABLE is valid (Linux).
-                let m: kvm_mp_state = user::read(host, arg)?;
-                if m.mp_state != KVM_MP_STATE_RUNNABLE {
-                    return Err(EINVAL);
-                }
-                Ok(0)
+            KVM_GET_MP_STATE | KVM_SET_MP_STATE | KVM_GET_LAPIC | KVM_SET_LAPIC => {
+                self.apic_ioctl(st, cmd, arg)
             }
             KVM_GET_VCPU_EVENTS => self.get_events(st, arg),
             KVM_SET_VCPU_EVENTS => self.set_events(st, arg),
             KVM_GET_DEBUGREGS => self.get_debugregs(st, arg),
             KVM_SET_DEBUGREGS => self.set_debugregs(st, arg),
             KVM_INTERRUPT => {
+                if let Some(r) = self.apic_interrupt(st, arg) {
+                    return r;
+                }
                 let irq: kvm_interrupt = user::read(host, arg)?;
                 if irq.irq >= 256 {
                     return Err(EINVAL);
@@ -374,6 +372,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             n.nmi.pending = e.nmi.pending;
         }
         n.nmi.masked = e.nmi.masked;
+        if e.flags & KVM_VCPUEVENT_VALID_SIPI_VECTOR != 0 {
+            // The vector a later SIPI_RECEIVED MP state starts at (in-kernel APIC only).
+            self.apic_set_sipi_vector(e.sipi_vector);
+        }
         b.set_events(&mut st.b, &n).map(|()| 0)
     }
 

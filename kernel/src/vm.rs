@@ -18,6 +18,7 @@ use crate::caps::{self, KVM_MAX_VCPUS, KVM_MAX_VCPU_IDS};
 use crate::errno::{KResult, EEXIST, EFAULT, EINVAL, EIO, ENOMEM, ENOSPC, ENOTTY};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{FdKind, Host, MmRef};
+use crate::irqchip::{self, IrqChip};
 use crate::memslot::{Change, Memslots, Region};
 use crate::sync::HMutex;
 use crate::system::{Head, Magic, System};
@@ -76,6 +77,8 @@ pub struct Vm<H: Host, B: Backend> {
     pub st: HMutex<VmState<H>, H>,
     /// [a] `KVM_CAP_EXIT_ON_EMULATION_FAILURE` enabled.
     exit_on_emulation_failure: AtomicBool,
+    /// The in-kernel irqchip (split mode: local APICs, GSI routes).
+    pub irq: IrqChip<H>,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -132,6 +135,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
             online: AtomicU32::new(0),
             st: HMutex::new(host, st)?,
             exit_on_emulation_failure: AtomicBool::new(false),
+            irq: IrqChip::new(host)?,
         };
         HBox::new(host, vm)
     }
@@ -240,21 +244,23 @@ impl<H: Host, B: Backend> Vm<H, B> {
                 Ok(0)
             }
             KVM_ENABLE_CAP => {
+                // KVM_CAP_EXIT_ON_EMULATION_FAILURE here; KVM_CAP_SPLIT_IRQCHIP in irqchip; EINVAL else.
                 let c: kvm_enable_cap = user::read(host, arg)?;
-                // Linux: EINVAL for flags or unknown capabilities.
-                if c.flags != 0 {
-                    return Err(EINVAL);
-                }
                 match c.cap {
-                    KVM_CAP_EXIT_ON_EMULATION_FAILURE if c.args[0] & !1 == 0 => {
+                    // Linux: EINVAL for flags or values other than 0/1.
+                    KVM_CAP_EXIT_ON_EMULATION_FAILURE => {
+                        if c.flags != 0 || c.args[0] & !1 != 0 {
+                            return Err(EINVAL);
+                        }
                         self.exit_on_emulation_failure
                             .store(c.args[0] == 1, Ordering::Relaxed);
                         Ok(0)
                     }
-                    _ => Err(EINVAL),
+                    _ => irqchip::enable_cap(self, &c),
                 }
             }
-            _ => Err(ENOTTY),
+            KVM_CREATE_IRQCHIP if self.irq.split() => Err(EEXIST),
+            _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
         }
     }
 

@@ -34,6 +34,13 @@ pub unsafe trait SvmHw {
     /// # Safety
     /// The host does not rely on DR0–DR3 while the guest's values are loaded.
     unsafe fn write_db(&self, n: u8, value: u64);
+    /// Reads DR6 and DR7 (the host's, around a guest entry).
+    fn read_dr6_dr7(&self) -> (u64, u64);
+    /// Writes DR6 and DR7.
+    ///
+    /// # Safety
+    /// The values are the host's own (restored after #VMEXIT set DR7 to 400h).
+    unsafe fn write_dr6_dr7(&self, dr6: u64, dr7: u64);
     /// INVLPGA: invalidates the TLB mapping of `va` in `asid`.
     ///
     /// # Safety
@@ -188,6 +195,24 @@ unsafe impl SvmHw for RealSvm {
         }
     }
 
+    fn read_dr6_dr7(&self) -> (u64, u64) {
+        let (d6, d7): (u64, u64);
+        // SAFETY: reading debug registers in ring 0 has no side effect.
+        unsafe {
+            core::arch::asm!("mov {}, dr6", "mov {}, dr7", out(reg) d6, out(reg) d7,
+                options(nomem, nostack));
+        }
+        (d6, d7)
+    }
+
+    unsafe fn write_dr6_dr7(&self, dr6: u64, dr7: u64) {
+        // SAFETY: the caller restores the host's own values.
+        unsafe {
+            core::arch::asm!("mov dr6, {}", "mov dr7, {}", in(reg) dr6, in(reg) dr7,
+                options(nomem, nostack));
+        }
+    }
+
     unsafe fn invlpga(&self, va: u64, asid: u32) {
         // SAFETY: the caller guarantees EFER.SVME; INVLPGA only drops TLB entries.
         unsafe {
@@ -307,6 +332,8 @@ pub mod fake {
         pub fpu_ops: Mutex<(u32, u32)>,
         /// TSC value.
         pub tsc: Mutex<u64>,
+        /// DR6 and DR7; VMRUN leaves DR7 at 400h as #VMEXIT does.
+        pub dr67: Mutex<(u64, u64)>,
     }
 
     // SAFETY: a simulation; no instruction is executed.
@@ -327,6 +354,12 @@ pub mod fake {
         unsafe fn invlpga(&self, va: u64, asid: u32) {
             self.invlpga.lock().unwrap().push((va, asid));
         }
+        fn read_dr6_dr7(&self) -> (u64, u64) {
+            *self.dr67.lock().unwrap()
+        }
+        unsafe fn write_dr6_dr7(&self, dr6: u64, dr7: u64) {
+            *self.dr67.lock().unwrap() = (dr6, dr7);
+        }
         unsafe fn vmrun(&self, vmcb_pa: u64, _host: u64, gprs: &mut GuestGprs) {
             assert!(
                 !*self.irq_on.lock().unwrap(),
@@ -342,6 +375,7 @@ pub mod fake {
                 g(vmcb_pa, gprs, &mut db);
             }
             *self.db.lock().unwrap() = db;
+            self.dr67.lock().unwrap().1 = 0x400;
         }
         fn irq_disable(&self) -> bool {
             core::mem::replace(&mut *self.irq_on.lock().unwrap(), false)

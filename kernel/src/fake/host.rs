@@ -90,6 +90,10 @@ pub struct FakeHost {
     sleep_mx: Mutex<u64>,
     /// Kicks sent.
     pub kicks: AtomicU32,
+    /// Fake monotonic clock in ns; 0 = the real clock.
+    pub clock: std::sync::atomic::AtomicU64,
+    /// Timer arms so far.
+    pub timer_arms: AtomicU32,
     /// Log lines.
     pub log: Mutex<Vec<String>>,
     /// `vmx_enable` answers "the host holds VMX root operation" (OpenBSD) when set.
@@ -123,6 +127,8 @@ impl FakeHost {
             sleep_cv: Condvar::new(),
             sleep_mx: Mutex::new(0),
             kicks: AtomicU32::new(0),
+            clock: std::sync::atomic::AtomicU64::new(0),
+            timer_arms: AtomicU32::new(0),
             log: Mutex::new(Vec::new()),
             vmx_host_owned: AtomicBool::new(false),
             vmx_enables: AtomicU32::new(0),
@@ -423,6 +429,10 @@ impl Host for FakeHost {
     }
     fn nanotime(&self) -> u64 {
         use std::time::{SystemTime, UNIX_EPOCH};
+        let fake = self.clock.load(Ordering::SeqCst);
+        if fake != 0 {
+            return fake;
+        }
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -434,7 +444,9 @@ impl Host for FakeHost {
         self.timers.fetch_add(1, Ordering::SeqCst);
         Some(RawTimer(NonNull::from(Box::leak(Box::new(0u64))).cast()))
     }
-    fn timer_arm(&self, _t: RawTimer, _ns: u64) {}
+    fn timer_arm(&self, _t: RawTimer, _ns: u64) {
+        self.timer_arms.fetch_add(1, Ordering::SeqCst);
+    }
     fn timer_cancel(&self, _t: RawTimer) {}
     unsafe fn timer_free(&self, t: RawTimer) {
         // SAFETY: t came from timer_alloc (a leaked Box<u64>).

@@ -63,7 +63,11 @@ struct PerCpu {
     hsave: Option<Page>,
     host_vmcb: Option<Page>,
     asids: Option<svm::asid::AsidAllocator>,
+    /// SVM usable on this CPU.
     enabled: bool,
+    /// We turned it on (so we turn it off at detach); false when another hypervisor on the
+    /// host (vmm(4)) had EFER.SVME and its host save area set up, which we then share.
+    owned: bool,
 }
 
 struct PerCpuCell(UnsafeCell<PerCpu>);
@@ -156,6 +160,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 host_vmcb: host.page_alloc(),
                 asids: svm::asid::AsidAllocator::new(caps.nasid),
                 enabled: false,
+                owned: false,
             }))
         });
         let complete = percpu.as_ref().is_ok_and(|p| {
@@ -219,10 +224,11 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         };
         // SAFETY: on this CPU, no guest running (detach contract).
         let pc = unsafe { &mut *c.0.get() };
-        if pc.enabled {
+        if pc.enabled && pc.owned {
             svm::hw::disable(&self.hw);
-            pc.enabled = false;
         }
+        pc.enabled = false;
+        pc.owned = false;
     }
 
     /// The per-CPU resources of `cpu`, SVM enabled on it. The caller runs on `cpu` with
@@ -233,6 +239,13 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         // SAFETY: the caller runs on `cpu` with preemption disabled (PerCpuCell contract).
         let pc = unsafe { &mut *c.0.get() };
         if !pc.enabled {
+            let efer = self.hw.rdmsr(svm::hw::MSR_EFER);
+            if efer & svm::state::EFER_SVME != 0 && self.hw.rdmsr(svm::hw::MSR_VM_HSAVE_PA) != 0 {
+                // Another hypervisor (vmm(4)) owns SVM on this CPU: share its setup (VMRUNs on
+                // one CPU never overlap, so one host save area serves both).
+                pc.enabled = true;
+                return Some(pc);
+            }
             let hsave = pc.hsave.as_ref()?.pa;
             if let Err(e) = svm::hw::enable(&self.hw, hsave) {
                 let msg = match e {
@@ -245,6 +258,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 return None;
             }
             pc.enabled = true;
+            pc.owned = true;
         }
         Some(pc)
     }
@@ -449,6 +463,10 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 self.hw.fxrstor(fpu);
             }
         }
+        // The world switch loads the guest's DR0-DR3 and #VMEXIT leaves DR7 at 400h: the
+        // host's go back afterwards (DR6/DR7 only when it had breakpoints enabled).
+        let host_db = [0u8, 1, 2, 3].map(|n| self.hw.read_db(n));
+        let (host_dr6, host_dr7) = self.hw.read_dr6_dr7();
         // SAFETY: SVM is enabled on this CPU with its host save area, interrupts are off,
         // preemption is disabled, the VMCB and host VMSAVE page are ours and prepared.
         let d = unsafe {
@@ -461,6 +479,16 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 &mut s.extra,
             )
         };
+        for (n, (h, g)) in (0u8..).zip(host_db.iter().zip(s.extra.db)) {
+            if *h != g {
+                // SAFETY: restores the host's own value.
+                unsafe { self.hw.write_db(n, *h) };
+            }
+        }
+        if host_dr7 & 0xff != 0 {
+            // SAFETY: restores the host's own values.
+            unsafe { self.hw.write_dr6_dr7(host_dr6, host_dr7) };
+        }
         // SAFETY: as above; the host XCR0 goes back before the host uses extended state.
         unsafe {
             if self.host_xcr0 != 0 {

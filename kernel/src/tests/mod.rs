@@ -5,6 +5,8 @@ mod badinput;
 mod emulation;
 mod exits;
 mod header;
+mod irqchip;
+mod lapic;
 mod lifetime;
 mod memslots;
 mod qemu;

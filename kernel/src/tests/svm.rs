@@ -159,6 +159,17 @@ const SZ32: u64 = 1 << 6;
 fn pio_cpuid_hlt_msr_without_nrips() {
     let f = Fix::new();
     f.set_rip(0x1000);
+    *f.hw().db.lock().unwrap() = [0x11, 0x22, 0x33, 0x44];
+    // A host debugger's breakpoint armed in DR7.
+    *f.hw().dr67.lock().unwrap() = (0xffff_0ff0, 0x401);
+    let dr = kvm_debugregs {
+        db: [1, 2, 3, 4],
+        dr6: 0xffff_0ff0,
+        dr7: 0x400,
+        ..FromZeros::new_zeroed()
+    };
+    let da = f.v.put(&dr);
+    assert_eq!(f.v.ioctl_fd(f.cpu, KVM_SET_DEBUGREGS, da), 0);
     f.step(|v, _| {
         // The first entry: SVME in the guest EFER, a fresh ASID flushed (TCG has no
         // flush-by-ASID: everything), intercepts for the core's exits, nested paging on.
@@ -186,6 +197,9 @@ fn pio_cpuid_hlt_msr_without_nrips() {
     assert_ne!(f.hw().rdmsr(0xc000_0080) & (1 << 12), 0);
     assert_ne!(f.hw().rdmsr(0xc001_0117), 0);
     assert!(*f.hw().irq_on.lock().unwrap());
+    // The host's DR0-DR3 and DR7 are back after the run.
+    assert_eq!(*f.hw().db.lock().unwrap(), [0x11, 0x22, 0x33, 0x44]);
+    assert_eq!(*f.hw().dr67.lock().unwrap(), (0xffff_0ff0, 0x401));
     // Guest XCR0 (1) during the run, host's (7) afterwards; guest FPU state in and out.
     assert_eq!(*f.hw().xcr0.lock().unwrap(), (7, 1));
     assert_eq!(*f.hw().fpu_ops.lock().unwrap(), (1, 1));
@@ -565,4 +579,29 @@ fn no_nested_paging_refuses_vm_creation() {
         line.as_str()
     );
     assert!(!line.as_str().contains("refused"));
+}
+
+#[test]
+fn svm_enabled_lazily_and_off_at_detach_unless_another_hypervisor_owns_it() {
+    let f = Fix::new();
+    f.step(|v, _| v.control.exit_code = 0x78);
+    assert_eq!(f.run(), 0);
+    let hsave = f.hw().rdmsr(0xc001_0117);
+    assert_ne!(hsave, 0);
+    f.v.sys.backend.disable_this_cpu();
+    assert_eq!(f.hw().rdmsr(0xc000_0080) & (1 << 12), 0);
+    assert_eq!(f.hw().rdmsr(0xc001_0117), 0);
+    // vmm(4) turned SVM on with its own host save area: shared, left alone at detach.
+    // SAFETY: fake hardware.
+    unsafe {
+        f.hw().wrmsr(0xc000_0080, 0x1d01);
+        f.hw().wrmsr(0xc001_0117, 0x7700_0000);
+    }
+    f.step(|v, _| v.control.exit_code = 0x78);
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.hw().rdmsr(0xc001_0117), 0x7700_0000);
+    f.v.sys.backend.disable_this_cpu();
+    assert_eq!(f.hw().rdmsr(0xc000_0080), 0x1d01);
+    assert_eq!(f.hw().rdmsr(0xc001_0117), 0x7700_0000);
+    f.done();
 }

@@ -606,10 +606,20 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
         }
         let mut c = Cur(hw);
         let hs = hw.host_state();
-        let prepared = match vs::write_host_state(&mut c, &hs, vmx::switch::host_rip()) {
-            Ok(Ok(())) => Self::load_guest(&mut c, st).is_ok(),
-            _ => false,
-        };
+        // The host-state area survives VMCLEAR/VMPTRLD in the VMCS region: rewrite it only
+        // when this thread's host state differs from what the VMCS holds (CPU or CR3 change).
+        let host_ok = st.host_state == Some(hs)
+            || match vs::write_host_state(&mut c, &hs, vmx::switch::host_rip()) {
+                Ok(Ok(())) => {
+                    st.host_state = Some(hs);
+                    true
+                }
+                _ => {
+                    st.host_state = None;
+                    false
+                }
+            };
+        let prepared = host_ok && Self::load_guest(&mut c, st).is_ok();
         let exit = if !prepared {
             fail
         } else {

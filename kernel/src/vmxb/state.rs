@@ -6,7 +6,7 @@
 use kvm_abi::kvm_vcpu_events;
 use vmx::caps::Controls;
 use vmx::exit::{Event, EventType};
-use vmx::state::{interruptibility, GuestExtra, RFLAGS_IF};
+use vmx::state::{interruptibility, GuestExtra, HostState, RFLAGS_IF};
 use zerocopy::FromZeros;
 
 use crate::msrs::{self, MsrStore};
@@ -65,6 +65,8 @@ pub struct VmxVcpuState {
     pub nmi_pending: bool,
     /// Userspace asked for an interrupt-window exit.
     pub irq_window: bool,
+    /// The host state last written to the VMCS's host-state area.
+    pub host_state: Option<HostState>,
     /// The instruction whose exit the core is completing: its RIP and the RIP after it.
     pub pending_rip: Option<(u64, u64)>,
 }
@@ -107,6 +109,7 @@ impl VmxVcpuState {
             nmi_pending: false,
             irq_window: false,
             pending_rip: None,
+            host_state: None,
         }
     }
 

@@ -151,9 +151,11 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "vmx-shadow",
-        about: "VMX without EPT or unrestricted guest (Bochs Penryn): kvmsuite on Linux KVM, then okvm",
+        // okvm refuses KVM_CREATE_VM on this CPU (ENODEV, the missing EPT logged) until shadow
+        // paging and real-mode emulation are wired to the VMX backend; Linux KVM only meanwhile.
+        about: "VMX without EPT or unrestricted guest (Bochs Penryn): kvmsuite on Linux KVM",
         platform: PENRYN,
-        hvs: &["linux", "okvm"],
+        hvs: &["linux"],
         work: &["suite"],
         tests: &[],
         linux_params: &["ept=N", "unrestricted_guest=N"],

@@ -529,6 +529,25 @@ okvm_host_fpu_leave(void)
 		xsetbv(0, xsave_mask & XFEATURE_XCR0_MASK);
 }
 
+/*
+ * VMX root operation belongs to vmm(4) (DESIGN 2, NOTES.md): kvm(4) holds vmm_ext_enter() while
+ * any VM or vCPU descriptor exists, so vmm_start() has executed VMXON on every CPU (CPUF_VMM).
+ * The core then only VMPTRLDs/VMCLEARs its own VMCSs.
+ */
+int32_t
+okvm_host_vmx_enable(void)
+{
+	if (curcpu()->ci_flags & CPUF_VMM)
+		return (1);
+	return (-OKVM_ENODEV);
+}
+
+void
+okvm_host_vmx_disable(void)
+{
+	/* Never called: okvm_host_vmx_enable never asks the core to execute VMXON here. */
+}
+
 /* Descriptors, logging. */
 
 int32_t

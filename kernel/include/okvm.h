@@ -192,6 +192,18 @@ void	okvm_host_fpu_enter(void);
 void	okvm_host_fpu_leave(void);
 
 /*
+ * VMX (Intel), on the current CPU, called with preemption disabled: make the CPU ready for VMX
+ * root operation. Returns 1 if the host already holds this CPU in VMX root operation (OpenBSD:
+ * vmm(4)'s VMXON, kept on by kvm(4)'s vmm_ext_enter while any descriptor exists): the core
+ * then only VMPTRLDs its own VMCSs and never executes VMXON/VMXOFF. Returns 0 after setting
+ * CR4.VMXE for the core, which then executes VMXON with its own region (a host whose CR4
+ * shadow must know about VMXE, e.g. Linux). -EBUSY if another hypervisor owns VMX here.
+ */
+int32_t	okvm_host_vmx_enable(void);
+/* Undo a 0 result of okvm_host_vmx_enable after the core's VMXOFF: clear CR4.VMXE. */
+void	okvm_host_vmx_disable(void);
+
+/*
  * Descriptors: install a new descriptor of kind (OKVM_KIND_VM or OKVM_KIND_VCPU) in the current
  * process whose ioctl/mmap/close go to handle h; returns the fd number or -errno. After success
  * the glue calls okvm_release(h) when the descriptor's last reference goes away.

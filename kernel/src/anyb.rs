@@ -1,10 +1,12 @@
 //! The backend the kernel object runs: chosen at attach from CPUID (static dispatch over an
-//! enum, DESIGN §1). SVM with nested paging runs guests; on other CPUs (VMX until its backend
-//! lands) the soft backend serves the state ioctls and `KVM_RUN` reports a failed entry.
+//! enum, DESIGN §1): SVM on AMD, VMX on Intel (each refuses VM creation, naming the missing
+//! feature, on CPUs it cannot run guests on); the soft backend (state ioctls only, `KVM_RUN`
+//! reports a failed entry) where neither can be set up.
 //!
 //! A vCPU or VM of one variant is only ever handed to the same variant (the system has one
 //! backend for its whole life); a mismatch cannot happen and would answer as a failed call.
 
+use crate::vmxb::{VmxBackend, VmxHw};
 use kvm_abi::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
     kvm_xsave,
@@ -17,12 +19,15 @@ use crate::host::Host;
 use crate::soft::SoftBackend;
 use crate::svmb::SvmBackend;
 
-/// The kernel object's backend.
-pub enum AnyBackend<H: Host, W: SvmHw + Sync + 'static> {
+/// The kernel object's backend (one static value: the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum AnyBackend<H: Host, W: SvmHw + Sync + 'static, V: VmxHw + Sync + 'static> {
     /// No hardware backend: state only.
     Soft(SoftBackend<H>),
     /// AMD SVM.
     Svm(SvmBackend<H, W>),
+    /// Intel VMX.
+    Vmx(VmxBackend<H, V>),
 }
 
 /// Per-VM state of [`AnyBackend`].
@@ -31,6 +36,8 @@ pub enum AnyVm<H: Host> {
     Soft(()),
     /// SVM.
     Svm(crate::svmb::SvmVm<H>),
+    /// VMX.
+    Vmx(crate::vmxb::VmxVm<H>),
 }
 
 /// Per-vCPU state of [`AnyBackend`].
@@ -39,9 +46,13 @@ pub enum AnyVcpu<H: Host> {
     Soft(<SoftBackend<H> as Backend>::Vcpu),
     /// SVM.
     Svm(crate::svmb::SvmVcpu<H>),
+    /// VMX.
+    Vmx(crate::vmxb::VmxVcpu<H>),
 }
 
-impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
+impl<H: Host, W: SvmHw + Sync + 'static, V: VmxHw + Sync + 'static> Backend
+    for AnyBackend<H, W, V>
+{
     type Vm = AnyVm<H>;
     type Vcpu = AnyVcpu<H>;
 
@@ -49,24 +60,28 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match self {
             AnyBackend::Soft(b) => b.name(),
             AnyBackend::Svm(b) => b.name(),
+            AnyBackend::Vmx(b) => b.name(),
         }
     }
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
         match self {
             AnyBackend::Soft(b) => b.host_cpuid(leaf, subleaf),
             AnyBackend::Svm(b) => b.host_cpuid(leaf, subleaf),
+            AnyBackend::Vmx(b) => b.host_cpuid(leaf, subleaf),
         }
     }
     fn vm_create(&self) -> KResult<Self::Vm> {
         match self {
             AnyBackend::Soft(b) => b.vm_create().map(AnyVm::Soft),
             AnyBackend::Svm(b) => b.vm_create().map(AnyVm::Svm),
+            AnyBackend::Vmx(b) => b.vm_create().map(AnyVm::Vmx),
         }
     }
     fn vcpu_create(&self, vm: &Self::Vm, id: u32) -> KResult<Self::Vcpu> {
         match (self, vm) {
             (AnyBackend::Soft(b), AnyVm::Soft(vm)) => b.vcpu_create(vm, id).map(AnyVcpu::Soft),
             (AnyBackend::Svm(b), AnyVm::Svm(vm)) => b.vcpu_create(vm, id).map(AnyVcpu::Svm),
+            (AnyBackend::Vmx(b), AnyVm::Vmx(vm)) => b.vcpu_create(vm, id).map(AnyVcpu::Vmx),
             _ => Err(EINVAL),
         }
     }
@@ -74,6 +89,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_regs(v, out),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_regs(v, out),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_regs(v, out),
             _ => (),
         }
     }
@@ -81,6 +97,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_regs(v, regs),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_regs(v, regs),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_regs(v, regs),
             _ => (),
         }
     }
@@ -88,6 +105,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_sregs(v, out),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_sregs(v, out),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_sregs(v, out),
             _ => (),
         }
     }
@@ -95,6 +113,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_sregs(v, sregs),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_sregs(v, sregs),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_sregs(v, sregs),
             _ => Err(EINVAL),
         }
     }
@@ -102,6 +121,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_fpu(v, out),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_fpu(v, out),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_fpu(v, out),
             _ => (),
         }
     }
@@ -109,6 +129,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_fpu(v, fpu),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_fpu(v, fpu),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_fpu(v, fpu),
             _ => (),
         }
     }
@@ -116,6 +137,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_xsave(v, out),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_xsave(v, out),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_xsave(v, out),
             _ => (),
         }
     }
@@ -123,6 +145,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_xsave(v, xsave),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_xsave(v, xsave),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_xsave(v, xsave),
             _ => Err(EINVAL),
         }
     }
@@ -130,6 +153,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_xcrs(v, out),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_xcrs(v, out),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_xcrs(v, out),
             _ => (),
         }
     }
@@ -137,6 +161,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_xcrs(v, xcrs),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_xcrs(v, xcrs),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_xcrs(v, xcrs),
             _ => Err(EINVAL),
         }
     }
@@ -144,6 +169,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_msr(v, index, host),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_msr(v, index, host),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_msr(v, index, host),
             _ => Err(EINVAL),
         }
     }
@@ -151,6 +177,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_msr(v, index, data, host),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_msr(v, index, data, host),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_msr(v, index, data, host),
             _ => Err(EINVAL),
         }
     }
@@ -158,6 +185,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_events(v, out),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_events(v, out),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_events(v, out),
             _ => (),
         }
     }
@@ -165,6 +193,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_events(v, ev),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_events(v, ev),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_events(v, ev),
             _ => Err(EINVAL),
         }
     }
@@ -172,6 +201,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_debugregs(v, out),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_debugregs(v, out),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_debugregs(v, out),
             _ => (),
         }
     }
@@ -179,6 +209,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_debugregs(v, dr),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_debugregs(v, dr),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_debugregs(v, dr),
             _ => Err(EINVAL),
         }
     }
@@ -186,6 +217,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.cpuid_changed(v, entries),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.cpuid_changed(v, entries),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.cpuid_changed(v, entries),
             _ => (),
         }
     }
@@ -193,6 +225,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.queue_interrupt(v, vector),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.queue_interrupt(v, vector),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.queue_interrupt(v, vector),
             _ => (),
         }
     }
@@ -200,6 +233,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.interrupt_queued(v),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.interrupt_queued(v),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.interrupt_queued(v),
             _ => false,
         }
     }
@@ -207,6 +241,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.queue_nmi(v),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.queue_nmi(v),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.queue_nmi(v),
             _ => (),
         }
     }
@@ -214,6 +249,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.interrupt_allowed(v),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.interrupt_allowed(v),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.interrupt_allowed(v),
             _ => false,
         }
     }
@@ -221,6 +257,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.if_flag(v),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.if_flag(v),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.if_flag(v),
             _ => false,
         }
     }
@@ -228,6 +265,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_irq_window(v, on),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_irq_window(v, on),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_irq_window(v, on),
             _ => (),
         }
     }
@@ -235,6 +273,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_cr8(v),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_cr8(v),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_cr8(v),
             _ => 0,
         }
     }
@@ -242,6 +281,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.set_cr8(v, cr8),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.set_cr8(v, cr8),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.set_cr8(v, cr8),
             _ => Err(EINVAL),
         }
     }
@@ -249,6 +289,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.get_apic_base(v),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.get_apic_base(v),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.get_apic_base(v),
             _ => 0,
         }
     }
@@ -256,6 +297,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.complete_io(v, c),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.complete_io(v, c),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.complete_io(v, c),
             _ => (),
         }
     }
@@ -263,6 +305,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.complete_cpuid(v, r),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.complete_cpuid(v, r),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.complete_cpuid(v, r),
             _ => (),
         }
     }
@@ -270,6 +313,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.complete_rdmsr(v, value),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.complete_rdmsr(v, value),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.complete_rdmsr(v, value),
             _ => (),
         }
     }
@@ -277,6 +321,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.complete_wrmsr(v, ok),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.complete_wrmsr(v, ok),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.complete_wrmsr(v, ok),
             _ => (),
         }
     }
@@ -284,6 +329,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, v) {
             (AnyBackend::Soft(b), AnyVcpu::Soft(v)) => b.queue_exception(v, e),
             (AnyBackend::Svm(b), AnyVcpu::Svm(v)) => b.queue_exception(v, e),
+            (AnyBackend::Vmx(b), AnyVcpu::Vmx(v)) => b.queue_exception(v, e),
             _ => (),
         }
     }
@@ -291,6 +337,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, vm, v) {
             (AnyBackend::Soft(b), AnyVm::Soft(vm), AnyVcpu::Soft(v)) => b.run(vm, v),
             (AnyBackend::Svm(b), AnyVm::Svm(vm), AnyVcpu::Svm(v)) => b.run(vm, v),
+            (AnyBackend::Vmx(b), AnyVm::Vmx(vm), AnyVcpu::Vmx(v)) => b.run(vm, v),
             _ => Exit::FailEntry { reason: 0 },
         }
     }
@@ -298,6 +345,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, vm) {
             (AnyBackend::Soft(b), AnyVm::Soft(vm)) => b.map_gfn(vm, gfn, hpa, writable),
             (AnyBackend::Svm(b), AnyVm::Svm(vm)) => b.map_gfn(vm, gfn, hpa, writable),
+            (AnyBackend::Vmx(b), AnyVm::Vmx(vm)) => b.map_gfn(vm, gfn, hpa, writable),
             _ => Err(EINVAL),
         }
     }
@@ -305,6 +353,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for AnyBackend<H, W> {
         match (self, vm) {
             (AnyBackend::Soft(b), AnyVm::Soft(vm)) => b.unmap_gfns(vm, gfn, npages),
             (AnyBackend::Svm(b), AnyVm::Svm(vm)) => b.unmap_gfns(vm, gfn, npages),
+            (AnyBackend::Vmx(b), AnyVm::Vmx(vm)) => b.unmap_gfns(vm, gfn, npages),
             _ => {}
         }
     }

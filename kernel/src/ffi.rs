@@ -1,9 +1,10 @@
 //! The entry points of okvm.h (`okvm_*`), exported unmangled from the kernel object.
 //!
 //! The kernel object instantiates the generic core with [`CHost`] and the backend CPUID selects
-//! at attach ([`AnyBackend`]): SVM on AMD CPUs (guests need nested paging; without it VM
-//! creation is refused), otherwise the soft backend (state ioctls work; `KVM_RUN` reports
-//! `KVM_EXIT_FAIL_ENTRY`) until the VMX backend lands.
+//! at attach ([`AnyBackend`]): SVM on AMD CPUs (guests need nested paging), VMX on Intel CPUs
+//! (guests need EPT and unrestricted guest); without them VM creation is refused with the
+//! missing feature in the log. The soft backend (state ioctls work; `KVM_RUN` reports
+//! `KVM_EXIT_FAIL_ENTRY`) only when no backend can be set up at all.
 //! Signatures are checked against include/okvm.h by a test (`tests::header`).
 //!
 //! Contract with the glue (okvm.h): `okvm_attach` runs once before anything else and
@@ -21,10 +22,11 @@ use crate::host::{Host, LogLevel};
 use crate::soft::SoftBackend;
 use crate::svmb::SvmBackend;
 use crate::system::System;
+use crate::vmxb::{RealVmxHw, VmxBackend};
 use svm::hw::RealSvm;
 
 /// The system type of the kernel object.
-pub type KSystem = System<CHost, AnyBackend<CHost, RealSvm>>;
+pub type KSystem = System<CHost, AnyBackend<CHost, RealSvm, RealVmxHw>>;
 
 struct SystemCell(UnsafeCell<MaybeUninit<KSystem>>);
 
@@ -75,11 +77,20 @@ pub extern "C" fn okvm_attach() -> i32 {
             CHOST.log(LogLevel::Info, line.as_str());
             AnyBackend::Svm(b)
         }
+        _ if vmx && !svm => match VmxBackend::new(&CHOST, RealVmxHw, hw_cpuid) {
+            Ok(b) => {
+                let mut line = LineBuf::new();
+                crate::vmxb::describe(&b, &mut line);
+                CHOST.log(LogLevel::Info, line.as_str());
+                AnyBackend::Vmx(b)
+            }
+            Err(e) => return -e.0,
+        },
         Some(Err(_)) | None => {
             CHOST.log(
                 LogLevel::Info,
-                "okvm: core attached, backend soft (no usable SVM; VMX backend not yet \
-                 implemented): KVM_RUN reports KVM_EXIT_FAIL_ENTRY",
+                "okvm: core attached, backend soft (no usable SVM): KVM_RUN reports \
+                 KVM_EXIT_FAIL_ENTRY",
             );
             AnyBackend::Soft(SoftBackend::new(&CHOST, hw_cpuid))
         }
@@ -104,6 +115,13 @@ pub extern "C" fn okvm_detach() -> i32 {
             (b as *const SvmBackend<CHost, RealSvm>).cast_mut().cast(),
         );
     }
+    if let AnyBackend::Vmx(b) = &sys.backend {
+        // SAFETY: as above.
+        CHOST.run_on_all_cpus(
+            vmx_off,
+            (b as *const VmxBackend<CHost, RealVmxHw>).cast_mut().cast(),
+        );
+    }
     ATTACHED.store(false, Ordering::Release);
     // SAFETY: no VM and (okvm.h contract) no descriptor is left and nothing runs concurrently
     // with detach; SYSTEM is not used again before okvm_attach initializes it anew. Dropping
@@ -116,6 +134,14 @@ pub extern "C" fn okvm_detach() -> i32 {
 unsafe extern "C" fn svm_off(arg: *mut core::ffi::c_void) -> i32 {
     // SAFETY: okvm_detach passes the live SVM backend.
     let b = unsafe { &*arg.cast::<SvmBackend<CHost, RealSvm>>() };
+    b.disable_this_cpu();
+    0
+}
+
+/// `run_on_all_cpus` callback of detach: VMX off on this CPU (if the core turned it on).
+unsafe extern "C" fn vmx_off(arg: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: okvm_detach passes the live VMX backend.
+    let b = unsafe { &*arg.cast::<VmxBackend<CHost, RealVmxHw>>() };
     b.disable_this_cpu();
     0
 }

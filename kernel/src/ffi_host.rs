@@ -60,6 +60,8 @@ extern "C" {
     pub fn okvm_host_timer_free(t: OkvmTimer);
     pub fn okvm_host_fpu_enter();
     pub fn okvm_host_fpu_leave();
+    pub fn okvm_host_vmx_enable() -> i32;
+    pub fn okvm_host_vmx_disable();
     pub fn okvm_host_install_fd(kind: u32, h: OkvmHandle) -> i32;
     pub fn okvm_host_log(level: u32, msg: *const c_char, len: usize);
     pub fn okvm_host_panic(file: *const c_char, file_len: usize, line: u32) -> !;
@@ -257,6 +259,15 @@ impl Host for CHost {
     fn fpu_leave(&self) {
         // SAFETY: see impl comment.
         unsafe { okvm_host_fpu_leave() }
+    }
+    fn vmx_enable(&self) -> KResult<bool> {
+        // SAFETY: see impl comment; called with preemption disabled (trait contract).
+        let r = unsafe { okvm_host_vmx_enable() };
+        from_host(i64::from(r)).map(|v| v == 1)
+    }
+    fn vmx_disable(&self) {
+        // SAFETY: see impl comment.
+        unsafe { okvm_host_vmx_disable() }
     }
     fn install_fd(&self, kind: FdKind, handle: *mut c_void) -> KResult<i32> {
         // SAFETY: see impl comment; handle stays valid until okvm_release.

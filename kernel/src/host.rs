@@ -169,6 +169,14 @@ pub trait Host: Sync + 'static {
     /// Restores the user FPU state saved by [`Host::fpu_enter`].
     fn fpu_leave(&self);
 
+    /// VMX: makes the current CPU ready for VMX root operation (caller has preemption
+    /// disabled). `Ok(true)`: the host already holds the CPU in VMX root operation (OpenBSD
+    /// vmm(4)); the core must not execute VMXON/VMXOFF. `Ok(false)`: CR4.VMXE is now set and
+    /// the core executes VMXON itself. `Err` (EBUSY) when another hypervisor owns VMX there.
+    fn vmx_enable(&self) -> KResult<bool>;
+    /// Clears CR4.VMXE after the core's VMXOFF (only after `vmx_enable` gave `Ok(false)`).
+    fn vmx_disable(&self);
+
     /// Installs a new descriptor of `kind` whose ioctls go to `handle`; returns the fd number.
     /// After success the glue calls `okvm_release(handle)` when the descriptor's last reference
     /// goes away.

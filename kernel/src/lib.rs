@@ -35,6 +35,7 @@ pub mod system;
 pub mod user;
 pub mod vcpu;
 pub mod vm;
+pub mod vmxb;
 
 #[cfg(test)]
 pub mod fake;

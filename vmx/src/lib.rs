@@ -2,7 +2,7 @@
 //!
 //! Knows nothing of KVM objects: it takes and returns guest state as `kvm_abi` types and
 //! reports decoded exits to the core. See `../shared/DESIGN.md` §1.
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "testdata")), no_std)]
 #![cfg_attr(
     not(test),
     deny(
@@ -19,6 +19,8 @@ pub mod exit;
 pub mod hw;
 pub mod state;
 pub mod switch;
-#[cfg(test)]
-mod testdata;
+/// Recorded capability MSRs (test data for this and other crates' host tests).
+#[cfg(any(test, feature = "testdata"))]
+#[allow(clippy::panic)]
+pub mod testdata;
 pub mod vmcs;

@@ -96,6 +96,12 @@ pub struct FakeHost {
     pub timer_arms: AtomicU32,
     /// Log lines.
     pub log: Mutex<Vec<String>>,
+    /// `vmx_enable` answers "the host holds VMX root operation" (OpenBSD) when set.
+    pub vmx_host_owned: AtomicBool,
+    /// `vmx_enable` / `vmx_disable` calls.
+    pub vmx_enables: AtomicU32,
+    /// See `vmx_enables`.
+    pub vmx_disables: AtomicU32,
 }
 
 static MM_TOKEN: u8 = 0;
@@ -124,6 +130,9 @@ impl FakeHost {
             clock: std::sync::atomic::AtomicU64::new(0),
             timer_arms: AtomicU32::new(0),
             log: Mutex::new(Vec::new()),
+            vmx_host_owned: AtomicBool::new(false),
+            vmx_enables: AtomicU32::new(0),
+            vmx_disables: AtomicU32::new(0),
         }))
     }
 
@@ -446,6 +455,13 @@ impl Host for FakeHost {
     }
     fn fpu_enter(&self) {}
     fn fpu_leave(&self) {}
+    fn vmx_enable(&self) -> KResult<bool> {
+        self.vmx_enables.fetch_add(1, Ordering::SeqCst);
+        Ok(self.vmx_host_owned.load(Ordering::SeqCst))
+    }
+    fn vmx_disable(&self) {
+        self.vmx_disables.fetch_add(1, Ordering::SeqCst);
+    }
     fn install_fd(&self, kind: FdKind, handle: *mut c_void) -> KResult<i32> {
         let fd = self.next_fd.fetch_add(1, Ordering::SeqCst) as i32;
         if fd > 100_000 {

@@ -13,7 +13,7 @@
 //! the next RIP (EXITINFO2); string I/O and MMIO are emulated by the core from RIP.
 
 pub mod npt;
-mod state;
+pub mod state;
 
 use core::cell::UnsafeCell;
 use core::fmt::Write as _;

@@ -246,7 +246,7 @@ const MSR_MTRRCAP: u32 = 0xfe;
 /// MCG_STATUS, MCG_CTL and the bank MSRs read 0 and ignore writes. They are accepted because
 /// QEMU writes them at every reset when the CPU model has MCE+MCA (it adds both to any KVM
 /// CPUID) even without `KVM_CAP_MCE`, and a Linux guest reads MCG_CAP at boot.
-fn is_mca(index: u32) -> bool {
+pub fn is_mca(index: u32) -> bool {
     matches!(index, MSR_MCG_CAP | 0x17a | 0x17b | 0x400..=0x47f)
 }
 

@@ -11,3 +11,4 @@ mod lifetime;
 mod memslots;
 mod qemu;
 mod svm;
+mod vmx;

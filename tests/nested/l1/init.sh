@@ -102,7 +102,7 @@ l2_boot() {
 	    -append "$L2APPEND" </dev/null >/tmp/l2.log 2>&1
 	rc=$?
 	secs=$(since $t0)
-	sed 's/^/L2| /' /tmp/l2.log | tail -20
+	sed 's/^/L2| /' /tmp/l2.log | tail -60
 	if grep -q OKVM-L2-MARKER /tmp/l2.log; then
 		echo "@@ RESULT hv=$hv name=$name status=PASS secs=$secs rc=$rc"
 	else

@@ -25,6 +25,8 @@
 #include <linux/wait.h>
 #include <linux/io.h>
 #include <asm/fpu/api.h>
+#include <asm/processor-flags.h>
+#include <asm/tlbflush.h>
 #include <asm/tsc.h>
 
 #include "okvm.h"
@@ -507,6 +509,28 @@ void
 okvm_host_fpu_leave(void)
 {
 	kernel_fpu_end();
+}
+
+/* ---- VMX root operation ---- */
+
+/*
+ * Linux KVM (kvm_intel) turns VMX on only while it has VMs; okvm executes VMXON itself. CR4
+ * goes through cr4_set_bits so that Linux's CR4 shadow keeps VMXE. The callers run with
+ * preemption disabled.
+ */
+int32_t
+okvm_host_vmx_enable(void)
+{
+	if (__read_cr4() & X86_CR4_VMXE)
+		return -OKVM_EBUSY;	/* another hypervisor is in VMX operation here */
+	cr4_set_bits(X86_CR4_VMXE);
+	return 0;
+}
+
+void
+okvm_host_vmx_disable(void)
+{
+	cr4_clear_bits(X86_CR4_VMXE);
 }
 
 /* ---- logging ---- */

@@ -110,6 +110,26 @@ pub const CASES: &[Case] = &[
         timeout_s: 1800,
     },
     Case {
+        name: "vmx-okvm",
+        about: "VMX+EPT (Bochs): kvmsuite on Linux KVM, then on okvm (host glue), in one boot",
+        platform: SKX,
+        hvs: &["linux", "okvm"],
+        work: &["suite"],
+        tests: &[],
+        linux_params: &["ept=Y", "unrestricted_guest=Y"],
+        timeout_s: 1200,
+    },
+    Case {
+        name: "vmx-okvm-l2",
+        about: "VMX+EPT (Bochs): L2 boot with QEMU 7.2 (kernel-irqchip=off) on okvm only",
+        platform: SKX,
+        hvs: &["okvm"],
+        work: &["l2_qemu72"],
+        tests: &[],
+        linux_params: &["ept=Y", "unrestricted_guest=Y"],
+        timeout_s: 1200,
+    },
+    Case {
         name: "vmx-linux",
         about: "VMX+EPT (Bochs): kvmsuite + L2 boots with QEMU 7.2 and 10.0 on Linux KVM only",
         platform: SKX,
@@ -131,9 +151,11 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "vmx-shadow",
-        about: "VMX without EPT or unrestricted guest (Bochs Penryn): kvmsuite on Linux KVM, then okvm",
+        // okvm refuses KVM_CREATE_VM on this CPU (ENODEV, the missing EPT logged) until shadow
+        // paging and real-mode emulation are wired to the VMX backend; Linux KVM only meanwhile.
+        about: "VMX without EPT or unrestricted guest (Bochs Penryn): kvmsuite on Linux KVM",
         platform: PENRYN,
-        hvs: &["linux", "okvm"],
+        hvs: &["linux"],
         work: &["suite"],
         tests: &[],
         linux_params: &["ept=N", "unrestricted_guest=N"],

@@ -87,6 +87,35 @@ fn entry(function: u32, index: u32, flags: u32, r: CpuidResult) -> kvm_cpuid_ent
     }
 }
 
+/// Limits one host CPUID leaf to the XSAVE state components the host has enabled in XCR0
+/// (`host_xcr0`; 0 when the host does not use XSAVE). The guest's XCR0 is loaded with XSETBV in
+/// host context, so it can only name components the host enabled: without host XSAVE there is no
+/// XSAVE at all, without host AVX state no AVX (Linux: `supported_xcr0 = host_xcr0 & ...`).
+pub fn limit_to_host_xcr0(leaf: u32, subleaf: u32, mut r: CpuidResult, host_xcr0: u64) -> CpuidResult {
+    const L1_ECX_XSAVE: u32 = 1 << 26;
+    const L1_ECX_OSXSAVE: u32 = 1 << 27;
+    const L1_ECX_AVX_FAMILY: u32 = (1 << 12) | (1 << 28) | (1 << 29); // FMA, AVX, F16C
+    const L7_EBX_AVX2: u32 = 1 << 5;
+    const XCR0_AVX: u64 = 1 << 2;
+    match (leaf, subleaf) {
+        (1, _) => {
+            if host_xcr0 == 0 {
+                r.ecx &= !(L1_ECX_XSAVE | L1_ECX_OSXSAVE);
+            }
+            if host_xcr0 & XCR0_AVX == 0 {
+                r.ecx &= !L1_ECX_AVX_FAMILY;
+            }
+        }
+        (7, 0) if host_xcr0 & XCR0_AVX == 0 => r.ebx &= !L7_EBX_AVX2,
+        (0xd, 0) => {
+            r.eax &= host_xcr0 as u32;
+            r.edx &= (host_xcr0 >> 32) as u32;
+        }
+        _ => {}
+    }
+    r
+}
+
 /// Builds the supported table into `out`; returns the number of entries.
 pub fn supported<B: Backend>(b: &B, out: &mut [kvm_cpuid_entry2; 32]) -> usize {
     let mut n = 0usize;
@@ -236,4 +265,31 @@ pub fn lookup(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> CpuidRes
             ecx: e.ecx,
             edx: e.edx,
         })
+}
+
+#[cfg(test)]
+mod xcr0_tests {
+    use super::*;
+
+    fn all_ones() -> CpuidResult {
+        CpuidResult { eax: !0, ebx: !0, ecx: !0, edx: !0 }
+    }
+
+    #[test]
+    fn guest_xsave_features_follow_the_host_xcr0() {
+        // Host without XSAVE: no XSAVE/OSXSAVE, no AVX family, leaf 0xD empty.
+        let r = limit_to_host_xcr0(1, 0, all_ones(), 0);
+        assert_eq!(r.ecx & ((1 << 26) | (1 << 27) | (1 << 28) | (1 << 12) | (1 << 29)), 0);
+        assert_eq!(limit_to_host_xcr0(0xd, 0, all_ones(), 0).eax, 0);
+        // Host x87+SSE only: XSAVE stays, AVX and AVX2 go, leaf 0xD names x87|SSE.
+        let r = limit_to_host_xcr0(1, 0, all_ones(), 0x3);
+        assert_eq!(r.ecx & (1 << 26), 1 << 26);
+        assert_eq!(r.ecx & (1 << 28), 0);
+        assert_eq!(limit_to_host_xcr0(7, 0, all_ones(), 0x3).ebx & (1 << 5), 0);
+        assert_eq!(limit_to_host_xcr0(0xd, 0, all_ones(), 0x3).eax, 0x3);
+        // Host with AVX: everything the hardware reports stays; other leaves are untouched.
+        assert_eq!(limit_to_host_xcr0(1, 0, all_ones(), 0x7), all_ones());
+        assert_eq!(limit_to_host_xcr0(7, 0, all_ones(), 0x7), all_ones());
+        assert_eq!(limit_to_host_xcr0(0x8000_0001, 0, all_ones(), 0), all_ones());
+    }
 }

@@ -743,7 +743,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
     }
 
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
-        (self.cpuid)(leaf, subleaf)
+        crate::cpuid::limit_to_host_xcr0(leaf, subleaf, (self.cpuid)(leaf, subleaf), self.host_xcr0)
     }
 
     fn vm_create(&self) -> KResult<SvmVm<H>> {

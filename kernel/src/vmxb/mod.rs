@@ -64,13 +64,6 @@ pub use state::VmxVcpuState;
 
 /// CR4.OSXSAVE in CPUID.1:ECX.
 const CPUID1_ECX_OSXSAVE: u32 = 1 << 27;
-/// CPUID.1:ECX XSAVE, AVX, FMA, F16C.
-const CPUID1_ECX_XSAVE: u32 = 1 << 26;
-const CPUID1_ECX_AVX: u32 = 1 << 28;
-const CPUID1_ECX_FMA: u32 = 1 << 12;
-const CPUID1_ECX_F16C: u32 = 1 << 29;
-/// CPUID.(7,0):EBX AVX2.
-const CPUID7_EBX_AVX2: u32 = 1 << 5;
 /// `IA32_FEATURE_CONTROL`.
 const MSR_FEATURE_CONTROL: u32 = 0x3a;
 const MSR_EFER: u32 = 0xc000_0080;
@@ -1027,28 +1020,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
     }
 
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> CpuidResult {
-        let mut r = (self.cpuid)(leaf, subleaf);
-        // The guest gets only the XSAVE components the host has enabled in XCR0 (the guest's
-        // XCR0 is loaded with XSETBV in host context): without host XSAVE no XSAVE at all,
-        // without host AVX state no AVX (Linux: `kvm_caps.supported_xcr0 = host_xcr0 & ...`).
-        let x = self.host_xcr0;
-        match (leaf, subleaf) {
-            (1, _) => {
-                if x == 0 {
-                    r.ecx &= !(CPUID1_ECX_XSAVE | CPUID1_ECX_OSXSAVE);
-                }
-                if x & 4 == 0 {
-                    r.ecx &= !(CPUID1_ECX_AVX | CPUID1_ECX_FMA | CPUID1_ECX_F16C);
-                }
-            }
-            (7, 0) if x & 4 == 0 => r.ebx &= !CPUID7_EBX_AVX2,
-            (0xd, 0) => {
-                r.eax &= x as u32;
-                r.edx &= (x >> 32) as u32;
-            }
-            _ => {}
-        }
-        r
+        crate::cpuid::limit_to_host_xcr0(leaf, subleaf, (self.cpuid)(leaf, subleaf), self.host_xcr0)
     }
 
     fn vm_create(&self) -> KResult<VmxVm<H>> {

@@ -131,6 +131,42 @@ okvm_host_page_free(void *va, uint64_t pa)
 	km_free(va, PAGE_SIZE, &kv_page, &kp_zero);
 }
 
+/*
+ * Physically contiguous pages (SVM permission maps): one segment, zeroed,
+ * never mapped into a process.
+ */
+const struct kmem_pa_mode okvm_kp_contig = {
+	.kp_constraint = &no_constraint,
+	.kp_maxseg = 1,
+	.kp_zero = 1
+};
+
+int32_t
+okvm_host_contig_alloc(uint32_t npages, void **va, uint64_t *pa)
+{
+	paddr_t p;
+	void *v;
+
+	if (npages == 0 || npages > 16)
+		return (-OKVM_ENOMEM);
+	v = km_alloc(ptoa(npages), &kv_any, &okvm_kp_contig, &kd_waitok);
+	if (v == NULL)
+		return (-OKVM_ENOMEM);
+	if (!pmap_extract(pmap_kernel(), (vaddr_t)v, &p)) {
+		km_free(v, ptoa(npages), &kv_any, &okvm_kp_contig);
+		return (-OKVM_ENOMEM);
+	}
+	*va = v;
+	*pa = p;
+	return (0);
+}
+
+void
+okvm_host_contig_free(void *va, uint64_t pa, uint32_t npages)
+{
+	km_free(va, ptoa(npages), &kv_any, &okvm_kp_contig);
+}
+
 /* Kernel heap. */
 
 void *
@@ -247,6 +283,16 @@ okvm_host_unpin_page(okvm_mm_t mm, uint64_t uaddr, uint64_t pa,
 		atomic_clearbits_int(&pg->pg_flags, PG_CLEAN);
 	uvm_fault_unwire(&vm->vm_map, (vaddr_t)uaddr,
 	    (vaddr_t)uaddr + PAGE_SIZE);
+}
+
+/*
+ * Kernel address of a page wired by okvm_host_pin_page: the amd64 direct
+ * map covers all physical memory.
+ */
+void *
+okvm_host_phys_kva(uint64_t pa)
+{
+	return ((void *)PMAP_DIRECT_MAP((paddr_t)pa));
 }
 
 /* Locks: rwlock(9) used as a sleepable mutex. */

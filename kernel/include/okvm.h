@@ -101,6 +101,13 @@ void	okvm_release(okvm_handle_t h);
 int32_t	okvm_host_page_alloc(void **va, uint64_t *pa);
 /* Free a page; the glue first removes every user mapping of it (it may have been mmapped). */
 void	okvm_host_page_free(void *va, uint64_t pa);
+/*
+ * Physically contiguous pages (SVM's I/O and MSR permission maps): npages (1..16) zeroed, wired
+ * pages at kernel address *va and physical address *pa, never mapped into a process. 0/-ENOMEM.
+ */
+int32_t	okvm_host_contig_alloc(uint32_t npages, void **va, uint64_t *pa);
+/* Free pages from okvm_host_contig_alloc (same va, pa and npages). */
+void	okvm_host_contig_free(void *va, uint64_t pa, uint32_t npages);
 
 /* Kernel heap: size zeroed bytes, 16-byte aligned, NULL when short. */
 void	*okvm_host_heap_alloc(size_t size);
@@ -122,6 +129,14 @@ void	okvm_host_mm_release(okvm_mm_t mm);
 int32_t	okvm_host_pin_page(okvm_mm_t mm, uint64_t uaddr, int32_t writable, uint64_t *pa);
 /* Unwire a page pinned by okvm_host_pin_page (same mm, uaddr, pa); dirty if it was written. */
 void	okvm_host_unpin_page(okvm_mm_t mm, uint64_t uaddr, uint64_t pa, int32_t dirty);
+/*
+ * Kernel virtual address of the page at physical address pa (page aligned), which the core has
+ * wired with okvm_host_pin_page or allocated with okvm_host_page_alloc and keeps while it uses
+ * the address (amd64: the direct map). The core uses it for atomic compare-exchange on guest
+ * page-table entries (A/D bits), which copyin/copyout cannot do, and to reach its own
+ * second-level table pages by physical address. NULL if the page has no kernel address.
+ */
+void	*okvm_host_phys_kva(uint64_t pa);
 
 /* Locks: a sleepable mutex; NULL when short. */
 okvm_lock_t okvm_host_lock_alloc(void);

@@ -4,6 +4,13 @@
 //! create/destroy, guest state in `kvm_abi` types, run until a [`Exit`], event injection and
 //! the interrupt window. Dispatch is static: the core is generic over `B: Backend`, and the
 //! kernel object instantiates it with one concrete type (an enum over VMX/SVM once they exist).
+//!
+//! Instruction emulation (MMIO, string I/O: `run.rs`, `emul.rs`) uses only these methods:
+//! `get_regs`/`set_regs` (GPRs, RIP, RFLAGS, written back between exits: `set_regs` must not
+//! disturb queued events), `get_sregs` (segments, CR0/CR3/CR4, EFER, CPL = SS.DPL), `get_fpu`/
+//! `set_fpu` (XMM registers, only for SSE moves), `get_events`/`set_events` (event-delivery
+//! check, clearing the STI/MOV SS shadow), `get_debugregs`/`set_debugregs` (RFLAGS.TF
+//! single-step) and `queue_exception`.
 
 use kvm_abi::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
@@ -38,7 +45,9 @@ pub enum Exit {
         out: bool,
         data: u32,
     },
-    /// `INS`/`OUTS`/`REP` string I/O: needs the instruction emulator.
+    /// `INS`/`OUTS` (with or without `REP`): the core emulates the instruction at RIP with
+    /// `emulate/`. RIP must still point at the instruction; the fields are informational (the
+    /// core decodes the instruction itself, so no instruction length or decode assist is needed).
     IoString { port: u16, size: u8, out: bool },
     /// A decoded MMIO access of `len` (1..=8) bytes at `gpa`; for writes `data` holds the bytes.
     /// Completes through [`Backend::complete_mmio`].
@@ -49,7 +58,12 @@ pub enum Exit {
         data: [u8; 8],
     },
     /// A second-level page fault at `gpa` (EPT violation / NPF): the core maps guest memory or,
-    /// outside every memslot, decodes the instruction as MMIO.
+    /// outside every memslot (or for a write to a read-only slot), emulates the instruction at
+    /// RIP as MMIO. RIP must point at the faulting instruction; the backend need not decode it
+    /// (no NRIPS / decode assists / instruction length needed: the emulator fetches and decodes
+    /// it and sets RIP). If the fault happened while delivering an event, the backend must report
+    /// that event as injected in `get_events` (the core then reports
+    /// `KVM_INTERNAL_ERROR_DELIVERY_EV` instead of emulating, as Linux does).
     PageFault { gpa: u64, write: bool, fetch: bool },
     /// `HLT` (RIP already past it).
     Hlt,
@@ -80,6 +94,18 @@ pub enum IoCompletion {
     MmioRead { len: u8, data: [u8; 8] },
 }
 
+/// An exception the core asks the backend to deliver at the next guest entry
+/// ([`Backend::queue_exception`]), e.g. a fault raised by an emulated instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestException {
+    /// Vector (0..=31).
+    pub vector: u8,
+    /// Error code to push, for the vectors that have one.
+    pub error_code: Option<u32>,
+    /// For #PF: the faulting linear address, loaded into CR2 before delivery.
+    pub cr2: Option<u64>,
+}
+
 /// A VMX or SVM implementation.
 pub trait Backend: Sync + 'static {
     /// Per-VM backend state (second-level tables, ASID/VPID, ...).
@@ -99,7 +125,7 @@ pub trait Backend: Sync + 'static {
 
     /// Reads the general-purpose registers.
     fn get_regs(&self, v: &mut Self::Vcpu, out: &mut kvm_regs);
-    /// Writes the general-purpose registers.
+    /// Writes the general-purpose registers (RIP and RFLAGS included); queued events stay.
     fn set_regs(&self, v: &mut Self::Vcpu, regs: &kvm_regs);
     /// Reads segment, control and descriptor-table registers and the pending-interrupt bitmap.
     fn get_sregs(&self, v: &mut Self::Vcpu, out: &mut kvm_sregs);
@@ -162,6 +188,13 @@ pub trait Backend: Sync + 'static {
     fn complete_rdmsr(&self, v: &mut Self::Vcpu, value: Option<u64>);
     /// Completes an [`Exit::Wrmsr`]: `true` advances RIP, `false` injects #GP.
     fn complete_wrmsr(&self, v: &mut Self::Vcpu, ok: bool);
+    /// Queues exception `e` for delivery at the next entry (hardware event injection: VMX
+    /// VM-entry interruption information, SVM EVENTINJ), with CR2 loaded first for #PF.
+    /// RIP/RFLAGS are whatever the core last wrote with `set_regs` (the emulator leaves RIP at
+    /// the faulting instruction). The core calls this only when `get_events` shows no
+    /// exception, NMI or interrupt queued or being re-injected, so the backend never has to
+    /// combine events (double fault rules). Linux: `kvm_x86_ops.inject_exception`.
+    fn queue_exception(&self, v: &mut Self::Vcpu, e: GuestException);
     /// Maps guest frame `gfn` to host physical `hpa` in the VM's second-level tables.
     fn map_gfn(&self, vm: &Self::Vm, gfn: u64, hpa: u64, writable: bool) -> KResult<()>;
     /// Removes second-level mappings of `[gfn, gfn + npages)` (slot deleted or moved).

@@ -36,17 +36,19 @@ const KVM_CAP_MAX_VCPU_ID: u64 = kvm_abi::KVM_CAP_MAX_VCPU_ID as u64;
 const KVM_CAP_IMMEDIATE_EXIT: u64 = kvm_abi::KVM_CAP_IMMEDIATE_EXIT as u64;
 const KVM_CAP_GET_MSR_FEATURES: u64 = kvm_abi::KVM_CAP_GET_MSR_FEATURES as u64;
 const KVM_CAP_GET_TSC_KHZ: u64 = kvm_abi::KVM_CAP_GET_TSC_KHZ as u64;
+const KVM_CAP_EXIT_ON_EMULATION_FAILURE: u64 = kvm_abi::KVM_CAP_EXIT_ON_EMULATION_FAILURE as u64;
 /// Nonzero because QEMU's `kvm_irqchip_create` returns early (no in-kernel irqchip at all)
 /// when it is 0, before it looks at split mode. Only the split irqchip exists:
 /// `KVM_CREATE_IRQCHIP` (the full in-kernel PIC/IOAPIC) answers `ENOTTY`.
 const KVM_CAP_IRQCHIP: u64 = kvm_abi::KVM_CAP_IRQCHIP as u64;
 const KVM_CAP_SPLIT_IRQCHIP: u64 = kvm_abi::KVM_CAP_SPLIT_IRQCHIP as u64;
+/// GSI routing of the split irqchip (MSI routes); also required by QEMU's x86 `kvm_arch_init`.
 const KVM_CAP_IRQ_ROUTING: u64 = kvm_abi::KVM_CAP_IRQ_ROUTING as u64;
 const KVM_CAP_SIGNAL_MSI: u64 = kvm_abi::KVM_CAP_SIGNAL_MSI as u64;
 const KVM_CAP_TSC_DEADLINE_TIMER: u64 = kvm_abi::KVM_CAP_TSC_DEADLINE_TIMER as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 28] = [
+pub const SUPPORTED: [u64; 29] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -75,6 +77,7 @@ pub const SUPPORTED: [u64; 28] = [
     KVM_CAP_IRQ_ROUTING,
     KVM_CAP_SIGNAL_MSI,
     KVM_CAP_TSC_DEADLINE_TIMER,
+    KVM_CAP_EXIT_ON_EMULATION_FAILURE,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.

@@ -25,6 +25,8 @@ pub type OkvmCpuFn = Option<unsafe extern "C" fn(*mut c_void) -> i32>;
 extern "C" {
     pub fn okvm_host_page_alloc(va: *mut *mut c_void, pa: *mut u64) -> i32;
     pub fn okvm_host_page_free(va: *mut c_void, pa: u64);
+    pub fn okvm_host_contig_alloc(npages: u32, va: *mut *mut c_void, pa: *mut u64) -> i32;
+    pub fn okvm_host_contig_free(va: *mut c_void, pa: u64, npages: u32);
     pub fn okvm_host_heap_alloc(size: usize) -> *mut c_void;
     pub fn okvm_host_heap_free(p: *mut c_void, size: usize);
     pub fn okvm_host_copyin(dst: *mut c_void, uaddr: u64, len: usize) -> i32;
@@ -34,6 +36,7 @@ extern "C" {
     pub fn okvm_host_mm_release(mm: OkvmMm);
     pub fn okvm_host_pin_page(mm: OkvmMm, uaddr: u64, writable: i32, pa: *mut u64) -> i32;
     pub fn okvm_host_unpin_page(mm: OkvmMm, uaddr: u64, pa: u64, dirty: i32);
+    pub fn okvm_host_phys_kva(pa: u64) -> *mut c_void;
     pub fn okvm_host_lock_alloc() -> OkvmLock;
     pub fn okvm_host_lock_free(l: OkvmLock);
     pub fn okvm_host_lock(l: OkvmLock);
@@ -96,6 +99,20 @@ impl Host for CHost {
         // SAFETY: see impl comment; the caller gives up the page.
         unsafe { okvm_host_page_free(page.va.as_ptr().cast(), page.pa) }
     }
+    fn contig_alloc(&self, npages: u32) -> Option<Page> {
+        let mut va = core::ptr::null_mut();
+        let mut pa = 0u64;
+        // SAFETY: see impl comment; out-pointers are valid locals.
+        let r = unsafe { okvm_host_contig_alloc(npages, &mut va, &mut pa) };
+        if r != 0 {
+            return None;
+        }
+        NonNull::new(va.cast::<u8>()).map(|va| Page { va, pa })
+    }
+    unsafe fn contig_free(&self, page: Page, npages: u32) {
+        // SAFETY: see impl comment; the caller gives up the pages.
+        unsafe { okvm_host_contig_free(page.va.as_ptr().cast(), page.pa, npages) }
+    }
     fn heap_alloc(&self, size: usize) -> Option<NonNull<u8>> {
         // SAFETY: see impl comment.
         NonNull::new(unsafe { okvm_host_heap_alloc(size) }.cast::<u8>())
@@ -137,6 +154,10 @@ impl Host for CHost {
     fn unpin_page(&self, mm: MmRef, uaddr: u64, pa: u64, dirty: bool) {
         // SAFETY: see impl comment.
         unsafe { okvm_host_unpin_page(mm.0.as_ptr(), uaddr, pa, i32::from(dirty)) }
+    }
+    fn phys_kva(&self, pa: u64) -> Option<NonNull<u8>> {
+        // SAFETY: see impl comment.
+        NonNull::new(unsafe { okvm_host_phys_kva(pa) }.cast::<u8>())
     }
     fn lock_alloc(&self) -> Option<RawLock> {
         // SAFETY: see impl comment.

@@ -49,6 +49,22 @@ impl<T, H: Host> HBox<T, H> {
         Ok(Self { ptr: p, host })
     }
 
+    /// Allocates a byte-for-byte copy of `init` without passing the value through the stack
+    /// (for large `T` built by a `const fn`: keep the initial value in a `static`).
+    ///
+    /// # Safety
+    /// A bitwise copy of `*init` must be a valid, independent `T`: `T` owns no resources and
+    /// has no `Drop` (plain data, as a `Copy` type would be).
+    pub unsafe fn new_copy(host: &'static H, init: &'static T) -> KResult<Self> {
+        const { assert!(align_of::<T>() <= 16) };
+        let size = size_of::<T>().max(1);
+        let p = host.heap_alloc(size).ok_or(ENOMEM)?.cast::<T>();
+        // SAFETY: p is a fresh allocation of size_of::<T>() bytes, suitably aligned and not
+        // overlapping `init`; the caller guarantees a bitwise copy is a valid T.
+        unsafe { core::ptr::copy_nonoverlapping(init as *const T, p.as_ptr(), 1) };
+        Ok(Self { ptr: p, host })
+    }
+
     /// Gives up ownership; the pointer must come back through [`HBox::from_raw`].
     pub fn into_raw(self) -> NonNull<T> {
         let p = self.ptr;

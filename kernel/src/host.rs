@@ -71,6 +71,14 @@ pub trait Host: Sync + 'static {
     /// # Safety
     /// The core no longer uses the page. The glue removes any user mapping of it before reuse.
     unsafe fn page_free(&self, page: Page);
+    /// Allocates `npages` (1..=16) zeroed, wired, physically contiguous pages that are never
+    /// mapped into a process; `None` when short. Returns the first page.
+    fn contig_alloc(&self, npages: u32) -> Option<Page>;
+    /// Frees pages from [`Host::contig_alloc`].
+    ///
+    /// # Safety
+    /// `page`/`npages` came from `contig_alloc` and the core no longer uses the pages.
+    unsafe fn contig_free(&self, page: Page, npages: u32);
 
     /// Allocates `size` zeroed bytes of kernel heap (16-byte aligned); `None` when short.
     fn heap_alloc(&self, size: usize) -> Option<NonNull<u8>>;
@@ -95,6 +103,11 @@ pub trait Host: Sync + 'static {
     fn pin_page(&self, mm: MmRef, uaddr: u64, writable: bool) -> KResult<u64>;
     /// Unwires a page pinned by [`Host::pin_page`]; `dirty` if the guest may have written it.
     fn unpin_page(&self, mm: MmRef, uaddr: u64, pa: u64, dirty: bool);
+    /// Kernel virtual address of the page at `pa` (page aligned), wired by [`Host::pin_page`]
+    /// or allocated by [`Host::page_alloc`], and kept by the caller while it uses the address
+    /// (amd64: the direct map). For atomic accesses to guest page tables and for second-level
+    /// table pages; `None` if the page has no kernel address.
+    fn phys_kva(&self, pa: u64) -> Option<NonNull<u8>>;
 
     /// Allocates a lock; `None` when memory is short.
     fn lock_alloc(&self) -> Option<RawLock>;

@@ -14,9 +14,11 @@
     )
 )]
 
+pub mod anyb;
 pub mod backend;
 pub mod caps;
 pub mod cpuid;
+pub mod emul;
 pub mod errno;
 pub mod ffi;
 pub mod ffi_host;
@@ -27,6 +29,7 @@ pub mod memslot;
 pub mod msrs;
 pub mod run;
 pub mod soft;
+pub mod svmb;
 pub mod sync;
 pub mod system;
 pub mod user;

@@ -54,6 +54,16 @@ pub enum Change {
     Flags { log_on: bool },
 }
 
+/// The result of [`Memslots::pin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pinned {
+    /// Host physical address of the wired page.
+    pub pa: u64,
+    /// A read-only wiring (user address, physical address) this pin replaced, to unwire once
+    /// no second-level mapping can reach it.
+    pub stale: Option<(u64, u64)>,
+}
+
 /// One memslot.
 pub struct Slot<H: Host> {
     /// First guest frame.
@@ -112,7 +122,15 @@ impl<H: Host> Memslots<H> {
     }
 
     /// Applies a `KVM_SET_USER_MEMORY_REGION`; pins of a deleted or moved slot are dropped.
-    pub fn set(&mut self, mm: MmRef, mem: &Region) -> KResult<Change> {
+    /// `unmap(gfn, npages)` runs for the old range of a deleted or moved slot before its pages
+    /// are unwired: it must remove every second-level mapping of the range and complete the
+    /// TLB invalidation, so that no guest can reach a page after it was unwired.
+    pub fn set(
+        &mut self,
+        mm: MmRef,
+        mem: &Region,
+        mut unmap: impl FnMut(u64, u64),
+    ) -> KResult<Change> {
         if mem.flags & !(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY) != 0 {
             return Err(EINVAL);
         }
@@ -152,6 +170,7 @@ impl<H: Host> Memslots<H> {
             if old_npages == 0 {
                 return Err(EINVAL);
             }
+            unmap(old_gfn, old_npages);
             self.unpin_slot(mm, id);
             let s = self.slots.get_mut(id).ok_or(EINVAL)?;
             s.npages = 0;
@@ -207,6 +226,7 @@ impl<H: Host> Memslots<H> {
             Some(HSlice::new_zeroed(host, words)?)
         };
         if matches!(change, Change::Move { .. }) {
+            unmap(old_gfn, old_npages);
             self.unpin_slot(mm, id);
         }
         let s = self.slots.get_mut(id).ok_or(EINVAL)?;
@@ -266,7 +286,11 @@ impl<H: Host> Memslots<H> {
     /// Wires the guest page `gfn` for a second-level mapping and returns its host physical address.
     /// `EFAULT` when no slot covers it (the caller treats that as MMIO) or a write hits a
     /// read-only slot.
-    pub fn pin(&mut self, mm: MmRef, gfn: u64, write: bool) -> KResult<u64> {
+    ///
+    /// Upgrading a read-only wiring to a writable one may give another page (copy-on-write):
+    /// the old wiring is then returned in [`Pinned::stale`], and the caller unwires it with
+    /// [`Memslots::unpin_stale`] only after the old second-level mapping is gone and flushed.
+    pub fn pin(&mut self, mm: MmRef, gfn: u64, write: bool) -> KResult<Pinned> {
         let host = self.host;
         let (id, _) = self.find(gfn).ok_or(EFAULT)?;
         let s = self.slots.get_mut(id).ok_or(EFAULT)?;
@@ -280,19 +304,28 @@ impl<H: Host> Memslots<H> {
             s.pins = Some(HSlice::new_zeroed(host, n)?);
         }
         let e = s.pins.as_mut().and_then(|p| p.get_mut(idx)).ok_or(EFAULT)?;
+        let mut stale = None;
         if *e & PIN_PRESENT != 0 {
             if *e & PIN_WRITABLE != 0 || !write {
-                return Ok(*e & !0xfff);
+                return Ok(Pinned {
+                    pa: *e & !0xfff,
+                    stale: None,
+                });
             }
-            // Upgrade a read-only wiring to a writable one.
-            host.unpin_page(mm, uaddr, *e & !0xfff, false);
-            *e = 0;
-            self.nr_pins -= 1;
+            // Upgrade a read-only wiring to a writable one; the old one is released later.
+            stale = Some((uaddr, *e & !0xfff));
         }
         let pa = host.pin_page(mm, uaddr, write)?;
         *e = (pa & !0xfff) | PIN_PRESENT | if write { PIN_WRITABLE } else { 0 };
-        self.nr_pins += 1;
-        Ok(pa)
+        if stale.is_none() {
+            self.nr_pins += 1;
+        }
+        Ok(Pinned { pa, stale })
+    }
+
+    /// Unwires the old wiring [`Memslots::pin`] replaced (see there).
+    pub fn unpin_stale(&mut self, mm: MmRef, stale: (u64, u64)) {
+        self.host.unpin_page(mm, stale.0, stale.1, false);
     }
 
     /// Number of wired pages.

@@ -2,7 +2,9 @@
 //! `vcpu_run`, `post_kvm_run_save`).
 //!
 //! Order, as in Linux: sync-regs check, `cr8` from `kvm_run`, completion of a pending PIO-in /
-//! MMIO-read, `immediate_exit` (→ `-EINTR`), then loop { signal → `-EINTR` with
+//! MMIO-read (for an emulated instruction: the data goes to the emulator, which continues the
+//! instruction and may need userspace again, e.g. the next REP INS/OUTS batch, which returns
+//! that exit at once), `immediate_exit` (→ `-EINTR`), then loop { signal → `-EINTR` with
 //! `KVM_EXIT_INTR` before entering; enter; handle the exit; `KVM_EXIT_IRQ_WINDOW_OPEN` when
 //! requested and injectable }. On every return `if_flag`, `cr8`, `apic_base`,
 //! `ready_for_interrupt_injection` and `flags` are refreshed.
@@ -20,6 +22,7 @@ use zerocopy::FromZeros;
 use crate::backend::{Backend, Exit, IoCompletion};
 use crate::caps::KVM_PIO_PAGE_OFFSET;
 use crate::cpuid;
+use crate::emul::EmuStep;
 use crate::errno::{KResult, EINTR, EINVAL};
 use crate::host::{Host, PAGE_SIZE};
 use crate::irqchip::ApicEntry;
@@ -44,17 +47,115 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         unsafe { addr_of_mut!((*self.run_ptr()).exit_reason).write_volatile(reason) }
     }
 
-    fn set_internal(&self, suberror: u32, data0: u64) {
+    /// `KVM_EXIT_INTERNAL_ERROR` with `suberror` and up to 16 `data` words.
+    pub(crate) fn set_internal_data(&self, suberror: u32, data: &[u64]) {
         let mut i = kvm_run_internal::new_zeroed();
         i.suberror = suberror;
-        i.ndata = 1;
-        i.data[0] = data0;
+        for (d, s) in i.data.iter_mut().zip(data) {
+            *d = *s;
+        }
+        i.ndata = data.len().min(i.data.len()) as u32;
         self.set_exit(kvm_abi::KVM_EXIT_INTERNAL_ERROR);
         // SAFETY: as in set_exit; the union member starts at the union's offset.
         unsafe {
             addr_of_mut!((*self.run_ptr()).u)
                 .cast::<kvm_run_internal>()
                 .write_volatile(i)
+        }
+    }
+
+    fn set_internal(&self, suberror: u32, data0: u64) {
+        self.set_internal_data(suberror, &[data0]);
+    }
+
+    /// `KVM_INTERNAL_ERROR_EMULATION` in Linux's `emulation_failure` layout
+    /// (`prepare_emulation_failure_exit`): `data[0]` = flags; with instruction bytes,
+    /// `KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES` and `data[1..3]` = `insn_size`
+    /// then `insn_bytes[15]` (padded with NOPs, 0x90); then `debug` words (Linux: "arbitrary
+    /// debug data", counted in `ndata`, named by no flag).
+    pub(crate) fn set_emulation_failure(&self, bytes: Option<&[u8]>, debug: &[u64]) {
+        let mut data = [0u64; 16];
+        let mut n = 1;
+        if let Some(b) = bytes.filter(|b| !b.is_empty()) {
+            data[0] |= kvm_abi::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES;
+            let mut raw = [0x90u8; 16];
+            let len = b.len().min(15);
+            raw[0] = len as u8;
+            for (d, s) in raw.iter_mut().skip(1).zip(b.iter().take(len)) {
+                *d = *s;
+            }
+            let (lo, hi) = raw.split_at(8);
+            let mut w = [0u8; 8];
+            w.copy_from_slice(lo);
+            data[1] = u64::from_le_bytes(w);
+            w.copy_from_slice(hi);
+            data[2] = u64::from_le_bytes(w);
+            n = 3;
+        }
+        for (d, s) in data.iter_mut().skip(n).zip(debug) {
+            *d = *s;
+            n += 1;
+        }
+        self.set_internal_data(
+            kvm_abi::KVM_INTERNAL_ERROR_EMULATION,
+            data.get(..n).unwrap_or(&[]),
+        );
+    }
+
+    /// `KVM_EXIT_IO`: `count` elements of `size` bytes at `port`; for output the data is
+    /// already in the PIO page at `data_offset`.
+    fn exit_io(&self, port: u16, size: u8, out: bool, count: u32) {
+        let io = kvm_run_io {
+            direction: if out {
+                kvm_abi::KVM_EXIT_IO_OUT
+            } else {
+                kvm_abi::KVM_EXIT_IO_IN
+            },
+            size,
+            port,
+            count,
+            data_offset: KVM_PIO_PAGE_OFFSET * PAGE_SIZE as u64,
+        };
+        self.set_exit(kvm_abi::KVM_EXIT_IO);
+        // SAFETY: live run page; the union member starts at the union's offset.
+        unsafe {
+            addr_of_mut!((*self.run_ptr()).u)
+                .cast::<kvm_run_io>()
+                .write_volatile(io)
+        };
+    }
+
+    /// `KVM_EXIT_MMIO` of `len` (1..=8) bytes at `gpa`.
+    fn exit_mmio(&self, gpa: u64, len: u8, write: bool, data: [u8; 8]) {
+        let mut m = kvm_run_mmio::new_zeroed();
+        m.phys_addr = gpa;
+        m.len = u32::from(len);
+        m.is_write = u8::from(write);
+        if write {
+            m.data = data;
+        }
+        self.set_exit(kvm_abi::KVM_EXIT_MMIO);
+        // SAFETY: live run page; the union member starts at the union's offset.
+        unsafe {
+            addr_of_mut!((*self.run_ptr()).u)
+                .cast::<kvm_run_mmio>()
+                .write_volatile(m)
+        };
+    }
+
+    /// Fills `kvm_run` (and the PIO page) for an access the emulator hands to userspace.
+    pub(crate) fn emulated_exit(&self, emu: &emulate::Emulator, exit: emulate::Exit) {
+        match exit {
+            emulate::Exit::MmioRead { gpa, len } => self.exit_mmio(gpa, len, false, [0; 8]),
+            emulate::Exit::MmioWrite { gpa, len, data } => self.exit_mmio(gpa, len, true, data),
+            emulate::Exit::PioIn { port, size, count } => self.exit_io(port, size, false, count),
+            emulate::Exit::PioOut { port, size, count } => {
+                for (i, v) in emu.pio_data().iter().enumerate().take(PAGE_SIZE) {
+                    // SAFETY: live PIO page of this vCPU; i < PAGE_SIZE.
+                    unsafe { self.pio.va().add(i).write_volatile(*v) };
+                }
+                self.exit_io(port, size, true, count)
+            }
         }
     }
 
@@ -87,7 +188,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         if st.lapic.is_none() {
             b.set_cr8(&mut st.b, cr8)?;
         }
-        self.complete_pending(st);
+        // Like Linux's complete_userspace_io: finishing an emulated instruction may itself need
+        // userspace again (the next batch of a REP INS/OUTS), before immediate_exit is looked at.
+        if let Step::ToUser = self.complete_pending(st)? {
+            return Ok(0);
+        }
         // SAFETY: as above.
         if unsafe { addr_of!((*run).immediate_exit).read_volatile() } != 0 {
             return Err(EINTR);
@@ -119,7 +224,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 let exit = b.run(&self.vm().bvm, &mut st.b);
                 host.fpu_leave();
                 self.cpu.store(-1, core::sync::atomic::Ordering::Relaxed);
-                self.handle_exit(st, exit)
+                self.handle_exit(st, exit)?
             };
             if let Step::ToUser = step {
                 return Ok(0);
@@ -164,10 +269,16 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     }
 
     /// Finishes the instruction that exited to userspace (Linux `complete_userspace_io`).
-    fn complete_pending(&self, st: &mut VcpuState<H, B>) {
+    fn complete_pending(&self, st: &mut VcpuState<H, B>) -> KResult<Step> {
         let b = &self.vm().sys.backend;
         let c = match core::mem::replace(&mut st.pending, Pending::None) {
-            Pending::None => return,
+            Pending::None => return Ok(Step::Continue),
+            Pending::Emulated(exit) => {
+                return Ok(match self.emulate_resume(st, exit)? {
+                    EmuStep::Continue => Step::Continue,
+                    EmuStep::ToUser => Step::ToUser,
+                })
+            }
             Pending::PioOut | Pending::MmioWrite => IoCompletion::Write,
             Pending::PioIn { size } => {
                 let mut v = [0u8; 4];
@@ -191,12 +302,20 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             }
         };
         b.complete_io(&mut st.b, c);
+        Ok(Step::Continue)
     }
 
-    fn handle_exit(&self, st: &mut VcpuState<H, B>, exit: Exit) -> Step {
+    fn emulate(&self, st: &mut VcpuState<H, B>, gpa: u64) -> KResult<Step> {
+        Ok(match self.emulate_exit(st, gpa)? {
+            EmuStep::Continue => Step::Continue,
+            EmuStep::ToUser => Step::ToUser,
+        })
+    }
+
+    fn handle_exit(&self, st: &mut VcpuState<H, B>, exit: Exit) -> KResult<Step> {
         let b = &self.vm().sys.backend;
         let vm = self.vm();
-        match exit {
+        Ok(match exit {
             Exit::Continue => Step::Continue,
             Exit::Io {
                 port,
@@ -205,44 +324,25 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 data,
             } => {
                 if !matches!(size, 1 | 2 | 4) {
-                    self.set_internal(kvm_abi::KVM_INTERNAL_ERROR_EMULATION, u64::from(port));
-                    return Step::ToUser;
+                    self.set_emulation_failure(None, &[u64::from(port)]);
+                    return Ok(Step::ToUser);
                 }
-                let mut bytes = [0u8; 8];
-                for (d, s) in bytes.iter_mut().zip(data.to_le_bytes()) {
-                    *d = s;
-                }
+                let bytes = data.to_le_bytes();
+                let bytes = bytes.get(..usize::from(size)).unwrap_or(&[]);
                 if out
                     && vm.coalesced(u64::from(port), u32::from(size), true)
-                    && self.ring_push(u64::from(port), &bytes, size, true)
+                    && self.ring_push_n(u64::from(port), bytes, size, 1, true)
                 {
                     b.complete_io(&mut st.b, IoCompletion::Write);
-                    return Step::Continue;
+                    return Ok(Step::Continue);
                 }
                 if out {
-                    for (i, v) in bytes.iter().enumerate().take(usize::from(size)) {
+                    for (i, v) in bytes.iter().enumerate() {
                         // SAFETY: live PIO page of this vCPU; i < 4.
                         unsafe { self.pio.va().add(i).write_volatile(*v) };
                     }
                 }
-                let io = kvm_run_io {
-                    direction: if out {
-                        kvm_abi::KVM_EXIT_IO_OUT
-                    } else {
-                        kvm_abi::KVM_EXIT_IO_IN
-                    },
-                    size,
-                    port,
-                    count: 1,
-                    data_offset: KVM_PIO_PAGE_OFFSET * PAGE_SIZE as u64,
-                };
-                self.set_exit(kvm_abi::KVM_EXIT_IO);
-                // SAFETY: live run page; the union member starts at the union's offset.
-                unsafe {
-                    addr_of_mut!((*self.run_ptr()).u)
-                        .cast::<kvm_run_io>()
-                        .write_volatile(io)
-                };
+                self.exit_io(port, size, out, 1);
                 st.pending = if out {
                     Pending::PioOut
                 } else {
@@ -250,11 +350,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 };
                 Step::ToUser
             }
-            Exit::IoString { port, .. } => {
-                // String I/O needs the instruction emulator (emulate/), not wired in yet.
-                self.set_internal(kvm_abi::KVM_INTERNAL_ERROR_EMULATION, u64::from(port));
-                Step::ToUser
-            }
+            // String I/O: the emulator decodes the instruction at RIP (batches of REP INS/OUTS).
+            Exit::IoString { port, .. } => self.emulate(st, u64::from(port))?,
             Exit::Mmio {
                 gpa,
                 len,
@@ -262,8 +359,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 mut data,
             } => {
                 if !(1..=8).contains(&len) {
-                    self.set_internal(kvm_abi::KVM_INTERNAL_ERROR_EMULATION, gpa);
-                    return Step::ToUser;
+                    self.set_emulation_failure(None, &[gpa]);
+                    return Ok(Step::ToUser);
                 }
                 if let Some(l) = st.lapic.as_mut() {
                     let n = usize::from(len);
@@ -274,30 +371,23 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                             IoCompletion::MmioRead { len, data }
                         };
                         b.complete_io(&mut st.b, c);
-                        return Step::Continue;
+                        return Ok(Step::Continue);
                     }
                 }
                 if write
                     && vm.coalesced(gpa, u32::from(len), false)
-                    && self.ring_push(gpa, &data, len, false)
+                    && self.ring_push_n(
+                        gpa,
+                        data.get(..usize::from(len)).unwrap_or(&[]),
+                        len,
+                        1,
+                        false,
+                    )
                 {
                     b.complete_io(&mut st.b, IoCompletion::Write);
-                    return Step::Continue;
+                    return Ok(Step::Continue);
                 }
-                let mut m = kvm_run_mmio::new_zeroed();
-                m.phys_addr = gpa;
-                m.len = u32::from(len);
-                m.is_write = u8::from(write);
-                if write {
-                    m.data = data;
-                }
-                self.set_exit(kvm_abi::KVM_EXIT_MMIO);
-                // SAFETY: live run page; the union member starts at the union's offset.
-                unsafe {
-                    addr_of_mut!((*self.run_ptr()).u)
-                        .cast::<kvm_run_mmio>()
-                        .write_volatile(m)
-                };
+                self.exit_mmio(gpa, len, write, data);
                 st.pending = if write {
                     Pending::MmioWrite
                 } else {
@@ -309,18 +399,18 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 gpa,
                 write,
                 fetch: _,
-            } => match vm.map_guest_page(gpa, write) {
-                Ok(()) => Step::Continue,
-                Err(_) => {
-                    // MMIO (or a write to a read-only slot): the instruction must be decoded by
-                    // the emulator (emulate/), which is not wired in yet.
-                    self.set_internal(kvm_abi::KVM_INTERNAL_ERROR_EMULATION, gpa);
-                    Step::ToUser
+            } => {
+                // Memslot memory the process no longer maps fails KVM_RUN with EFAULT (Linux).
+                if vm.map_guest_page(gpa, write)? {
+                    Step::Continue
+                } else {
+                    // MMIO, or a write to a read-only slot: emulate the instruction at RIP.
+                    self.emulate(st, gpa)?
                 }
-            },
+            }
             Exit::Hlt => {
                 if self.apic_halt(st) {
-                    return Step::Continue;
+                    return Ok(Step::Continue);
                 }
                 self.set_exit(kvm_abi::KVM_EXIT_HLT);
                 Step::ToUser
@@ -373,7 +463,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 self.set_internal(suberror, 0);
                 Step::ToUser
             }
-        }
+        })
     }
 
     /// `KVM_EXIT_IOAPIC_EOI`: the guest's EOI of `vector`, for the userspace IOAPIC.
@@ -387,9 +477,21 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         };
     }
 
-    /// Appends a write to the VM's coalesced ring; false when the ring is full (then the access
-    /// exits to userspace normally). `first` comes from userspace and is validated.
-    fn ring_push(&self, addr: u64, data: &[u8; 8], len: u8, pio: bool) -> bool {
+    /// Appends `count` writes of `size` bytes (`data` holds them back to back) at `addr` to the
+    /// VM's coalesced ring, all or none: false when the ring lacks room (then the access exits
+    /// to userspace normally). The header indices come from userspace and are validated.
+    pub(crate) fn ring_push_n(
+        &self,
+        addr: u64,
+        data: &[u8],
+        size: u8,
+        count: usize,
+        pio: bool,
+    ) -> bool {
+        let sz = usize::from(size);
+        if sz == 0 || sz > 8 || count == 0 || data.len() != sz * count {
+            return false;
+        }
         let vm = self.vm();
         // Serialize producers (all vCPUs of the VM) with the VM lock.
         let _g = vm.st.lock();
@@ -404,23 +506,32 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         if first >= KVM_COALESCED_MMIO_MAX || last >= KVM_COALESCED_MMIO_MAX {
             return false;
         }
-        let next = (last + 1) % KVM_COALESCED_MMIO_MAX;
-        if next == first {
+        // Free entries: one slot always stays empty (next == first means full).
+        let used = (last + KVM_COALESCED_MMIO_MAX - first) % KVM_COALESCED_MMIO_MAX;
+        let free = (KVM_COALESCED_MMIO_MAX - 1 - used) as usize;
+        if count > free {
             return false;
         }
-        let mut e = kvm_coalesced_mmio::new_zeroed();
-        e.phys_addr = addr;
-        e.len = u32::from(len);
-        e.pad = u32::from(pio);
-        e.data = *data;
-        // SAFETY: last < KVM_COALESCED_MMIO_MAX, so the entry lies inside the page.
-        unsafe {
-            ring.add(8 + last as usize * core::mem::size_of::<kvm_coalesced_mmio>())
-                .cast::<kvm_coalesced_mmio>()
-                .write_volatile(e);
-            core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-            ring.add(4).cast::<u32>().write_volatile(next);
+        let mut last = last;
+        for chunk in data.chunks_exact(sz) {
+            let mut e = kvm_coalesced_mmio::new_zeroed();
+            e.phys_addr = addr;
+            e.len = u32::from(size);
+            e.pad = u32::from(pio);
+            for (d, s) in e.data.iter_mut().zip(chunk) {
+                *d = *s;
+            }
+            // SAFETY: last < KVM_COALESCED_MMIO_MAX, so the entry lies inside the page.
+            unsafe {
+                ring.add(8 + last as usize * core::mem::size_of::<kvm_coalesced_mmio>())
+                    .cast::<kvm_coalesced_mmio>()
+                    .write_volatile(e);
+            }
+            last = (last + 1) % KVM_COALESCED_MMIO_MAX;
         }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+        // SAFETY: as above.
+        unsafe { ring.add(4).cast::<u32>().write_volatile(last) };
         true
     }
 }

@@ -11,7 +11,7 @@ use kvm_abi::{
 };
 use zerocopy::{FromZeros, IntoBytes};
 
-use crate::backend::{Backend, CpuidResult, Exit, IoCompletion};
+use crate::backend::{Backend, CpuidResult, Exit, GuestException, IoCompletion};
 use crate::cpuid::SUPPORTED_XCR0;
 use crate::errno::{KResult, EINVAL};
 use crate::hmem::HBox;
@@ -49,6 +49,17 @@ pub struct SoftVcpu {
     pub ndelivered: u32,
     /// NMIs delivered.
     pub nmis: u32,
+    /// Exceptions delivered so far (tests read them).
+    pub exceptions: u32,
+    /// The last exception delivered (vector, error code if any) and CR2 at delivery.
+    pub last_exception: kvm_abi::kvm_vcpu_events_exception,
+    /// CR2 when the last exception was delivered.
+    pub last_exception_cr2: u64,
+    /// Tests: the next scripted exit happens while delivering interrupt `reinject_vector`
+    /// (it is left queued for re-injection, as a hardware backend reports it).
+    pub reinject: bool,
+    /// The vector for `reinject`.
+    pub reinject_vector: u8,
 }
 
 /// The soft backend. `H` gives it heap memory for vCPU state.
@@ -362,12 +373,20 @@ impl<H: Host> Backend for SoftBackend<H> {
         v.sregs.apic_base
     }
     fn run(&self, _vm: &(), v: &mut Self::Vcpu) -> Exit {
-        // Event delivery at entry, as hardware injection would do it.
-        if v.events.nmi.pending != 0 {
+        // Event delivery at entry, as hardware injection would do it. A queued exception goes
+        // first and alone; NMIs and interrupts wait for a later entry.
+        let exception = v.events.exception.injected != 0;
+        if exception {
+            v.events.exception.injected = 0;
+            v.exceptions += 1;
+            v.last_exception = v.events.exception;
+            v.last_exception_cr2 = v.sregs.cr2;
+        }
+        if !exception && v.events.nmi.pending != 0 {
             v.events.nmi.pending = 0;
             v.nmis += 1;
         }
-        if v.events.interrupt.injected != 0 {
+        if !exception && v.events.interrupt.injected != 0 {
             v.events.interrupt.injected = 0;
             let n = v.ndelivered as usize;
             let nr = v.events.interrupt.nr;
@@ -392,6 +411,11 @@ impl<H: Host> Backend for SoftBackend<H> {
         match self.next_step(v.id) {
             None => Exit::FailEntry { reason: 0 },
             Some(st) => {
+                if v.reinject {
+                    v.reinject = false;
+                    v.events.interrupt.injected = 1;
+                    v.events.interrupt.nr = v.reinject_vector;
+                }
                 v.pending_len = st.insn_len;
                 if matches!(st.exit, Exit::Hlt) {
                     v.advance();
@@ -453,6 +477,18 @@ impl<H: Host> Backend for SoftBackend<H> {
                 ..FromZeros::new_zeroed()
             };
         }
+    }
+    fn queue_exception(&self, v: &mut Self::Vcpu, e: GuestException) {
+        if let Some(cr2) = e.cr2 {
+            v.sregs.cr2 = cr2;
+        }
+        v.events.exception = kvm_abi::kvm_vcpu_events_exception {
+            injected: 1,
+            nr: e.vector,
+            has_error_code: u8::from(e.error_code.is_some()),
+            error_code: e.error_code.unwrap_or(0),
+            ..FromZeros::new_zeroed()
+        };
     }
     fn map_gfn(&self, _vm: &(), _gfn: u64, _hpa: u64, _writable: bool) -> KResult<()> {
         Ok(())

@@ -13,6 +13,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::backend::Backend;
 use crate::cpuid::{self, KVM_MAX_CPUID_ENTRIES};
+use crate::emul::{EmuRegs, EMULATOR_INIT};
 use crate::errno::{KResult, E2BIG, EEXIST, EFAULT, EINVAL, EIO};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::Host;
@@ -38,6 +39,9 @@ pub enum Pending {
     MmioRead { len: u8 },
     /// MMIO write: just finish the instruction.
     MmioWrite,
+    /// The instruction emulator handed this access to userspace; the next `KVM_RUN` gives
+    /// it the read data (if any) and continues the instruction.
+    Emulated(emulate::Exit),
 }
 
 /// vCPU state under the vCPU lock.
@@ -52,6 +56,10 @@ pub struct VcpuState<H: Host, B: Backend> {
     pub has_run: bool,
     /// The in-kernel local APIC (split irqchip), else `None`.
     pub lapic: Option<HBox<Lapic, H>>,
+    /// The instruction emulator (about 2 KiB, heap: never on the kernel stack).
+    pub emu: HBox<emulate::Emulator, H>,
+    /// The emulator's register snapshot and I/O staging (heap).
+    pub ectx: HBox<EmuRegs, H>,
 }
 
 /// A vCPU.
@@ -99,6 +107,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     pending: Pending::None,
                     has_run: false,
                     lapic,
+                    // SAFETY: Emulator is plain data (arrays, integers, Options of Copy enums;
+                    // no Drop, owns nothing): a bitwise copy of the initial value is valid.
+                    emu: unsafe { HBox::new_copy(host, &EMULATOR_INIT)? },
+                    ectx: HBox::new_zeroed(host)?,
                 },
             )?,
         };
@@ -223,6 +235,16 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     #[inline(never)]
     fn set_regs(&self, st: &mut VcpuState<H, B>, arg: u64) -> KResult<i64> {
         let r: kvm_regs = user::read(self.host(), arg)?;
+        if matches!(st.pending, Pending::Emulated(_)) {
+            // Userspace moved RIP under an instruction the emulator was in the middle of: the
+            // rest of it (a pending read, queued writes) belongs to the old instruction.
+            let mut cur = kvm_regs::new_zeroed();
+            self.backend().get_regs(&mut st.b, &mut cur);
+            if cur.rip != r.rip {
+                st.emu.reset();
+                st.pending = Pending::None;
+            }
+        }
         self.backend().set_regs(&mut st.b, &r);
         Ok(0)
     }

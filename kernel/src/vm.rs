@@ -9,7 +9,7 @@
 
 use core::ffi::c_void;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use kvm_abi::kvm_coalesced_mmio_zone;
 
@@ -77,6 +77,8 @@ pub struct Vm<H: Host, B: Backend> {
     pub st: HMutex<VmState<H>, H>,
     /// The in-kernel irqchip (split mode: local APICs, GSI routes).
     pub irq: IrqChip<H>,
+    /// [a] `KVM_CAP_EXIT_ON_EMULATION_FAILURE` enabled.
+    exit_on_emulation_failure: AtomicBool,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -133,6 +135,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
             online: AtomicU32::new(0),
             st: HMutex::new(host, st)?,
             irq: IrqChip::new(host)?,
+            exit_on_emulation_failure: AtomicBool::new(false),
         };
         HBox::new(host, vm)
     }
@@ -241,9 +244,20 @@ impl<H: Host, B: Backend> Vm<H, B> {
                 Ok(0)
             }
             KVM_ENABLE_CAP => {
-                // Only KVM_CAP_SPLIT_IRQCHIP is enableable; Linux answers EINVAL otherwise.
+                // KVM_CAP_EXIT_ON_EMULATION_FAILURE here, KVM_CAP_SPLIT_IRQCHIP in irqchip.
                 let c: kvm_enable_cap = user::read(host, arg)?;
-                irqchip::enable_cap(self, &c)
+                // Linux: EINVAL for flags or unknown capabilities.
+                if c.flags != 0 {
+                    return Err(EINVAL);
+                }
+                match c.cap {
+                    KVM_CAP_EXIT_ON_EMULATION_FAILURE if c.args[0] & !1 == 0 => {
+                        self.exit_on_emulation_failure
+                            .store(c.args[0] == 1, Ordering::Relaxed);
+                        Ok(0)
+                    }
+                    _ => irqchip::enable_cap(self, &c),
+                }
             }
             KVM_CREATE_IRQCHIP if self.irq.split() => Err(EEXIST),
             _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
@@ -252,12 +266,13 @@ impl<H: Host, B: Backend> Vm<H, B> {
 
     fn set_memory_region(&self, r: &Region) -> KResult<()> {
         let mut st = self.st.lock();
-        let change = st.slots.set(self.mm, r)?;
         let b = &self.sys.backend;
+        // Deleted/moved ranges are unmapped (and flushed) before their pages are unwired.
+        let change = st.slots.set(self.mm, r, |gfn, npages| {
+            b.unmap_gfns(&self.bvm, gfn, npages)
+        })?;
         match change {
-            Change::Delete { gfn, npages } | Change::Move { gfn, npages } => {
-                b.unmap_gfns(&self.bvm, gfn, npages)
-            }
+            Change::Delete { .. } | Change::Move { .. } => {}
             Change::Flags { log_on: true } => {
                 // Dirty logging starts: drop writable mappings so writes fault and get logged.
                 if let Some((_, s)) = st.slots.find(r.guest_phys_addr >> 12) {
@@ -360,17 +375,44 @@ impl<H: Host, B: Backend> Vm<H, B> {
         }
     }
 
-    /// Resolves a second-level fault at `gpa`: wires the page and maps it. `EFAULT` means no
-    /// writable memory there (MMIO or a write to a read-only slot).
-    pub fn map_guest_page(&self, gpa: u64, write: bool) -> KResult<()> {
+    /// Whether `KVM_CAP_EXIT_ON_EMULATION_FAILURE` is enabled.
+    pub fn exit_on_emulation_failure(&self) -> bool {
+        self.exit_on_emulation_failure.load(Ordering::Relaxed)
+    }
+
+    /// Resolves a second-level fault at `gpa`: wires the page and maps it. `Ok(false)` when
+    /// the access is MMIO: outside every memslot, or a write to a read-only slot (Linux
+    /// semantics). `EFAULT` when the slot's user memory cannot be wired.
+    pub fn map_guest_page(&self, gpa: u64, write: bool) -> KResult<bool> {
         let gfn = gpa >> 12;
         let mut st = self.st.lock();
-        let hpa = st.slots.pin(self.mm, gfn, write)?;
-        self.sys.backend.map_gfn(&self.bvm, gfn, hpa, write)?;
+        if st.slots.gpa_to_uaddr(gpa, write).is_err() {
+            return Ok(false);
+        }
+        // A read of a writable slot that does not log dirty pages maps the page writable at
+        // once (one fault per page instead of two); if the process's page cannot be wired
+        // writable (a read-only mapping in a writable slot), it is mapped read-only.
+        let eager = !write
+            && st.slots.find(gfn).is_some_and(|(_, s)| {
+                s.flags
+                    & (crate::memslot::KVM_MEM_READONLY | crate::memslot::KVM_MEM_LOG_DIRTY_PAGES)
+                    == 0
+            });
+        let (p, writable) = match eager.then(|| st.slots.pin(self.mm, gfn, true)) {
+            Some(Ok(p)) => (p, true),
+            _ => (st.slots.pin(self.mm, gfn, write)?, write),
+        };
+        // `map_gfn` replaces (and flushes) any old mapping of gfn, or leaves none on failure:
+        // either way the replaced wiring is unreachable afterwards.
+        let r = self.sys.backend.map_gfn(&self.bvm, gfn, p.pa, writable);
+        if let Some(stale) = p.stale {
+            st.slots.unpin_stale(self.mm, stale);
+        }
+        r?;
         if write {
             st.slots.mark_dirty(gfn);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Copies guest memory at `gpa` into `buf` through the VM's user mapping (`EFAULT` if any

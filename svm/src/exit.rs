@@ -192,7 +192,7 @@ pub struct IoExit {
     pub string: bool,
     /// REP prefix.
     pub rep: bool,
-    /// Address size in bytes for string instructions: 2, 4 or 8.
+    /// Address size in bytes for string instructions: 2, 4 or 8; 0 when not reported.
     pub addr_size: u8,
     /// Effective segment of OUTS (ES=0, CS, SS, DS, FS, GS), with decode assists only.
     pub segment: Option<u8>,
@@ -358,9 +358,9 @@ pub fn decode_ioio(info1: u64, decode_assists: bool) -> Option<IoExit> {
         0b001 => 2,
         0b010 => 4,
         0b100 => 8,
-        // Only string instructions use an address; tolerate it missing otherwise.
-        _ if !string => 0,
-        _ => return None,
+        // Not reported (non-string instructions; QEMU TCG leaves the bits clear for INS/OUTS
+        // too): 0 = unknown. The core decodes string instructions itself.
+        _ => 0,
     };
     Some(IoExit {
         port: (info1 >> 16) as u16,
@@ -586,8 +586,12 @@ mod tests {
             SvmExit::Malformed { .. }
         ));
         assert_eq!(decode_ioio(0x0080_0030, false), None);
-        // A string op without an address size.
-        assert_eq!(decode_ioio(0x0080_0014, false), None);
+        // A string op without an address size (QEMU TCG's REP INSB at port 511h): size unknown.
+        let io = decode_ioio(0x0511_001d, false).unwrap();
+        assert_eq!(
+            (io.port, io.size, io.input, io.string, io.rep, io.addr_size),
+            (0x511, 1, true, true, true, 0)
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!    ([`vcpu::reinject`]), complete instructions with [`vcpu::skip_instruction`] (next RIP
 //!    from the exit, or from the emulator's decode when the CPU has no NRIPS), inject with
 //!    [`vcpu::inject`], open interrupt windows with [`vcpu::set_irq_window`].
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "fake")), no_std)]
 #![cfg_attr(
     not(test),
     deny(

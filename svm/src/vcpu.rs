@@ -330,7 +330,7 @@ mod tests {
             ..Default::default()
         };
         x.gprs.rbx = 7;
-        *hw.guest.borrow_mut() = Some(Box::new(|pa, g, db| {
+        *hw.guest.lock().unwrap() = Some(Box::new(|pa, g, db| {
             // The guest sees its DR0-3 and GPRs, changes some, exits with CPUID.
             assert_eq!(pa, 0x5000);
             assert_eq!(*db, [1, 2, 3, 4]);

@@ -31,7 +31,7 @@ env: OKVM_NESTED_CACHE (default /var/tmp/okvm-nested), OKVM_O (default target/ok
      the `cargo xtask kobj` recipe when missing)";
 
 /// The cases `.ci/run` runs (through `cargo xtask nested ci`).
-pub const CI_CASES: &[&str] = &["svm", "svm-shadow", "svm-okvm", "vmx"];
+pub const CI_CASES: &[&str] = &["svm", "svm-shadow", "svm-okvm", "svm-okvm-l2", "vmx"];
 
 /// Entry point of `cargo xtask nested ARGS`.
 pub fn main(args: &[String]) -> Result<(), String> {
@@ -244,12 +244,22 @@ impl Harness {
         Ok(String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect())
     }
 
-    /// Expected status on okvm, from `tests/nested/expect-okvm.txt` (`name STATUS` lines).
-    fn okvm_expectations(&self) -> BTreeMap<String, Status> {
+    /// Expected status on okvm, from `tests/nested/expect-okvm.txt` (`name STATUS` lines; a
+    /// name prefixed `svm:` or `vmx:` applies only on that platform).
+    fn okvm_expectations(&self, platform: &Platform) -> BTreeMap<String, Status> {
+        let tag = match platform {
+            Platform::Qemu { .. } => "svm",
+            Platform::Bochs { .. } => "vmx",
+        };
         let text = std::fs::read_to_string(self.dir.join("expect-okvm.txt")).unwrap_or_default();
         text.lines()
             .map(|l| l.split('#').next().unwrap_or("").trim())
             .filter_map(|l| l.split_once(char::is_whitespace))
+            .filter_map(|(n, s)| match n.split_once(':') {
+                Some((t, n)) if t == tag => Some((n, s)),
+                Some(_) => None,
+                None => Some((n, s)),
+            })
             .map(|(n, s)| (n.to_string(), Status::parse(s.trim())))
             .collect()
     }
@@ -346,7 +356,7 @@ impl Harness {
         let records: Vec<_> = lines.iter().filter_map(report::parse).collect();
         let tail = lines.iter().rev().find(|l| !l.text.trim().is_empty()).map(|l| l.text.clone()).unwrap_or_default();
         let tail = format!("{tail} ({end:?} after {wall:.1} s)");
-        let expect_okvm = self.okvm_expectations();
+        let expect_okvm = self.okvm_expectations(&case.platform);
         let expect = |hv: &str, name: &str| {
             if hv == "okvm" {
                 expect_okvm.get(name).copied().unwrap_or(Status::Pass)

@@ -28,10 +28,38 @@ pub struct Counts {
     pub timers: i64,
 }
 
+/// Simulated user memory: page aligned (so the core's atomics through `phys_kva` are aligned).
 struct UserRegion {
-    data: Box<[u8]>,
+    ptr: NonNull<u8>,
+    len: usize,
     writable: bool,
 }
+
+impl UserRegion {
+    fn new(len: usize, writable: bool) -> Self {
+        let layout = Layout::from_size_align(len, PAGE_SIZE).unwrap();
+        // SAFETY: non-zero size layout (len is at least one page).
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).expect("user memory");
+        UserRegion { ptr, len, writable }
+    }
+
+    fn data(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is a live allocation of len bytes owned by this region.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for UserRegion {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len, PAGE_SIZE).unwrap();
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+// SAFETY: the region owns its memory; access is serialized by the FakeHost mutex (and, for
+// `phys_kva` users, by atomics).
+unsafe impl Send for UserRegion {}
 
 struct FakeLock {
     held: Mutex<bool>,
@@ -118,13 +146,10 @@ impl FakeHost {
         let mut next = self.next_uaddr.lock().unwrap();
         let at = *next;
         *next += (len + PAGE_SIZE) as u64;
-        self.user.lock().unwrap().insert(
-            at,
-            UserRegion {
-                data: vec![0u8; len].into_boxed_slice(),
-                writable,
-            },
-        );
+        self.user
+            .lock()
+            .unwrap()
+            .insert(at, UserRegion::new(len, writable));
         at
     }
 
@@ -142,7 +167,7 @@ impl FakeHost {
         }
         let off = usize::try_from(uaddr - start).map_err(|_| EFAULT)?;
         let end = off.checked_add(len).ok_or(EFAULT)?;
-        let s = r.data.get_mut(off..end).ok_or(EFAULT)?;
+        let s = r.data().get_mut(off..end).ok_or(EFAULT)?;
         Ok(f(s))
     }
 
@@ -160,6 +185,14 @@ impl FakeHost {
 
     fn fake_pa(uaddr: u64) -> u64 {
         uaddr | (1 << 50)
+    }
+
+    /// Marks the user page at `uaddr` read-only or writable (as `mprotect` would; the whole
+    /// region containing it).
+    pub fn user_protect(&self, uaddr: u64, writable: bool) {
+        let mut user = self.user.lock().unwrap();
+        let (_, r) = user.range_mut(..=uaddr).next_back().expect("unmapped");
+        r.writable = writable;
     }
 }
 
@@ -184,6 +217,28 @@ impl Host for FakeHost {
         // SAFETY: the page came from page_alloc with this layout.
         unsafe { dealloc(page.va.as_ptr(), layout) };
         self.pages.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn contig_alloc(&self, npages: u32) -> Option<Page> {
+        assert!((1..=16).contains(&npages), "contig_alloc({npages})");
+        let layout = Layout::from_size_align(PAGE_SIZE * npages as usize, PAGE_SIZE).ok()?;
+        // SAFETY: non-zero size layout.
+        let p = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        self.pages.fetch_add(i64::from(npages), Ordering::SeqCst);
+        Some(Page {
+            va: p,
+            pa: p.as_ptr() as u64,
+        })
+    }
+    unsafe fn contig_free(&self, page: Page, npages: u32) {
+        assert_eq!(
+            page.va.as_ptr() as u64,
+            page.pa,
+            "contig_free: va/pa mismatch"
+        );
+        let layout = Layout::from_size_align(PAGE_SIZE * npages as usize, PAGE_SIZE).unwrap();
+        // SAFETY: the pages came from contig_alloc with this layout.
+        unsafe { dealloc(page.va.as_ptr(), layout) };
+        self.pages.fetch_sub(i64::from(npages), Ordering::SeqCst);
     }
     fn heap_alloc(&self, size: usize) -> Option<NonNull<u8>> {
         let budget = self.fail_heap_after.load(Ordering::SeqCst);
@@ -244,6 +299,31 @@ impl Host for FakeHost {
     fn unpin_page(&self, _mm: MmRef, uaddr: u64, pa: u64, _dirty: bool) {
         assert_eq!(pa, Self::fake_pa(uaddr), "unpin with a wrong pa");
         self.pins.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn phys_kva(&self, pa: u64) -> Option<NonNull<u8>> {
+        if pa & (1 << 50) == 0 {
+            // A page from page_alloc: its fake physical address is its address.
+            return NonNull::new(pa as *mut u8);
+        }
+        let uaddr = pa & !(1 << 50);
+        assert_eq!(
+            pa,
+            Self::fake_pa(uaddr),
+            "phys_kva of a page the fake never pinned"
+        );
+        assert_eq!(
+            uaddr % PAGE_SIZE as u64,
+            0,
+            "phys_kva of an unaligned address"
+        );
+        let mut user = self.user.lock().unwrap();
+        let (&start, r) = user.range_mut(..=uaddr).next_back()?;
+        let off = usize::try_from(uaddr - start).ok()?;
+        if off >= r.len {
+            return None;
+        }
+        // SAFETY: off < len, inside the region's allocation (which lives as long as the host).
+        NonNull::new(unsafe { r.ptr.as_ptr().add(off) })
     }
     fn lock_alloc(&self) -> Option<RawLock> {
         self.locks.fetch_add(1, Ordering::SeqCst);

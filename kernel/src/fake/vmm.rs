@@ -6,7 +6,7 @@ use kvm_abi::*;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
 use super::host::FakeHost;
-use crate::backend::{CpuidResult, Exit};
+use crate::backend::{Backend, CpuidResult, Exit};
 use crate::soft::{SoftBackend, Step};
 use crate::system::System;
 
@@ -36,12 +36,13 @@ pub fn epyc_cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     }
 }
 
-/// The test VMM: a fake host, a system, and helpers.
-pub struct Vmm {
+/// The test VMM: a fake host, a system, and helpers (over the soft backend unless a test
+/// builds it with another one, see [`Vmm::with_backend`]).
+pub struct Vmm<B: Backend = SoftBackend<FakeHost>> {
     /// The fake OS.
     pub host: &'static FakeHost,
     /// The core.
-    pub sys: &'static TSystem,
+    pub sys: &'static System<FakeHost, B>,
     /// `/dev/kvm` handle.
     pub kvm: *mut c_void,
 }
@@ -60,6 +61,30 @@ impl Vmm {
             host,
             SoftBackend::new(host, epyc_cpuid),
         )));
+        Vmm {
+            host,
+            sys,
+            kvm: sys.handle(),
+        }
+    }
+
+    /// Appends scripted exits for vCPU `id`.
+    pub fn script(&self, id: u32, steps: &[(Exit, u64)]) {
+        let mut s = self.sys.backend.script.lock().unwrap();
+        for &(exit, insn_len) in steps {
+            s.push_back(Step {
+                vcpu: id,
+                exit,
+                insn_len,
+            });
+        }
+    }
+}
+
+impl<B: Backend> Vmm<B> {
+    /// A core over `backend` on `host`.
+    pub fn with_backend(host: &'static FakeHost, backend: B) -> Self {
+        let sys: &'static System<FakeHost, B> = Box::leak(Box::new(System::new(host, backend)));
         Vmm {
             host,
             sys,
@@ -161,18 +186,6 @@ impl Vmm {
         };
         let a = self.put(&r);
         self.ioctl_fd(vm, KVM_SET_USER_MEMORY_REGION, a)
-    }
-
-    /// Appends scripted exits for vCPU `id`.
-    pub fn script(&self, id: u32, steps: &[(Exit, u64)]) {
-        let mut s = self.sys.backend.script.lock().unwrap();
-        for &(exit, insn_len) in steps {
-            s.push_back(Step {
-                vcpu: id,
-                exit,
-                insn_len,
-            });
-        }
     }
 
     /// `KVM_GET_REGS`.

@@ -2,6 +2,7 @@
 #![allow(clippy::mut_from_ref, clippy::not_unsafe_ptr_arg_deref)]
 
 mod badinput;
+mod emulation;
 mod exits;
 mod header;
 mod irqchip;
@@ -9,3 +10,4 @@ mod lapic;
 mod lifetime;
 mod memslots;
 mod qemu;
+mod svm;

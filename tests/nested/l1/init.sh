@@ -31,6 +31,9 @@ T=$(arg okvm.t 120)
 L2T=$(arg okvm.l2t 600)
 TESTS=$(arg okvm.tests "" | tr , ' ')
 L2APPEND="console=ttyS0 panic=-1 quiet"
+L2SMP=1
+# okvm has no in-kernel irqchip: QEMU 7.2 would fall back to its own anyway; say so explicitly.
+irqchip_off() { [ "$1" = okvm ] && echo "-machine kernel-irqchip=off"; }
 
 if grep -q -m1 GenuineIntel /proc/cpuinfo; then VENDOR=intel; else VENDOR=amd; fi
 FLAGS=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
@@ -94,7 +97,7 @@ l2_boot() {
 	shift 2
 	echo "@@ BEGIN hv=$hv name=$name"
 	t0=$(up)
-	timeout -s KILL $L2T "$@" -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -display none \
+	timeout -s KILL $L2T "$@" -enable-kvm -cpu host -m 256 -smp $L2SMP -nodefaults -display none \
 	    -serial stdio -monitor none -no-reboot -kernel /l2/vmlinuz -initrd /l2/initrd.cpio \
 	    -append "$L2APPEND" </dev/null >/tmp/l2.log 2>&1
 	rc=$?
@@ -113,7 +116,12 @@ for hv in $HVS; do
 		for w in $WORK; do
 			case $w in
 			suite) /bin/kvmsuite --hv $hv -n $N -t $T $TESTS ;;
-			l2_qemu72) l2_boot $hv $w /usr/bin/qemu-system-x86_64 ;;
+			l2_qemu72) l2_boot $hv $w /usr/bin/qemu-system-x86_64 $(irqchip_off $hv) ;;
+			l2_qemu72_smp2)
+				L2SMP=2
+				l2_boot $hv $w /usr/bin/qemu-system-x86_64 $(irqchip_off $hv)
+				L2SMP=1
+				;;
 			l2_qemu10) l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share ;;
 			*) echo "@@ RESULT hv=$hv name=$w status=FAIL msg=\"unknown workload\"" ;;
 			esac

@@ -149,6 +149,38 @@ okvm_host_page_free(void *va, uint64_t pa)
 	put_page(virt_to_page(va));
 }
 
+int32_t
+okvm_host_contig_alloc(uint32_t npages, void **va, uint64_t *pa)
+{
+	struct page *pg;
+
+	if (npages == 0 || npages > 16)
+		return -ENOMEM;
+	pg = alloc_pages(GFP_KERNEL_ACCOUNT | __GFP_ZERO, get_order(npages * PAGE_SIZE));
+	if (pg == NULL)
+		return -ENOMEM;
+	*va = page_address(pg);
+	*pa = page_to_phys(pg);
+	return 0;
+}
+
+void
+okvm_host_contig_free(void *va, uint64_t pa, uint32_t npages)
+{
+	__free_pages(virt_to_page(va), get_order(npages * PAGE_SIZE));
+}
+
+/* Pinned guest pages and our own pages are lowmem on x86-64: the direct map. */
+void *
+okvm_host_phys_kva(uint64_t pa)
+{
+	unsigned long pfn = pa >> PAGE_SHIFT;
+
+	if (!pfn_valid(pfn))
+		return NULL;
+	return page_address(pfn_to_page(pfn));
+}
+
 void *
 okvm_host_heap_alloc(size_t size)
 {

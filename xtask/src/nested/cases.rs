@@ -30,7 +30,8 @@ pub struct Case {
     pub platform: Platform,
     /// Hypervisors loaded in turn in L1 (`linux` = kvm + kvm-amd/kvm-intel, `okvm` = our module).
     pub hvs: &'static [&'static str],
-    /// Workloads per hypervisor: `suite` (kvmsuite), `l2_qemu72`, `l2_qemu10`.
+    /// Workloads per hypervisor: `suite` (kvmsuite), `l2_qemu72`, `l2_qemu72_smp2` (2 vCPUs),
+    /// `l2_qemu10`.
     pub work: &'static [&'static str],
     /// kvmsuite tests to run (empty: all).
     pub tests: &'static [&'static str],
@@ -77,6 +78,26 @@ pub const CASES: &[Case] = &[
         tests: &[],
         linux_params: &["npt=Y"],
         timeout_s: 420,
+    },
+    Case {
+        name: "svm-okvm-l2",
+        about: "SVM+NPT: L2 boot with QEMU 7.2 (kernel-irqchip=off) on okvm only",
+        platform: EPYC,
+        hvs: &["okvm"],
+        work: &["l2_qemu72"],
+        tests: &[],
+        linux_params: &[],
+        timeout_s: 150,
+    },
+    Case {
+        name: "svm-okvm-smp",
+        about: "SVM+NPT: L2 boot with QEMU 7.2 (kernel-irqchip=off) and 2 vCPUs on okvm (hangs today)",
+        platform: EPYC,
+        hvs: &["okvm"],
+        work: &["l2_qemu72_smp2"],
+        tests: &[],
+        linux_params: &[],
+        timeout_s: 120,
     },
     Case {
         name: "vmx",

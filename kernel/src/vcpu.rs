@@ -54,12 +54,12 @@ pub struct VcpuState<H: Host, B: Backend> {
     pub pending: Pending,
     /// `KVM_RUN` was called at least once (CPUID is frozen afterwards).
     pub has_run: bool,
-    /// The in-kernel local APIC (split irqchip), else `None`.
-    pub lapic: Option<HBox<Lapic, H>>,
     /// The instruction emulator (about 2 KiB, heap: never on the kernel stack).
     pub emu: HBox<emulate::Emulator, H>,
     /// The emulator's register snapshot and I/O staging (heap).
     pub ectx: HBox<EmuRegs, H>,
+    /// The in-kernel local APIC (split irqchip), else `None`.
+    pub lapic: Option<HBox<Lapic, H>>,
 }
 
 /// A vCPU.
@@ -106,11 +106,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     cpuid: None,
                     pending: Pending::None,
                     has_run: false,
-                    lapic,
                     // SAFETY: Emulator is plain data (arrays, integers, Options of Copy enums;
                     // no Drop, owns nothing): a bitwise copy of the initial value is valid.
                     emu: unsafe { HBox::new_copy(host, &EMULATOR_INIT)? },
                     ectx: HBox::new_zeroed(host)?,
+                    lapic,
                 },
             )?,
         };

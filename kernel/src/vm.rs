@@ -75,10 +75,10 @@ pub struct Vm<H: Host, B: Backend> {
     online: AtomicU32,
     /// [m] The locked state.
     pub st: HMutex<VmState<H>, H>,
-    /// The in-kernel irqchip (split mode: local APICs, GSI routes).
-    pub irq: IrqChip<H>,
     /// [a] `KVM_CAP_EXIT_ON_EMULATION_FAILURE` enabled.
     exit_on_emulation_failure: AtomicBool,
+    /// The in-kernel irqchip (split mode: local APICs, GSI routes).
+    pub irq: IrqChip<H>,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -134,8 +134,8 @@ impl<H: Host, B: Backend> Vm<H, B> {
             })?,
             online: AtomicU32::new(0),
             st: HMutex::new(host, st)?,
-            irq: IrqChip::new(host)?,
             exit_on_emulation_failure: AtomicBool::new(false),
+            irq: IrqChip::new(host)?,
         };
         HBox::new(host, vm)
     }
@@ -244,14 +244,14 @@ impl<H: Host, B: Backend> Vm<H, B> {
                 Ok(0)
             }
             KVM_ENABLE_CAP => {
-                // KVM_CAP_EXIT_ON_EMULATION_FAILURE here, KVM_CAP_SPLIT_IRQCHIP in irqchip.
+                // KVM_CAP_EXIT_ON_EMULATION_FAILURE here; KVM_CAP_SPLIT_IRQCHIP in irqchip; EINVAL else.
                 let c: kvm_enable_cap = user::read(host, arg)?;
-                // Linux: EINVAL for flags or unknown capabilities.
-                if c.flags != 0 {
-                    return Err(EINVAL);
-                }
                 match c.cap {
-                    KVM_CAP_EXIT_ON_EMULATION_FAILURE if c.args[0] & !1 == 0 => {
+                    // Linux: EINVAL for flags or values other than 0/1.
+                    KVM_CAP_EXIT_ON_EMULATION_FAILURE => {
+                        if c.flags != 0 || c.args[0] & !1 != 0 {
+                            return Err(EINVAL);
+                        }
                         self.exit_on_emulation_failure
                             .store(c.args[0] == 1, Ordering::Relaxed);
                         Ok(0)

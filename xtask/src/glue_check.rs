@@ -1,5 +1,6 @@
 //! Checks of the OpenBSD glue and patches that need no OpenBSD machine (issue 9's CI proof):
-//! - the glue (`openbsd_glue/*.c`) defines every host service `okvm.h` declares, defines no
+//! - the glue (`openbsd_glue/*.c`, and the test-only Linux glue in `tests/nested/linux_glue/`)
+//!   defines every host service `okvm.h` declares, defines no
 //!   host service it does not declare, and calls only entry points `okvm.h` declares;
 //! - every undefined symbol of `target/okvm.o` is a host service the glue defines or a symbol the
 //!   OpenBSD/amd64 kernel provides (its libkern `mem*`/`bcmp` and its one retpoline thunk,
@@ -220,7 +221,7 @@ pub fn check_patches(dir: &Path) -> Vec<String> {
     errors
 }
 
-/// The glue's symbols from every `.c` file in `openbsd_glue/`.
+/// A glue's symbols from every `.c` file in `dir` (`openbsd_glue/`, or the Linux test glue).
 pub fn glue_symbols(dir: &Path) -> Result<GlueSymbols, String> {
     let mut all = GlueSymbols::default();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -252,10 +253,17 @@ pub fn run() -> Result<(), String> {
     for s in unresolved_object_symbols(&data, &glue)? {
         errors.push(format!("okvm.o needs {s}, which neither the glue nor OpenBSD provides"));
     }
+    // The test-only Linux glue (tests/nested) links the same okvm.o: it must match okvm.h too,
+    // or okvm.ko fails to load in the nested VM.
+    let linux = glue_symbols(&root.join("tests/nested/linux_glue"))?;
+    errors.extend(
+        check_glue_against_header(&linux, &abi).into_iter().map(|e| format!("linux test glue: {e}")),
+    );
     errors.extend(check_patches(&root.join("patches")));
     if errors.is_empty() {
         println!(
-            "glue: {} host services defined, {} entry points called, patches well-formed",
+            "glue: {} host services defined, {} entry points called (OpenBSD; the Linux test glue \
+             matches too), patches well-formed",
             glue.defined.len(),
             glue.called.len()
         );

@@ -32,13 +32,13 @@
 /* ---- descriptors ---- */
 
 static long
-okvm_fd_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
+lglue_fd_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 {
 	return (long)okvm_ioctl(f->private_data, (uint32_t)cmd, (uint64_t)arg);
 }
 
 static int
-okvm_fd_release(struct inode *inode, struct file *f)
+lglue_fd_release(struct inode *inode, struct file *f)
 {
 	okvm_release(f->private_data);
 	return 0;
@@ -47,7 +47,7 @@ okvm_fd_release(struct inode *inode, struct file *f)
 /* vCPU pages: the core names the physical page; the mapping holds a page reference, so a page
  * the core frees stays allocated until it is unmapped. */
 static vm_fault_t
-okvm_vcpu_fault(struct vm_fault *vmf)
+lglue_vcpu_fault(struct vm_fault *vmf)
 {
 	uint64_t pa;
 	struct page *pg;
@@ -60,36 +60,36 @@ okvm_vcpu_fault(struct vm_fault *vmf)
 	return 0;
 }
 
-static const struct vm_operations_struct okvm_vcpu_vm_ops = {
-	.fault = okvm_vcpu_fault,
+static const struct vm_operations_struct lglue_vcpu_vm_ops = {
+	.fault = lglue_vcpu_fault,
 };
 
 static int
-okvm_vcpu_mmap(struct file *f, struct vm_area_struct *vma)
+lglue_vcpu_mmap(struct file *f, struct vm_area_struct *vma)
 {
-	vma->vm_ops = &okvm_vcpu_vm_ops;
+	vma->vm_ops = &lglue_vcpu_vm_ops;
 	return 0;
 }
 
-static const struct file_operations okvm_vm_fops = {
+static const struct file_operations lglue_vm_fops = {
 	.owner = THIS_MODULE,
-	.unlocked_ioctl = okvm_fd_ioctl,
-	.compat_ioctl = okvm_fd_ioctl,
-	.release = okvm_fd_release,
+	.unlocked_ioctl = lglue_fd_ioctl,
+	.compat_ioctl = lglue_fd_ioctl,
+	.release = lglue_fd_release,
 	.llseek = noop_llseek,
 };
 
-static const struct file_operations okvm_vcpu_fops = {
+static const struct file_operations lglue_vcpu_fops = {
 	.owner = THIS_MODULE,
-	.unlocked_ioctl = okvm_fd_ioctl,
-	.compat_ioctl = okvm_fd_ioctl,
-	.mmap = okvm_vcpu_mmap,
-	.release = okvm_fd_release,
+	.unlocked_ioctl = lglue_fd_ioctl,
+	.compat_ioctl = lglue_fd_ioctl,
+	.mmap = lglue_vcpu_mmap,
+	.release = lglue_fd_release,
 	.llseek = noop_llseek,
 };
 
 static int
-okvm_dev_open(struct inode *inode, struct file *f)
+lglue_dev_open(struct inode *inode, struct file *f)
 {
 	okvm_handle_t h;
 	int32_t r = okvm_open(&h);
@@ -100,19 +100,19 @@ okvm_dev_open(struct inode *inode, struct file *f)
 	return 0;
 }
 
-static const struct file_operations okvm_dev_fops = {
+static const struct file_operations lglue_dev_fops = {
 	.owner = THIS_MODULE,
-	.open = okvm_dev_open,
-	.unlocked_ioctl = okvm_fd_ioctl,
-	.compat_ioctl = okvm_fd_ioctl,
-	.release = okvm_fd_release,
+	.open = lglue_dev_open,
+	.unlocked_ioctl = lglue_fd_ioctl,
+	.compat_ioctl = lglue_fd_ioctl,
+	.release = lglue_fd_release,
 	.llseek = noop_llseek,
 };
 
-static struct miscdevice okvm_misc = {
+static struct miscdevice lglue_misc = {
 	.minor = KVM_MINOR,
 	.name = "kvm",
-	.fops = &okvm_dev_fops,
+	.fops = &lglue_dev_fops,
 	.mode = 0666,
 };
 
@@ -121,9 +121,9 @@ okvm_host_install_fd(uint32_t kind, okvm_handle_t h)
 {
 	switch (kind) {
 	case OKVM_KIND_VM:
-		return anon_inode_getfd("kvm-vm", &okvm_vm_fops, h, O_RDWR | O_CLOEXEC);
+		return anon_inode_getfd("kvm-vm", &lglue_vm_fops, h, O_RDWR | O_CLOEXEC);
 	case OKVM_KIND_VCPU:
-		return anon_inode_getfd("kvm-vcpu", &okvm_vcpu_fops, h, O_RDWR | O_CLOEXEC);
+		return anon_inode_getfd("kvm-vcpu", &lglue_vcpu_fops, h, O_RDWR | O_CLOEXEC);
 	}
 	return -EINVAL;
 }
@@ -145,7 +145,7 @@ okvm_host_page_alloc(void **va, uint64_t *pa)
 void
 okvm_host_page_free(void *va, uint64_t pa)
 {
-	/* User mappings hold their own reference (okvm_vcpu_fault): this drops the core's. */
+	/* User mappings hold their own reference (lglue_vcpu_fault): this drops the core's. */
 	put_page(virt_to_page(va));
 }
 
@@ -291,23 +291,23 @@ okvm_host_unlock(okvm_lock_t l)
 
 /* Sleep channels as in BSD tsleep/wakeup: hashed wait queues, entries woken by channel. */
 #define OKVM_NWQ 64
-static wait_queue_head_t okvm_wq[OKVM_NWQ];
+static wait_queue_head_t lglue_wq[OKVM_NWQ];
 
-struct okvm_waiter {
+struct lglue_waiter {
 	struct wait_queue_entry entry;
 	const void *chan;
 };
 
 static wait_queue_head_t *
-okvm_wq_of(const void *chan)
+lglue_wq_of(const void *chan)
 {
-	return &okvm_wq[hash_ptr((void *)chan, ilog2(OKVM_NWQ))];
+	return &lglue_wq[hash_ptr((void *)chan, ilog2(OKVM_NWQ))];
 }
 
 static int
-okvm_wake_fn(struct wait_queue_entry *e, unsigned int mode, int sync, void *key)
+lglue_wake_fn(struct wait_queue_entry *e, unsigned int mode, int sync, void *key)
 {
-	struct okvm_waiter *w = container_of(e, struct okvm_waiter, entry);
+	struct lglue_waiter *w = container_of(e, struct lglue_waiter, entry);
 
 	if (w->chan != key)
 		return 0;
@@ -317,12 +317,12 @@ okvm_wake_fn(struct wait_queue_entry *e, unsigned int mode, int sync, void *key)
 int32_t
 okvm_host_sleep(const void *chan, okvm_lock_t l, uint64_t timeout_ns)
 {
-	wait_queue_head_t *wq = okvm_wq_of(chan);
-	struct okvm_waiter w = { .chan = chan };
+	wait_queue_head_t *wq = lglue_wq_of(chan);
+	struct lglue_waiter w = { .chan = chan };
 	long left = 1;
 
 	init_wait_entry(&w.entry, 0);
-	w.entry.func = okvm_wake_fn;
+	w.entry.func = lglue_wake_fn;
 	prepare_to_wait(wq, &w.entry, TASK_INTERRUPTIBLE);
 	mutex_unlock(l);
 	if (!signal_pending(current)) {
@@ -343,7 +343,7 @@ okvm_host_sleep(const void *chan, okvm_lock_t l, uint64_t timeout_ns)
 void
 okvm_host_wakeup(const void *chan)
 {
-	__wake_up(okvm_wq_of(chan), TASK_NORMAL, 0, (void *)chan);
+	__wake_up(lglue_wq_of(chan), TASK_NORMAL, 0, (void *)chan);
 }
 
 /* ---- CPUs and threads ---- */
@@ -360,16 +360,16 @@ okvm_host_cpu_count(void)
 	return nr_cpu_ids;
 }
 
-struct okvm_on_cpu {
+struct lglue_on_cpu {
 	okvm_cpu_fn_t fn;
 	void *arg;
 	atomic_t err;
 };
 
 static void
-okvm_on_cpu_fn(void *p)
+lglue_on_cpu_fn(void *p)
 {
-	struct okvm_on_cpu *c = p;
+	struct lglue_on_cpu *c = p;
 	int32_t r = c->fn(c->arg);
 
 	if (r != 0)
@@ -379,14 +379,14 @@ okvm_on_cpu_fn(void *p)
 int32_t
 okvm_host_run_on_all_cpus(okvm_cpu_fn_t fn, void *arg)
 {
-	struct okvm_on_cpu c = { .fn = fn, .arg = arg, .err = ATOMIC_INIT(0) };
+	struct lglue_on_cpu c = { .fn = fn, .arg = arg, .err = ATOMIC_INIT(0) };
 
-	on_each_cpu(okvm_on_cpu_fn, &c, 1);
+	on_each_cpu(lglue_on_cpu_fn, &c, 1);
 	return atomic_read(&c.err);
 }
 
 static void
-okvm_kick_fn(void *unused)
+lglue_kick_fn(void *unused)
 {
 }
 
@@ -395,7 +395,7 @@ okvm_host_cpu_kick(uint32_t cpu)
 {
 	/* An IPI makes the CPU leave guest mode; nothing to do in the handler. */
 	if (cpu < nr_cpu_ids && cpu != raw_smp_processor_id() && cpu_online(cpu))
-		smp_call_function_single(cpu, okvm_kick_fn, NULL, 0);
+		smp_call_function_single(cpu, lglue_kick_fn, NULL, 0);
 }
 
 void
@@ -442,16 +442,16 @@ okvm_host_tsc_khz(void)
 	return tsc_khz;
 }
 
-struct okvm_timer {
+struct lglue_timer {
 	struct hrtimer t;
 	okvm_fn_t fn;
 	void *arg;
 };
 
 static enum hrtimer_restart
-okvm_timer_fire(struct hrtimer *h)
+lglue_timer_fire(struct hrtimer *h)
 {
-	struct okvm_timer *t = container_of(h, struct okvm_timer, t);
+	struct lglue_timer *t = container_of(h, struct lglue_timer, t);
 
 	t->fn(t->arg);
 	return HRTIMER_NORESTART;
@@ -460,12 +460,12 @@ okvm_timer_fire(struct hrtimer *h)
 okvm_timer_t
 okvm_host_timer_alloc(okvm_fn_t fn, void *arg)
 {
-	struct okvm_timer *t = kzalloc(sizeof *t, GFP_KERNEL_ACCOUNT);
+	struct lglue_timer *t = kzalloc(sizeof *t, GFP_KERNEL_ACCOUNT);
 
 	if (t == NULL)
 		return NULL;
 	hrtimer_init(&t->t, CLOCK_MONOTONIC, HRTIMER_MODE_REL_SOFT);
-	t->t.function = okvm_timer_fire;
+	t->t.function = lglue_timer_fire;
 	t->fn = fn;
 	t->arg = arg;
 	return t;
@@ -474,7 +474,7 @@ okvm_host_timer_alloc(okvm_fn_t fn, void *arg)
 void
 okvm_host_timer_arm(okvm_timer_t tp, uint64_t ns)
 {
-	struct okvm_timer *t = tp;
+	struct lglue_timer *t = tp;
 
 	hrtimer_start(&t->t, ns_to_ktime(ns), HRTIMER_MODE_REL_SOFT);
 }
@@ -482,7 +482,7 @@ okvm_host_timer_arm(okvm_timer_t tp, uint64_t ns)
 void
 okvm_host_timer_cancel(okvm_timer_t tp)
 {
-	struct okvm_timer *t = tp;
+	struct lglue_timer *t = tp;
 
 	hrtimer_cancel(&t->t);
 }
@@ -538,18 +538,18 @@ okvm_host_panic(const char *file, size_t file_len, uint32_t line)
 /* ---- module ---- */
 
 static int __init
-okvm_glue_init(void)
+lglue_glue_init(void)
 {
 	int i, r;
 
 	for (i = 0; i < OKVM_NWQ; i++)
-		init_waitqueue_head(&okvm_wq[i]);
+		init_waitqueue_head(&lglue_wq[i]);
 	r = okvm_attach();
 	if (r < 0) {
 		pr_err("okvm: okvm_attach failed: %d\n", r);
 		return r;
 	}
-	r = misc_register(&okvm_misc);
+	r = misc_register(&lglue_misc);
 	if (r < 0) {
 		pr_err("okvm: cannot register /dev/kvm (is Linux KVM loaded?): %d\n", r);
 		okvm_detach();
@@ -559,15 +559,15 @@ okvm_glue_init(void)
 }
 
 static void __exit
-okvm_glue_exit(void)
+lglue_glue_exit(void)
 {
 	/* Every descriptor holds a module reference (fops .owner), so no VM is left here. */
-	misc_deregister(&okvm_misc);
+	misc_deregister(&lglue_misc);
 	okvm_detach();
 }
 
-module_init(okvm_glue_init);
-module_exit(okvm_glue_exit);
+module_init(lglue_glue_init);
+module_exit(lglue_glue_exit);
 MODULE_DESCRIPTION("okvm core with a test-only Linux host glue");
 /* The glue and okvm.o are ISC-licensed, which is GPL-compatible; the kernel's "Dual BSD/GPL"
  * marker gives this test module the GPL-only exports it uses (anon inodes, FPU, pinning). */

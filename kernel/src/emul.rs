@@ -67,6 +67,7 @@ use crate::backend::{Backend, GuestException};
 use crate::cpuid;
 use crate::errno::{KResult, EFAULT};
 use crate::host::Host;
+use crate::irqchip::lapic::Lapic;
 use crate::vcpu::{Pending, Vcpu, VcpuState};
 use crate::vm::Vm;
 
@@ -227,6 +228,8 @@ pub struct EmuCpu<'a, H: Host, B: Backend> {
     paging: shadowpt::PagingRegs,
     model: shadowpt::CpuModel,
     abort: Option<Abort>,
+    /// The in-kernel local APIC (split irqchip): its xAPIC page is MMIO handled here.
+    lapic: Option<&'a mut Lapic>,
 }
 
 impl<H: Host, B: Backend> EmuCpu<'_, H, B> {
@@ -426,14 +429,30 @@ impl<H: Host, B: Backend> Cpu for EmuCpu<'_, H, B> {
         }
         Ok(Mem::Ram)
     }
-    fn mmio_read(&mut self, _gpa: u64, _buf: &mut [u8]) -> bool {
-        // No in-kernel device: every MMIO read goes to userspace.
-        false
+    fn mmio_read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+        // The in-kernel local APIC's page; every other MMIO read goes to userspace.
+        match self.lapic.as_deref_mut() {
+            Some(l) => self.vcpu.apic_access(l, gpa, buf, false),
+            None => false,
+        }
     }
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
         if self.abort.is_some() {
             // The step is being abandoned: nothing may reach a device.
             return true;
+        }
+        if let Some(l) = self.lapic.as_deref_mut() {
+            let mut v = [0u8; 8];
+            let n = data.len().min(8);
+            if let (Some(d), Some(s)) = (v.get_mut(..n), data.get(..n)) {
+                d.copy_from_slice(s);
+            }
+            if self
+                .vcpu
+                .apic_access(l, gpa, v.get_mut(..n).unwrap_or(&mut []), true)
+            {
+                return true;
+            }
         }
         let vm = self.vcpu.vm();
         let Ok(len) = u8::try_from(data.len()) else {
@@ -557,6 +576,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             ectx,
             cpuid,
             pending,
+            lapic,
             ..
         } = st;
         let ectx = &mut **ectx;
@@ -597,6 +617,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             paging,
             model,
             abort: None,
+            lapic: lapic.as_deref_mut(),
         };
         let outcome = emu.step(&mut cpu);
         let (abort, regs_dirty, fpu_dirty) = (cpu.abort, cpu.regs_dirty, cpu.fpu_dirty);

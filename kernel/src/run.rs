@@ -205,7 +205,9 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             let step = if host.signal_pending() {
                 Step::Continue
             } else {
-                if want_window && !self.ready_for_injection(st) {
+                // With a split irqchip only while LINT0 takes PIC interrupts (Linux
+                // `kvm_cpu_accept_dm_intr`): a masked LINT0 would reopen the window forever.
+                if want_window && self.apic_accepts_extint(st) && !self.ready_for_injection(st) {
                     b.set_irq_window(&mut st.b, true);
                 }
                 match self.apic_before_entry(st) {

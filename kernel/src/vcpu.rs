@@ -192,9 +192,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     b.set_msr(&mut st.b, e.index, e.data, true).is_ok()
                 })
             }
-            KVM_GET_MP_STATE | KVM_SET_MP_STATE | KVM_GET_LAPIC | KVM_SET_LAPIC => {
-                self.apic_ioctl(st, cmd, arg)
-            }
+            KVM_GET_MP_STATE | KVM_SET_MP_STATE | KVM_GET_LAPIC | KVM_SET_LAPIC
+            | KVM_SET_VAPIC_ADDR => self.apic_ioctl(st, cmd, arg),
             KVM_GET_VCPU_EVENTS => self.get_events(st, arg),
             KVM_SET_VCPU_EVENTS => self.set_events(st, arg),
             KVM_GET_DEBUGREGS => self.get_debugregs(st, arg),

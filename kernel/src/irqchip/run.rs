@@ -403,10 +403,14 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         }
     }
 
-    /// `KVM_GET_LAPIC`, `KVM_SET_LAPIC`, `KVM_GET_MP_STATE`, `KVM_SET_MP_STATE`.
+    /// `KVM_GET_LAPIC`, `KVM_SET_LAPIC`, `KVM_GET_MP_STATE`, `KVM_SET_MP_STATE`,
+    /// `KVM_SET_VAPIC_ADDR`.
     #[inline(never)]
     pub(crate) fn apic_ioctl(&self, st: &mut VcpuState<H, B>, cmd: u32, arg: u64) -> KResult<i64> {
-        use kvm_abi::{KVM_GET_LAPIC, KVM_GET_MP_STATE, KVM_SET_LAPIC, KVM_SET_MP_STATE};
+        use kvm_abi::{
+            kvm_vapic_addr, KVM_GET_LAPIC, KVM_GET_MP_STATE, KVM_SET_LAPIC, KVM_SET_MP_STATE,
+            KVM_SET_VAPIC_ADDR,
+        };
         let host = self.vm().sys.host;
         let b = &self.vm().sys.backend;
         let vb = &mut st.b;
@@ -449,6 +453,16 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 l.timer.armed = 0;
                 a.mirror.store(mirror_of(l), Ordering::SeqCst);
                 b.set_cr8(vb, l.cr8()).map(|()| 0)
+            }
+            KVM_SET_VAPIC_ADDR => {
+                // QEMU's APIC reset clears the TPR-patching "vapic" page with address 0 and
+                // aborts if that fails. A nonzero page is only ever set up after TPR-access
+                // reports (KVM_EXIT_TPR_ACCESS), which okvm never produces: refused.
+                let va: kvm_vapic_addr = user::read(host, arg)?;
+                if va.vapic_addr != 0 {
+                    return Err(EINVAL);
+                }
+                Ok(0)
             }
             KVM_GET_MP_STATE => {
                 self.apic_process(a, l, vb);

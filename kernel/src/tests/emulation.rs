@@ -865,3 +865,52 @@ fn memslot_memory_the_process_made_read_only_fails_kvm_run_with_efault() {
     f.v.host.user_protect(f.ram, true);
     f.done();
 }
+
+#[test]
+fn split_irqchip_apic_page_accesses_stay_in_the_kernel() {
+    // A VM with the in-kernel local APIC: the emulated MOVs to and from its page (a second-level
+    // fault outside memslots, like any MMIO) are served by the APIC, without an MMIO exit.
+    let v = Vmm::new();
+    let vm = v.create_vm();
+    let mut c: kvm_enable_cap = crate::fake::vmm::zeroed();
+    c.cap = KVM_CAP_SPLIT_IRQCHIP;
+    c.args[0] = 24;
+    let a = v.put(&c);
+    assert_eq!(v.ioctl_fd(vm, KVM_ENABLE_CAP, a), 0);
+    let cpu = v.create_vcpu(vm, 0);
+    let run = v.run_page(cpu);
+    let ram = v.add_slot(vm, 0, 0, RAM, KVM_MEM_LOG_DIRTY_PAGES);
+    let f = Fix {
+        v,
+        vm,
+        cpu,
+        run,
+        ram,
+    };
+    // mov dword [0x2000f0], 0x1ff ; mov eax, [0x2000f0]   (linear 0x200000 → the APIC page)
+    f.long_mode(
+        &[
+            0xc7, 0x04, 0x25, 0xf0, 0x00, 0x20, 0x00, 0xff, 0x01, 0x00, 0x00, 0x8b, 0x04, 0x25,
+            0xf0, 0x00, 0x20, 0x00,
+        ],
+        false,
+    );
+    f.script(&[
+        f.fault(MMIO + 0xf0, true),
+        f.fault(MMIO + 0xf0, false),
+        Exit::Io {
+            port: 0x80,
+            size: 1,
+            out: true,
+            data: 0,
+        },
+    ]);
+    assert_eq!(f.kvm_run(), 0);
+    assert_eq!(f.r().exit_reason, KVM_EXIT_IO);
+    let r = f.v.regs(f.cpu);
+    assert_eq!((r.rax, r.rip), (0x1ff, CODE + 18));
+    let la = f.v.buf(1024);
+    assert_eq!(f.v.ioctl_fd(f.cpu, KVM_GET_LAPIC, la), 0);
+    assert_eq!(f.v.host.user_read(la + 0xf0, 4), vec![0xff, 0x01, 0, 0]);
+    f.done();
+}

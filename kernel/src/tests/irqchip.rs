@@ -149,6 +149,12 @@ fn enable_cap_follows_linux_rules() {
     assert_eq!(routing(&v, vm, 0, &[]), e(EINVAL));
     let a = v.buf(1024);
     assert_eq!(v.ioctl_fd(cpu, KVM_GET_LAPIC, a), e(EINVAL));
+    let va = v.put(&kvm_vapic_addr { vapic_addr: 0 });
+    assert_eq!(
+        v.ioctl_fd(cpu, KVM_SET_VAPIC_ADDR, va),
+        e(EINVAL),
+        "no in-kernel APIC"
+    );
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_LAPIC, a), e(EINVAL));
     let hm = v.put(&kvm_mp_state {
         mp_state: KVM_MP_STATE_HALTED,
@@ -265,6 +271,13 @@ fn msi_irq_line_and_lapic_round_trip() {
     put32(&mut q, reg::LVR, 0x0005_0014);
     put32(&mut q, reg::PROCPRI, 0x30);
     assert_eq!(back, q);
+    // QEMU's APIC reset: KVM_SET_VAPIC_ADDR(0) must succeed; a TPR-patching page is refused.
+    let va = v.put(&kvm_vapic_addr { vapic_addr: 0 });
+    assert_eq!(v.ioctl_fd(c1, KVM_SET_VAPIC_ADDR, va), 0);
+    let vb = v.put(&kvm_vapic_addr {
+        vapic_addr: 0xf_0000,
+    });
+    assert_eq!(v.ioctl_fd(c1, KVM_SET_VAPIC_ADDR, vb), e(EINVAL));
     // MP state: SIPI_RECEIVED means "INIT received, SIPI pending" (Linux); bad values EINVAL.
     let bad = v.put(&kvm_mp_state { mp_state: 42 });
     assert_eq!(v.ioctl_fd(c1, KVM_SET_MP_STATE, bad), e(EINVAL));
@@ -809,6 +822,41 @@ fn tsc_deadline_timer_through_the_msr() {
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     assert_eq!(soft_delivered(&v, cpu), vec![0xd0]);
     assert_eq!(v.regs(cpu).rax, 0, "disarmed once it fired");
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}
+
+#[test]
+fn pic_window_request_is_ignored_while_lint0_is_masked() {
+    // QEMU keeps request_interrupt_window set while its PIC has an interrupt; once the guest
+    // masks LINT0 (APIC mode) no window may be requested, or the vCPU would exit for ever.
+    let v = Vmm::new();
+    let vm = split_vm(&v);
+    let cpu = v.create_vcpu(vm, 0);
+    enable_apic(&v, cpu, 0x10700);
+    set_if(&v, cpu, true);
+    let run = v.run_page(cpu);
+    // SAFETY: the run page lives as long as the vCPU.
+    unsafe { (*run).request_interrupt_window = 1 };
+    let out = (
+        Exit::Io {
+            port: 0x80,
+            size: 1,
+            out: true,
+            data: 0,
+        },
+        1,
+    );
+    v.script(0, &[out]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    // SAFETY: as above.
+    let r = unsafe { &*run };
+    assert_eq!(
+        r.exit_reason, KVM_EXIT_IO,
+        "the guest ran to its OUT, no window loop"
+    );
+    assert_eq!(r.ready_for_interrupt_injection, 0);
     v.close(cpu);
     v.close(vm);
     v.assert_clean();

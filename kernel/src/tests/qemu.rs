@@ -364,6 +364,9 @@ fn kvm_apic_put(v: &Vmm, cpu: i64, id: u32, base: u64, bsp: bool) {
     one[16..24].copy_from_slice(&base.to_le_bytes());
     let m = v.put(&one);
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_MSRS, m), 1);
+    // apic_reset_common → kvm_apic_vapic_base_update: no TPR-patching page (QEMU aborts on error).
+    let va = v.put(&kvm_vapic_addr { vapic_addr: 0 });
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_VAPIC_ADDR, va), 0);
     let mut page = [0u8; 1024];
     let mut set = |r: usize, val: u32| page[r * 16..r * 16 + 4].copy_from_slice(&val.to_le_bytes());
     set(0x2, id << 24);

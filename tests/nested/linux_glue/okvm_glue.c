@@ -387,17 +387,15 @@ okvm_host_run_on_all_cpus(okvm_cpu_fn_t fn, void *arg)
 	return atomic_read(&c.err);
 }
 
-static void
-lglue_kick_fn(void *unused)
-{
-}
-
 void
 okvm_host_cpu_kick(uint32_t cpu)
 {
-	/* An IPI makes the CPU leave guest mode; nothing to do in the handler. */
+	/*
+	 * A reschedule IPI makes the CPU leave guest mode, as Linux KVM's kvm_vcpu_kick does.
+	 * Unlike smp_call_function_single it may be sent from the APIC timer's softirq callback.
+	 */
 	if (cpu < nr_cpu_ids && cpu != raw_smp_processor_id() && cpu_online(cpu))
-		smp_call_function_single(cpu, lglue_kick_fn, NULL, 0);
+		smp_send_reschedule(cpu);
 }
 
 void

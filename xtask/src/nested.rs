@@ -31,7 +31,7 @@ env: OKVM_NESTED_CACHE (default /var/tmp/okvm-nested), OKVM_O (default target/ok
      the `cargo xtask kobj` recipe when missing)";
 
 /// The cases `.ci/run` runs (through `cargo xtask nested ci`).
-pub const CI_CASES: &[&str] = &["svm", "svm-shadow", "svm-okvm", "svm-okvm-l2", "vmx"];
+pub const CI_CASES: &[&str] = &["svm", "svm-shadow", "svm-okvm", "svm-okvm-l2", "svm-okvm-split", "vmx"];
 
 /// Entry point of `cargo xtask nested ARGS`.
 pub fn main(args: &[String]) -> Result<(), String> {

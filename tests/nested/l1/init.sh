@@ -32,7 +32,7 @@ L2T=$(arg okvm.l2t 600)
 TESTS=$(arg okvm.tests "" | tr , ' ')
 L2APPEND="console=ttyS0 panic=-1 quiet"
 L2SMP=1
-# okvm has no in-kernel irqchip: QEMU 7.2 would fall back to its own anyway; say so explicitly.
+# The acceptance boots on okvm use QEMU's userspace irqchip; say so explicitly.
 irqchip_off() { [ "$1" = okvm ] && echo "-machine kernel-irqchip=off"; }
 
 if grep -q -m1 GenuineIntel /proc/cpuinfo; then VENDOR=intel; else VENDOR=amd; fi
@@ -103,8 +103,9 @@ l2_boot() {
 	rc=$?
 	secs=$(since $t0)
 	sed 's/^/L2| /' /tmp/l2.log | tail -60
-	if grep -q OKVM-L2-MARKER /tmp/l2.log; then
-		echo "@@ RESULT hv=$hv name=$name status=PASS secs=$secs rc=$rc"
+	# The guest must also have brought up every CPU it was given.
+	if grep -Eq "OKVM-L2-MARKER .* cpus=$L2SMP([^0-9]|\$)" /tmp/l2.log; then
+		echo "@@ RESULT hv=$hv name=$name status=PASS secs=$secs rc=$rc cpus=$L2SMP"
 	else
 		last=$(grep -v '^$' /tmp/l2.log | tail -1 | tr -d '"' | cut -c1-160)
 		echo "@@ RESULT hv=$hv name=$name status=FAIL secs=$secs rc=$rc msg=\"no marker: $last\""
@@ -120,6 +121,12 @@ for hv in $HVS; do
 			l2_qemu72_smp2)
 				L2SMP=2
 				l2_boot $hv $w /usr/bin/qemu-system-x86_64 $(irqchip_off $hv)
+				L2SMP=1
+				;;
+			l2_qemu72_split_smp2)
+				# The in-kernel local APIC (split irqchip: IOAPIC/PIC/PIT stay in QEMU).
+				L2SMP=2
+				l2_boot $hv $w /usr/bin/qemu-system-x86_64 -machine kernel-irqchip=split
 				L2SMP=1
 				;;
 			l2_qemu10) l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share ;;

@@ -100,6 +100,16 @@ pub const CASES: &[Case] = &[
         timeout_s: 120,
     },
     Case {
+        name: "svm-okvm-split",
+        about: "SVM+NPT: L2 boot with QEMU 7.2, kernel-irqchip=split (okvm's LAPIC) and 2 vCPUs on okvm",
+        platform: EPYC,
+        hvs: &["okvm"],
+        work: &["l2_qemu72_split_smp2"],
+        tests: &[],
+        linux_params: &[],
+        timeout_s: 120,
+    },
+    Case {
         name: "vmx",
         about: "VMX+EPT (Bochs): kvmsuite + L2 boots (QEMU 7.2, 10.0) on Linux KVM, then on okvm",
         platform: SKX,

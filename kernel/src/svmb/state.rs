@@ -1,7 +1,7 @@
 //! SVM vCPU state the VMCB does not hold (events, XCR0, in-memory MSRs) and the conversions
 //! between `kvm_abi` types and the VMCB / XSAVE page that the `svm` crate does not do.
 
-use kvm_abi::{kvm_fpu, kvm_sregs, kvm_vcpu_events, kvm_xsave};
+use kvm_abi::{kvm_fpu, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave};
 use svm::state::GuestExtra;
 use svm::vcpu::{self as sv, EntryState};
 use svm::vmcb::{CleanBits, EventInj, EventType, Vmcb, EVENTINJ_VALID};
@@ -144,6 +144,30 @@ pub fn set_fpu(a: &mut [u8; 4096], f: &kvm_fpu) {
 /// `KVM_GET_XSAVE`: the standard-format area.
 pub fn get_xsave(a: &[u8; 4096], out: &mut kvm_xsave) {
     out.as_mut_bytes().copy_from_slice(a);
+}
+
+/// Whether `value` may be loaded into a guest's XCR0 (both backends; Linux `__kvm_set_xcr`):
+/// x87 always on, only components the guest's CPUID offers (`guest_xcr0`) and this backend
+/// switches (`fpu_mask`), AVX only with SSE, and never without host XSAVE (`host_xcr0` 0).
+pub fn xcr0_valid(host_xcr0: u64, fpu_mask: u64, guest_xcr0: u64, value: u64) -> bool {
+    let allowed = (guest_xcr0 | 1) & fpu_mask;
+    host_xcr0 != 0 && value & 1 != 0 && value & !allowed == 0 && (value & 4 == 0 || value & 2 != 0)
+}
+
+/// `KVM_GET_XCRS`: one entry, XCR0.
+pub fn get_xcrs(xcr0: u64, out: &mut kvm_xcrs) {
+    *out = FromZeros::new_zeroed();
+    out.nr_xcrs = 1;
+    if let Some(x) = out.xcrs.get_mut(0) {
+        x.xcr = 0;
+        x.value = xcr0;
+    }
+}
+
+/// `KVM_SET_XCRS`: the XCR0 value among the first `nr_xcrs` entries, if any (others ignored).
+pub fn xcr0_of(xcrs: &kvm_xcrs) -> Option<u64> {
+    let n = xcrs.nr_xcrs as usize;
+    xcrs.xcrs.get(..n)?.iter().find(|e| e.xcr == 0).map(|e| e.value)
 }
 
 /// `KVM_SET_XSAVE`: only areas XRSTOR accepts (XSTATE_BV within `mask`, standard format,
@@ -351,4 +375,26 @@ pub fn set_msr(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod xcr_tests {
+    use super::*;
+
+    #[test]
+    fn xcr0_rules_and_set_xcrs_bounds() {
+        // Host x87|SSE|AVX, guest CPUID offers the same.
+        assert!(xcr0_valid(7, 7, 7, 7));
+        assert!(xcr0_valid(7, 7, 7, 3));
+        assert!(!xcr0_valid(7, 7, 7, 2)); // x87 must stay on
+        assert!(!xcr0_valid(7, 7, 7, 5)); // AVX without SSE
+        assert!(!xcr0_valid(7, 7, 3, 7)); // AVX not in the guest's CPUID
+        assert!(!xcr0_valid(0, 7, 7, 1)); // no host XSAVE at all
+        let mut x: kvm_xcrs = FromZeros::new_zeroed();
+        assert_eq!(xcr0_of(&x), None);
+        get_xcrs(3, &mut x);
+        assert_eq!((x.nr_xcrs, xcr0_of(&x)), (1, Some(3)));
+        x.nr_xcrs = u32::MAX; // userspace count beyond the array: ignored, no panic
+        assert_eq!(xcr0_of(&x), None);
+    }
 }

@@ -978,11 +978,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
     }
 
     fn xcr0_valid(&self, s: &VmxVcpuState, value: u64) -> bool {
-        let allowed = (s.guest_xcr0 | 1) & self.fpu_mask;
-        self.host_xcr0 != 0
-            && value & 1 != 0
-            && value & !allowed == 0
-            && (value & 4 == 0 || value & 2 != 0)
+        fpu::xcr0_valid(self.host_xcr0, self.fpu_mask, s.guest_xcr0, value)
     }
 
     /// Finishes the instruction that exited (RIP past it, shadow gone) when RIP still points
@@ -1180,27 +1176,17 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
     }
 
     fn get_xcrs(&self, v: &mut VmxVcpu<H>, out: &mut kvm_xcrs) {
-        *out = zerocopy::FromZeros::new_zeroed();
-        out.nr_xcrs = 1;
-        if let Some(x) = out.xcrs.get_mut(0) {
-            x.xcr = 0;
-            x.value = v.st.xcr0;
-        }
+        fpu::get_xcrs(v.st.xcr0, out);
     }
 
     fn set_xcrs(&self, v: &mut VmxVcpu<H>, xcrs: &kvm_xcrs) -> KResult<()> {
-        let n = xcrs.nr_xcrs as usize;
-        let Some(e) = xcrs
-            .xcrs
-            .get(..n)
-            .and_then(|s| s.iter().find(|e| e.xcr == 0))
-        else {
+        let Some(value) = fpu::xcr0_of(xcrs) else {
             return Ok(());
         };
-        if !self.xcr0_valid(&v.st, e.value) {
+        if !self.xcr0_valid(&v.st, value) {
             return Err(EINVAL);
         }
-        v.st.xcr0 = e.value;
+        v.st.xcr0 = value;
         Ok(())
     }
 

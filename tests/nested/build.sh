@@ -2,7 +2,7 @@
 # Build the nested-test images from the packages fetch.sh extracted, reusing every output
 # whose inputs did not change (outputs live in $CACHE/<kind>-<hash of inputs>/):
 #   progs-*/    kvmsuite, l2init (static, gcc)
-#   l2-*/       L2 initramfs (l2init as /init)
+#   l2-*/       L2 initramfs (l2init as /init, virtio modules)
 #   base-*/     L1 base initramfs: busybox, kvm modules, QEMU 7.2 (host package) at /usr/bin and
 #               QEMU 10.0 (bookworm-backports) at /qemu10/bin sharing the same bookworm
 #               libraries, each with its own firmware dir, L2 kernel + initramfs
@@ -45,13 +45,22 @@ if stage progs "$key"; then
 fi
 PROGS=$OUT
 
-# ---- L2 initramfs
-key=$(hash_inputs "$PROGS/l2init" l2-v1)
+# ---- L2 initramfs (the L2 kernel is the L1's). l2init loads the modules listed in
+# /modules/order, in that order, when the L2 command line asks for virtio-rng; the virtio core,
+# virtio-pci and virtio-rng are modules in Debian's 6.1 config (rng-core is built in).
+KMOD=$KIMG/lib/modules/$KVER/kernel
+L2_MODS="drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko
+	drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko drivers/char/hw_random/virtio-rng.ko"
+key=$(hash_inputs "$PROGS/l2init" l2-v2 "$KVER $KSRCVER" "$L2_MODS")
 if stage l2 "$key"; then
 	R=$OUT/root
-	mkdir -p "$R/dev" "$R/proc"
+	mkdir -p "$R/dev" "$R/proc" "$R/modules"
 	cp "$PROGS/l2init" "$R/init"
 	mknod "$R/dev/console" c 5 1
+	for m in $L2_MODS; do
+		cp "$KMOD/$m" "$R/modules/"
+		basename "$m" >> "$R/modules/order"
+	done
 	mkcpio "$R" "$OUT/initrd.cpio"
 	rm -rf "$R"
 	done_stage
@@ -79,7 +88,6 @@ copy_with_libs() {
 }
 
 # ---- L1 base initramfs (large, rarely changes)
-KMOD=$KIMG/lib/modules/$KVER/kernel
 MODS="virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko arch/x86/kvm/kvm-intel.ko drivers/crypto/ccp/ccp.ko"
 Q72=/usr/bin/qemu-system-x86_64
 Q72_FW="/usr/share/seabios/bios-256k.bin /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin /usr/share/qemu/multiboot_dma.bin"

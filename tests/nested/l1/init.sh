@@ -3,7 +3,7 @@
 #
 # Kernel command line (set by `cargo xtask nested`):
 #   okvm.hv=linux,okvm            hypervisors to load in turn (never two at once)
-#   okvm.work=suite,l2_qemu72     workloads to run on each of them
+#   okvm.work=suite,l2_qemu72     workloads to run on each of them (see the case list below)
 #   okvm.n=N okvm.t=S okvm.l2t=S  exits per timed suite test, per-test and per-L2-boot limits (L1 s)
 #   okvm.tests=a,b                suite tests to run (default: all)
 # Every result is one line "@@ RESULT hv=.. name=.. status=PASS|FAIL|UNSUPPORTED ..." on the
@@ -92,6 +92,9 @@ hv_unload() {
 }
 
 # l2_boot HV NAME QEMU...: boot the L2 kernel with a QEMU; PASS when its marker shows.
+# L2ADD: more L2 kernel arguments; L2WANT: space-separated patterns (grep -E) the marker line
+# must also match (each preceded by a blank), e.g. "rng=64 msi_irqs=[1-9]".
+L2ADD="" L2WANT=""
 l2_boot() {
 	hv=$1 name=$2
 	shift 2
@@ -99,13 +102,23 @@ l2_boot() {
 	t0=$(up)
 	timeout -s KILL $L2T "$@" -enable-kvm -cpu host -m 256 -smp $L2SMP -nodefaults -display none \
 	    -serial stdio -monitor none -no-reboot -kernel /l2/vmlinuz -initrd /l2/initrd.cpio \
-	    -append "$L2APPEND" </dev/null >/tmp/l2.log 2>&1
+	    -append "$L2APPEND${L2ADD:+ $L2ADD}" </dev/null >/tmp/l2.log 2>&1
 	rc=$?
 	secs=$(since $t0)
 	sed 's/^/L2| /' /tmp/l2.log | tail -60
+	marker=$(grep -o 'OKVM-L2-MARKER .*' /tmp/l2.log | head -1 | tr -d '\r"')
 	# The guest must also have brought up every CPU it was given.
-	if grep -Eq "OKVM-L2-MARKER .* cpus=$L2SMP([^0-9]|\$)" /tmp/l2.log; then
-		echo "@@ RESULT hv=$hv name=$name status=PASS secs=$secs rc=$rc cpus=$L2SMP"
+	miss=""
+	echo "$marker" | grep -Eq "OKVM-L2-MARKER .* cpus=$L2SMP([^0-9]|\$)" || miss="cpus=$L2SMP"
+	for w in $L2WANT; do
+		echo "$marker" | grep -Eq "OKVM-L2-MARKER .* $w" || miss="$miss $w"
+	done
+	# the marker's own fields (uptime, mods, rng, ...) go into the result line, cpus as wanted
+	fields=$(echo "$marker" | cut -d' ' -f2- | tr ' ' '\n' | grep -v '^cpus=' | grep '=' | tr '\n' ' ')
+	if [ -z "$miss" ]; then
+		echo "@@ RESULT hv=$hv name=$name status=PASS secs=$secs rc=$rc cpus=$L2SMP $fields"
+	elif [ -n "$marker" ]; then
+		echo "@@ RESULT hv=$hv name=$name status=FAIL secs=$secs rc=$rc msg=\"marker without$miss: $marker\""
 	else
 		last=$(grep -v '^$' /tmp/l2.log | tail -1 | tr -d '"' | cut -c1-160)
 		echo "@@ RESULT hv=$hv name=$name status=FAIL secs=$secs rc=$rc msg=\"no marker: $last\""
@@ -130,6 +143,19 @@ for hv in $HVS; do
 				L2SMP=1
 				;;
 			l2_qemu10) l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share ;;
+			l2_qemu10_split)
+				# QEMU >= 8.2 with the split irqchip needs KVM_IOEVENTFD and KVM_IRQFD.
+				l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share \
+				    -machine kernel-irqchip=split
+				;;
+			l2_qemu10_split_virtio)
+				# virtio-rng-pci: QEMU serves its queue notify with an ioeventfd and
+				# its MSI-X vectors with irqfds; the L2 reads 64 random bytes.
+				L2ADD="okvm.virtio_rng" L2WANT="mods=6/6 rng=64 msi_irqs=[1-9]"
+				l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share \
+				    -machine kernel-irqchip=split -device virtio-rng-pci
+				L2ADD="" L2WANT=""
+				;;
 			*) echo "@@ RESULT hv=$hv name=$w status=FAIL msg=\"unknown workload\"" ;;
 			esac
 		done

@@ -125,4 +125,61 @@ SNIPPET(g_spin)
 1:	jmp	1b
 END(g_spin)
 
+/*
+ * ioeventfd: eight guest writes, each followed by the sync `out 0x10` (so the host sees, per
+ * write, either its own exit or none before the sync), then again from the start. rdi = MMIO
+ * base A (B = A + 0x100, C = A + 0x200), dx = port P, eax = value V1, ebx = value V2.
+ */
+SNIPPET(g_ioev)
+1:	movl	%eax, (%rdi)		/* 0: A, 4 bytes, V1 */
+	outb	%al, $0x10
+	movl	%ebx, (%rdi)		/* 1: A, 4 bytes, V2 */
+	outb	%al, $0x10
+	movl	%ebx, 0x100(%rdi)	/* 2: B, 4 bytes, V2 */
+	outb	%al, $0x10
+	movb	%al, 0x200(%rdi)	/* 3: C, 1 byte */
+	outb	%al, $0x10
+	movq	%rax, 0x200(%rdi)	/* 4: C, 8 bytes */
+	outb	%al, $0x10
+	outw	%ax, %dx		/* 5: P, 2 bytes, V1 */
+	outb	%al, $0x10
+	xchgl	%eax, %ebx		/* 6: P, 2 bytes, V2 */
+	outw	%ax, %dx
+	xchgl	%eax, %ebx
+	outb	%al, $0x10
+	outl	%eax, $0x50		/* 7: port 0x50, 4 bytes, V1 */
+	outb	%al, $0x10
+	jmp	1b
+END(g_ioev)
+
+/*
+ * irqfd: rdi = xAPIC base. Software-enable the local APIC (spurious vector 0xff), TPR 0; then
+ * loop: `out 0x13` (about to halt), `sti; hlt`, `cli`, report the handler count (dword at
+ * 0x9000) with `out 0x12`. The handler (g_irq_handler, the only IDT entry the host fills in)
+ * counts, saves ISR bits 64..95 (APIC offset 0x120) at 0x9004 and the SVR at 0x9008, sends
+ * EOI, returns.
+ */
+SNIPPET(g_irq)
+	movl	$0x1ff, 0xf0(%rdi)
+	movl	$0, 0x80(%rdi)
+1:	outb	%al, $0x13
+	sti
+	hlt
+	cli
+	movl	0x9000, %eax
+	outl	%eax, $0x12
+	jmp	1b
+	.globl	g_irq_handler
+g_irq_handler:
+	pushq	%rax
+	incl	0x9000
+	movl	0x120(%rdi), %eax
+	movl	%eax, 0x9004
+	movl	0xf0(%rdi), %eax
+	movl	%eax, 0x9008
+	movl	$0, 0xb0(%rdi)
+	popq	%rax
+	iretq
+END(g_irq)
+
 	.section .note.GNU-stack, "", @progbits

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -57,6 +58,9 @@ SNIPPET(g_msr);
 SNIPPET(g_dirty);
 SNIPPET(g_read);
 SNIPPET(g_spin);
+SNIPPET(g_ioev);
+SNIPPET(g_irq);
+extern const uint8_t g_irq_handler[];
 #define CODE(n) n##_start, (size_t)(n##_end - n##_start)
 
 static unsigned long n_exits = 20000;
@@ -135,8 +139,10 @@ struct vm {
 	int ran; /* KVM_RUN succeeded at least once */
 };
 
+/* Open a VM with slot 0 and one vCPU; with split, the VM first gets KVM_CAP_SPLIT_IRQCHIP
+ * (24 IOAPIC pins, as QEMU asks), which must come before any vCPU exists. */
 static enum status
-vm_open(struct vm *v)
+vm_open2(struct vm *v, int split)
 {
 	memset(v, 0, sizeof *v);
 	v->kvm = v->fd = v->vcpu = -1;
@@ -149,6 +155,10 @@ vm_open(struct vm *v)
 	struct kvm_userspace_memory_region r = { .slot = 0, .guest_phys_addr = 0,
 		.memory_size = SLOT0_SIZE, .userspace_addr = (uintptr_t)v->mem };
 	CHECK(ioctl(v->fd, KVM_SET_USER_MEMORY_REGION, &r) == 0, "KVM_SET_USER_MEMORY_REGION slot 0");
+	if (split) {
+		struct kvm_enable_cap cap = { .cap = KVM_CAP_SPLIT_IRQCHIP, .args = { 24 } };
+		CHECK(ioctl(v->fd, KVM_ENABLE_CAP, &cap) == 0, "KVM_ENABLE_CAP(SPLIT_IRQCHIP, 24)");
+	}
 	v->vcpu = ioctl(v->fd, KVM_CREATE_VCPU, 0);
 	CHECK(v->vcpu >= 0, "KVM_CREATE_VCPU");
 	int sz = ioctl(v->kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
@@ -158,6 +168,8 @@ vm_open(struct vm *v)
 	CHECK(v->run != MAP_FAILED, "mmap vcpu");
 	return PASS;
 }
+
+static enum status vm_open(struct vm *v) { return vm_open2(v, 0); }
 
 static void
 vm_close(struct vm *v)
@@ -888,6 +900,363 @@ t_lifetime(void)
 	return PASS;
 }
 
+/* ---- event notifiers: KVM_IOEVENTFD, KVM_IRQFD ---- */
+
+/* One KVM_IOEVENTFD call. */
+static int
+ioev(int vm, uint64_t addr, uint32_t len, int fd, uint32_t flags, uint64_t datamatch)
+{
+	struct kvm_ioeventfd a = { .datamatch = datamatch, .addr = addr, .len = len, .fd = fd,
+		.flags = flags };
+	return ioctl(vm, KVM_IOEVENTFD, &a);
+}
+
+/* Read and reset an eventfd's counter (non-blocking: 0 when it was not signaled). */
+static uint64_t
+ev_take(int fd)
+{
+	uint64_t n = 0;
+	if (read(fd, &n, sizeof n) != (ssize_t)sizeof n)
+		return 0;
+	return n;
+}
+
+/* A guest write that exited to userspace (reason 0: it did not exit). */
+struct wexit {
+	int reason;
+	uint64_t addr;
+	uint32_t len;
+	uint64_t data;
+};
+
+/* Run g_ioev through its next write and the sync `out 0x10` that follows it; *w gets the
+ * write's own exit, if it had one. */
+static enum status
+ioev_step(struct vm *v, struct wexit *w)
+{
+	enum status st;
+	memset(w, 0, sizeof *w);
+	for (int i = 0; i < 2; i++) {
+		int r = vm_run(v, &st);
+		if (r < 0)
+			return st;
+		if (r == KVM_EXIT_IO && v->run->io.port == PORT_COUNT && v->run->io.direction == KVM_EXIT_IO_OUT)
+			return PASS;
+		if (r == KVM_EXIT_MMIO && v->run->mmio.is_write && v->run->mmio.len <= 8) {
+			w->reason = r;
+			w->addr = v->run->mmio.phys_addr;
+			w->len = v->run->mmio.len;
+			memcpy(&w->data, v->run->mmio.data, w->len);
+		} else if (r == KVM_EXIT_IO && v->run->io.direction == KVM_EXIT_IO_OUT) {
+			w->reason = r;
+			w->addr = v->run->io.port;
+			w->len = v->run->io.size;
+			w->data = io_u32(v);
+		} else {
+			return exit_fail(v, r, KVM_EXIT_IO);
+		}
+	}
+	return failf("a second exit (%s) before the sync out", exit_name((int)v->run->exit_reason));
+}
+
+/*
+ * KVM_IOEVENTFD on the MMIO and PIO buses: matching guest writes signal their eventfd and do not
+ * exit (with and without DATAMATCH, any-length MMIO); a write that does not match exits as
+ * usual; deassigning restores every exit; Linux's errnos for bad requests.
+ */
+static enum status
+t_ioeventfd(void)
+{
+	struct vm v;
+	enum status st = vm_open(&v);
+	if (st != PASS)
+		return st;
+	int r = ioctl(v.fd, KVM_CHECK_EXTENSION, KVM_CAP_IOEVENTFD);
+	CHECK(r > 0, "KVM_CHECK_EXTENSION(IOEVENTFD) = %d", r);
+	r = ioctl(v.fd, KVM_CHECK_EXTENSION, KVM_CAP_IOEVENTFD_ANY_LENGTH);
+	CHECK(r > 0, "KVM_CHECK_EXTENSION(IOEVENTFD_ANY_LENGTH) = %d", r);
+
+	const uint64_t A = MMIO_GPA, B = MMIO_GPA + 0x100, C = MMIO_GPA + 0x200;
+	const uint16_t P = 0x600, Q = 0x50;
+	const uint32_t V1 = 0x11223344, V2 = 0x55667788;
+	enum { EA, EB, EC, EP, EQ, NEV };
+	static const char *evname[NEV] = { "A", "B", "C", "P", "Q" };
+	int ev[NEV];
+	for (int i = 0; i < NEV; i++) {
+		ev[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		CHECK(ev[i] >= 0, "eventfd");
+	}
+	const uint32_t DM = KVM_IOEVENTFD_FLAG_DATAMATCH, PIO = KVM_IOEVENTFD_FLAG_PIO,
+		       DE = KVM_IOEVENTFD_FLAG_DEASSIGN;
+	/* the registrations: A 4 bytes = V1; B 4 bytes; C any length; P 2 bytes = low half of V1; Q 4 bytes */
+	struct { uint64_t addr; uint32_t len, flags; uint64_t dm; } reg[NEV] = {
+		{ A, 4, DM, V1 }, { B, 4, 0, 0 }, { C, 0, 0, 0 }, { P, 2, PIO | DM, V1 & 0xffff }, { Q, 4, PIO, 0 },
+	};
+	for (int i = 0; i < NEV; i++)
+		CHECK(ioev(v.fd, reg[i].addr, reg[i].len, ev[i], reg[i].flags, reg[i].dm) == 0,
+		    "KVM_IOEVENTFD assign %s", evname[i]);
+
+	/* bad requests */
+	EXPECT_ERRNO(ioev(v.fd, A, 4, ev[EA], DM, V1), EEXIST, "the same ioeventfd twice");
+	EXPECT_ERRNO(ioev(v.fd, A, 4, ev[EB], 0, 0), EEXIST, "a wildcard over a datamatch at the same address");
+	EXPECT_ERRNO(ioev(v.fd, C, 0, ev[EB], 0, 0), EEXIST, "any-length twice at the same address");
+	EXPECT_ERRNO(ioev(v.fd, MMIO_GPA + 0x300, 3, ev[EA], 0, 0), EINVAL, "len 3");
+	EXPECT_ERRNO(ioev(v.fd, MMIO_GPA + 0x300, 4, ev[EA], 0x100, 0), EINVAL, "unknown flag 0x100");
+	EXPECT_ERRNO(ioev(v.fd, MMIO_GPA + 0x300, 0, ev[EA], DM, 1), EINVAL, "len 0 with DATAMATCH");
+	EXPECT_ERRNO(ioev(v.fd, ~0ULL - 1, 4, ev[EA], 0, 0), EINVAL, "address range wraps");
+	EXPECT_ERRNO(ioev(v.fd, MMIO_GPA + 0x300, 4, -1, 0, 0), EBADF, "fd -1");
+	EXPECT_ERRNO(ioev(v.fd, MMIO_GPA + 0x300, 4, v.kvm, 0, 0), EINVAL, "an fd that is not an eventfd");
+	EXPECT_ERRNO(ioev(v.fd, A, 4, ev[EA], DM | DE, V2), ENOENT, "deassign with another datamatch");
+	EXPECT_ERRNO(ioev(v.fd, A, 4, ev[EB], DM | DE, V1), ENOENT, "deassign with another eventfd");
+	EXPECT_ERRNO(ioev(v.fd, MMIO_GPA + 0x300, 4, ev[EA], DE, 0), ENOENT, "deassign of an unknown address");
+	EXPECT_ERRNO(ioev(v.fd, B, 4, ev[EB], PIO | DE, 0), ENOENT, "deassign on the other bus");
+
+	struct kvm_regs regs = { .rdi = A, .rdx = P, .rax = V1, .rbx = V2 };
+	if ((st = vm_setup(&v, CODE(g_ioev), 1, &regs)) != PASS)
+		return st;
+	/* per guest write: the exit it makes when nothing matches, and the eventfd that counts it */
+	static const struct { int mmio; uint64_t addr; uint32_t len; uint64_t data; int ev; } op[] = {
+		{ 1, MMIO_GPA, 4, 0x11223344, EA },
+		{ 1, MMIO_GPA, 4, 0x55667788, -1 },
+		{ 1, MMIO_GPA + 0x100, 4, 0x55667788, EB },
+		{ 1, MMIO_GPA + 0x200, 1, 0x44, EC },
+		{ 1, MMIO_GPA + 0x200, 8, 0x11223344, EC },
+		{ 0, 0x600, 2, 0x3344, EP },
+		{ 0, 0x600, 2, 0x7788, -1 },
+		{ 0, 0x50, 4, 0x11223344, EQ },
+	};
+	enum { NOP = sizeof op / sizeof op[0] };
+	unsigned long signals = 0;
+	for (int round = 0; round < 2; round++) {
+		for (int i = 0; i < NOP; i++) {
+			struct wexit w;
+			if ((st = ioev_step(&v, &w)) != PASS)
+				return st;
+			int registered = round == 0 && op[i].ev >= 0;
+			if (registered && w.reason)
+				return failf("round %d write %d: exit %s addr 0x%llx len %u data 0x%llx, want none (ioeventfd %s)",
+				    round, i, exit_name(w.reason), (unsigned long long)w.addr, w.len,
+				    (unsigned long long)w.data, evname[op[i].ev]);
+			if (!registered) {
+				int want = op[i].mmio ? KVM_EXIT_MMIO : KVM_EXIT_IO;
+				if (w.reason != want || w.addr != op[i].addr || w.len != op[i].len || w.data != op[i].data)
+					return failf("round %d write %d: exit %s addr 0x%llx len %u data 0x%llx, want %s addr 0x%llx len %u data 0x%llx",
+					    round, i, w.reason ? exit_name(w.reason) : "none", (unsigned long long)w.addr,
+					    w.len, (unsigned long long)w.data, exit_name(want),
+					    (unsigned long long)op[i].addr, op[i].len, (unsigned long long)op[i].data);
+			}
+			for (int e = 0; e < NEV; e++) {
+				uint64_t n = ev_take(ev[e]), want = registered && op[i].ev == e;
+				if (n != want)
+					return failf("round %d write %d: eventfd %s counted %llu, want %llu", round, i,
+					    evname[e], (unsigned long long)n, (unsigned long long)want);
+				signals += n;
+			}
+		}
+		if (round == 0)
+			for (int i = 0; i < NEV; i++)
+				CHECK(ioev(v.fd, reg[i].addr, reg[i].len, ev[i], reg[i].flags | DE, reg[i].dm) == 0,
+				    "KVM_IOEVENTFD deassign %s", evname[i]);
+	}
+	EXPECT_ERRNO(ioev(v.fd, A, 4, ev[EA], DM | DE, V1), ENOENT, "deassign twice");
+	/* the same registration can be made again */
+	CHECK(ioev(v.fd, A, 4, ev[EA], DM, V1) == 0, "KVM_IOEVENTFD assign A again");
+	metric("signals", "%lu", signals);
+	for (int i = 0; i < NEV; i++)
+		close(ev[i]);
+	vm_close(&v);
+	return PASS;
+}
+
+#define IRQ_GSI 5
+#define IRQ_VECTOR 0x40
+#define APIC_GPA 0xfee00000UL
+#define GUEST_PD_HIGH 0x5000UL /* maps the xAPIC page (4th GiB) */
+#define GUEST_GDT 0x6000UL
+#define GUEST_DATA 0x9000UL /* handler count, saved ISR and SVR */
+#define GUEST_IDT 0xa000UL
+
+static int
+irqfd(int vm, int fd, uint32_t gsi, uint32_t flags, int resamplefd)
+{
+	struct kvm_irqfd a = { .fd = (uint32_t)fd, .gsi = gsi, .flags = flags, .resamplefd = (uint32_t)resamplefd };
+	return ioctl(vm, KVM_IRQFD, &a);
+}
+
+/* A thread that (optionally) signals an eventfd after delay_ms, then kicks the vCPU thread with
+ * SIGUSR1 (its handler sets immediate_exit) unless `done` is set within kick_ms. */
+struct waker {
+	pthread_t target;
+	int efd;
+	unsigned delay_ms, kick_ms;
+	volatile int done;
+	double wrote;
+};
+
+static void
+sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+static void *
+waker_main(void *arg)
+{
+	struct waker *w = arg;
+	sleep_ms(w->delay_ms);
+	if (w->efd >= 0) {
+		uint64_t one = 1;
+		if (write(w->efd, &one, sizeof one) != (ssize_t)sizeof one)
+			perror("eventfd write");
+	}
+	w->wrote = now();
+	for (unsigned t = 0; t < w->kick_ms && !w->done; t += 10)
+		sleep_ms(10);
+	if (!w->done)
+		pthread_kill(w->target, SIGUSR1);
+	return NULL;
+}
+
+/* KVM_RUN once with a waker; *r = its result, *e = errno; immediate_exit is clear after. */
+static enum status
+run_with_waker(struct vm *v, int efd, unsigned delay_ms, unsigned kick_ms, int *r, int *e, double *lat)
+{
+	struct waker w = { .target = pthread_self(), .efd = efd, .delay_ms = delay_ms, .kick_ms = kick_ms };
+	pthread_t t;
+	CHECK(pthread_create(&t, NULL, waker_main, &w) == 0, "pthread_create");
+	errno = 0;
+	*r = ioctl(v->vcpu, KVM_RUN, 0);
+	*e = errno;
+	double end = now();
+	w.done = 1;
+	pthread_join(t, NULL);
+	v->run->immediate_exit = 0;
+	v->ran = 1;
+	*lat = end - w.wrote;
+	errno = *e;
+	return PASS;
+}
+
+/*
+ * KVM_IRQFD with the split irqchip: an MSI route to the in-kernel local APIC; signaling the
+ * eventfd wakes the halted guest, whose handler runs for exactly that vector; after deassign a
+ * signal does nothing; a notifier already signaled when it is assigned fires at once. Errnos:
+ * no irqchip, the same eventfd twice, RESAMPLE without the full irqchip, bad flags, bad fd.
+ */
+static enum status
+t_irqfd(void)
+{
+	struct vm v;
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	CHECK(kvm >= 0, "open /dev/kvm");
+	int r = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_IRQFD);
+	CHECK(r > 0, "KVM_CHECK_EXTENSION(IRQFD) = %d", r);
+	int vm0 = ioctl(kvm, KVM_CREATE_VM, 0);
+	CHECK(vm0 >= 0, "KVM_CREATE_VM");
+	int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), efd2 = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	CHECK(efd >= 0 && efd2 >= 0, "eventfd");
+	EXPECT_ERRNO(irqfd(vm0, efd, IRQ_GSI, 0, 0), EINVAL, "KVM_IRQFD without an in-kernel irqchip");
+	close(vm0);
+	close(kvm);
+
+	enum status st = vm_open2(&v, 1);
+	if (st != PASS)
+		return st;
+	r = ioctl(v.fd, KVM_CHECK_EXTENSION, KVM_CAP_SPLIT_IRQCHIP);
+	CHECK(r > 0, "KVM_CHECK_EXTENSION(SPLIT_IRQCHIP) = %d", r);
+	struct { struct kvm_irq_routing r; struct kvm_irq_routing_entry e[1]; } rt;
+	memset(&rt, 0, sizeof rt);
+	rt.r.nr = 1;
+	rt.e[0].gsi = IRQ_GSI;
+	rt.e[0].type = KVM_IRQ_ROUTING_MSI;
+	rt.e[0].u.msi.address_lo = APIC_GPA; /* destination APIC ID 0, physical */
+	rt.e[0].u.msi.data = IRQ_VECTOR;     /* fixed, edge */
+	CHECK(ioctl(v.fd, KVM_SET_GSI_ROUTING, &rt) == 0, "KVM_SET_GSI_ROUTING (one MSI route)");
+	CHECK(irqfd(v.fd, efd, IRQ_GSI, 0, 0) == 0, "KVM_IRQFD assign");
+	EXPECT_ERRNO(irqfd(v.fd, efd, IRQ_GSI + 1, 0, 0), EBUSY, "KVM_IRQFD: the same eventfd for a second GSI");
+	EXPECT_ERRNO(irqfd(v.fd, efd2, IRQ_GSI + 1, KVM_IRQFD_FLAG_RESAMPLE, efd2), EINVAL,
+	    "KVM_IRQFD RESAMPLE with the split irqchip");
+	EXPECT_ERRNO(irqfd(v.fd, efd2, IRQ_GSI + 1, 0x80, 0), EINVAL, "KVM_IRQFD unknown flag 0x80");
+	EXPECT_ERRNO(irqfd(v.fd, -1, IRQ_GSI + 1, 0, 0), EBADF, "KVM_IRQFD fd -1");
+
+	struct kvm_regs regs = { .rdi = APIC_GPA };
+	if ((st = vm_setup(&v, CODE(g_irq), 1, &regs)) != PASS)
+		return st;
+	/* map the xAPIC page (uncached), a GDT for iretq, and an IDT with only IRQ_VECTOR present */
+	((uint64_t *)(v.mem + GUEST_PDPT))[APIC_GPA >> 30] = GUEST_PD_HIGH | 3;
+	((uint64_t *)(v.mem + GUEST_PD_HIGH))[(APIC_GPA >> 21) & 511] = APIC_GPA | 0x93;
+	uint64_t *gdt = (uint64_t *)(v.mem + GUEST_GDT);
+	gdt[1] = 0x00af9b000000ffffULL; /* 64-bit code */
+	gdt[2] = 0x00cf93000000ffffULL; /* data */
+	uint64_t h = GUEST_CODE + (uint64_t)(g_irq_handler - g_irq_start);
+	uint8_t *gate = v.mem + GUEST_IDT + IRQ_VECTOR * 16;
+	uint32_t w0 = (uint32_t)(h & 0xffff) | 8u << 16, w1 = (uint32_t)(h & 0xffff0000) | 0x8e00, w2 = (uint32_t)(h >> 32);
+	memcpy(gate, &w0, 4);
+	memcpy(gate + 4, &w1, 4);
+	memcpy(gate + 8, &w2, 4);
+	struct kvm_sregs s;
+	CHECK(ioctl(v.vcpu, KVM_GET_SREGS, &s) == 0, "KVM_GET_SREGS");
+	s.gdt.base = GUEST_GDT;
+	s.gdt.limit = 23;
+	s.idt.base = GUEST_IDT;
+	s.idt.limit = 0xfff;
+	CHECK(ioctl(v.vcpu, KVM_SET_SREGS, &s) == 0, "KVM_SET_SREGS (GDT, IDT)");
+
+	kick_run = v.run;
+	struct sigaction sa = { .sa_handler = on_kick };
+	sigemptyset(&sa.sa_mask);
+	CHECK(sigaction(SIGUSR1, &sa, NULL) == 0, "sigaction");
+	volatile uint32_t *count = (volatile uint32_t *)(v.mem + GUEST_DATA);
+	volatile uint32_t *isr = (volatile uint32_t *)(v.mem + GUEST_DATA + 4);
+	unsigned long outs = 0;
+	int e;
+	double lat;
+
+	/* 1: signal while the guest halts: the handler runs once, with the vector in service */
+	RUN_TO(&v, KVM_EXIT_IO, outs);
+	EXPECT_IO(&v, PORT_VALUE, KVM_EXIT_IO_OUT, 1);
+	if ((st = run_with_waker(&v, efd, 200, 10000, &r, &e, &lat)) != PASS)
+		return st;
+	if (r < 0)
+		return failf("the guest was not woken by the irqfd within 10 s: KVM_RUN %d errno %d (%s), exit %s, handler count %u",
+		    r, e, strerror(e), exit_name((int)v.run->exit_reason), *count);
+	if (r != 0 || v.run->exit_reason != KVM_EXIT_IO)
+		return exit_fail(&v, (int)v.run->exit_reason, KVM_EXIT_IO);
+	EXPECT_IO(&v, PORT_RESULT, KVM_EXIT_IO_OUT, 4);
+	CHECK(io_u32(&v) == 1, "handler count %u after one signal, want 1", io_u32(&v));
+	CHECK(isr[1] == 0x1ff, "SVR read in the handler = 0x%x, want 0x1ff (as the guest wrote it)", isr[1]);
+	CHECK(*isr & 1, "ISR bits 64..95 in the handler = 0x%x, want vector 0x%x in service", *isr, IRQ_VECTOR);
+	metric("wake_ms", "%.2f", lat * 1e3);
+
+	/* 2: deassigned: a signal does not reach the halted guest (the waker kicks it out) */
+	RUN_TO(&v, KVM_EXIT_IO, outs);
+	EXPECT_IO(&v, PORT_VALUE, KVM_EXIT_IO_OUT, 1);
+	CHECK(irqfd(v.fd, efd, IRQ_GSI, KVM_IRQFD_FLAG_DEASSIGN, 0) == 0, "KVM_IRQFD deassign");
+	if ((st = run_with_waker(&v, efd, 100, 500, &r, &e, &lat)) != PASS)
+		return st;
+	CHECK(r == -1 && e == EINTR, "KVM_RUN after a signal of a deassigned irqfd returned %d (exit %s, handler count %u), want EINTR",
+	    r, exit_name((int)v.run->exit_reason), *count);
+	CHECK(*count == 1, "handler count %u after a deassigned signal, want 1", *count);
+
+	/* 3: assigning a notifier that is already signaled fires once right away */
+	CHECK(irqfd(v.fd, efd, IRQ_GSI, 0, 0) == 0, "KVM_IRQFD assign again (eventfd already signaled)");
+	if ((st = run_with_waker(&v, -1, 0, 10000, &r, &e, &lat)) != PASS)
+		return st;
+	if (r < 0)
+		return failf("an irqfd assigned while signaled did not fire within 10 s: KVM_RUN %d errno %d (%s), handler count %u",
+		    r, e, strerror(e), *count);
+	if (v.run->exit_reason != KVM_EXIT_IO)
+		return exit_fail(&v, (int)v.run->exit_reason, KVM_EXIT_IO);
+	EXPECT_IO(&v, PORT_RESULT, KVM_EXIT_IO_OUT, 4);
+	CHECK(io_u32(&v) == 2, "handler count %u after the second interrupt, want 2", io_u32(&v));
+	CHECK(irqfd(v.fd, efd, IRQ_GSI, KVM_IRQFD_FLAG_DEASSIGN, 0) == 0, "KVM_IRQFD deassign again");
+	close(efd);
+	close(efd2);
+	vm_close(&v);
+	return PASS;
+}
+
 static enum status
 t_bad_input(void)
 {
@@ -971,6 +1340,8 @@ static const struct test {
 	{ "signal_kick", t_signal_kick },
 	{ "many_vms", t_many_vms },
 	{ "lifetime", t_lifetime },
+	{ "ioeventfd", t_ioeventfd },
+	{ "irqfd", t_irqfd },
 };
 enum { NTESTS = sizeof tests / sizeof tests[0] };
 

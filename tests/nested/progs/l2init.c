@@ -2,39 +2,143 @@
  * /init of the L2 guest: print the boot marker with the L2 uptime and the number of CPUs the
  * kernel brought up on the console, power off. The harness looks for
  * "OKVM-L2-MARKER ... cpus=N" in the L1 QEMU's serial output.
+ *
+ * With `okvm.virtio_rng` on the kernel command line it first loads the modules listed in
+ * /modules/order (virtio core, virtio-pci, virtio-rng) and reads 64 bytes from /dev/hwrng, so
+ * the device's virtqueue kick (a guest write to the notify register, which QEMU serves with an
+ * ioeventfd) and its completion interrupt (MSI-X, which QEMU delivers through an irqfd with an
+ * in-kernel irqchip) must both work; the marker then also says `mods=LOADED/LISTED rng=BYTES
+ * msi_irqs=N` (N = MSI interrupts counted for virtio devices in /proc/interrupts).
  */
+#define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
+
+/* Read up to size-1 bytes of a file into buf (NUL-terminated); returns the length or -1. */
+static int
+slurp(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY), n, len = 0;
+	if (fd < 0)
+		return -1;
+	while (len < (int)size - 1 && (n = (int)read(fd, buf + len, size - 1 - (size_t)len)) > 0)
+		len += n;
+	buf[len] = 0;
+	close(fd);
+	return len;
+}
+
+/* Load the modules named in /modules/order, one per line; returns how many loaded. */
+static int
+load_modules(int con, int *listed)
+{
+	static char order[1024];
+	char path[256], *line, *save = NULL;
+	int loaded = 0;
+	*listed = 0;
+	if (slurp("/modules/order", order, sizeof order) < 0)
+		return 0;
+	for (line = strtok_r(order, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		(*listed)++;
+		snprintf(path, sizeof path, "/modules/%s", line);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0 && syscall(SYS_finit_module, fd, "", 0) == 0)
+			loaded++;
+		else
+			dprintf(con, "l2init: loading %s: %s\n", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	return loaded;
+}
+
+/* Read 64 bytes from /dev/hwrng in a child (a read of a dead device blocks unkillably), waiting
+ * at most 30 s; returns the byte count, or -errno (-ETIMEDOUT when nothing came). */
+static int
+read_hwrng(void)
+{
+	int p[2], got = -ETIMEDOUT;
+	if (pipe(p) < 0)
+		return -errno;
+	mknod("/dev/hwrng", S_IFCHR | 0600, makedev(10, 183));
+	if (fork() == 0) {
+		unsigned char buf[64];
+		int fd = open("/dev/hwrng", O_RDONLY), n = 0, r;
+		while (fd >= 0 && n < (int)sizeof buf && (r = (int)read(fd, buf + n, sizeof buf - (size_t)n)) > 0)
+			n += r;
+		if (fd < 0 || n == 0)
+			n = -errno;
+		if (write(p[1], &n, sizeof n) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	struct pollfd pfd = { .fd = p[0], .events = POLLIN };
+	if (poll(&pfd, 1, 30000) == 1 && read(p[0], &got, sizeof got) != (ssize_t)sizeof got)
+		got = -EIO;
+	return got;
+}
+
+/* Sum of the interrupt counts of /proc/interrupts lines that name a virtio device and MSI. */
+static long
+virtio_msi_irqs(void)
+{
+	static char text[16384];
+	long total = 0;
+	char *line, *save = NULL;
+	if (slurp("/proc/interrupts", text, sizeof text) < 0)
+		return -1;
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		if (!strstr(line, "virtio") || !strstr(line, "MSI"))
+			continue;
+		char *p = strchr(line, ':');
+		while (p) {
+			char *end;
+			long n = strtol(p + 1, &end, 10);
+			if (end == p + 1)
+				break;
+			total += n;
+			p = end;
+		}
+	}
+	return total;
+}
 
 int
 main(void)
 {
-	char up[64] = "?", line[160], stat[4096];
-	int fd = open("/dev/console", O_WRONLY), u, n, cpus = 0;
+	static char stat[4096], cmdline[1024];
+	char up[64] = "?", line[256], extra[128] = "";
+	int fd = open("/dev/console", O_WRONLY), n, cpus = 0;
 	const char *p;
 
 	if (fd < 0)
 		fd = 1;
-	if (mount("proc", "/proc", "proc", 0, NULL) == 0 && (u = open("/proc/uptime", O_RDONLY)) >= 0) {
-		n = (int)read(u, up, sizeof up - 1);
-		up[n > 0 ? n : 0] = 0;
-		up[strcspn(up, " \n")] = 0;
-		close(u);
+	mount("proc", "/proc", "proc", 0, NULL);
+	if (slurp("/proc/cmdline", cmdline, sizeof cmdline) > 0 && strstr(cmdline, "okvm.virtio_rng")) {
+		int listed, loaded = load_modules(fd, &listed);
+		int rng = read_hwrng();
+		snprintf(extra, sizeof extra, " mods=%d/%d rng=%d msi_irqs=%ld", loaded, listed, rng,
+		    virtio_msi_irqs());
 	}
+	if (slurp("/proc/uptime", up, sizeof up) < 0)
+		strcpy(up, "?");
+	up[strcspn(up, " \n")] = 0;
 	/* Online CPUs: the "cpuN " lines of /proc/stat. */
-	if ((u = open("/proc/stat", O_RDONLY)) >= 0) {
-		n = (int)read(u, stat, sizeof stat - 1);
-		stat[n > 0 ? n : 0] = 0;
-		close(u);
+	if (slurp("/proc/stat", stat, sizeof stat) > 0)
 		for (p = stat; (p = strstr(p, "\ncpu")) != NULL; p += 4)
 			if (p[4] >= '0' && p[4] <= '9')
 				cpus++;
-	}
-	n = snprintf(line, sizeof line, "\nOKVM-L2-MARKER uptime=%s cpus=%d\n", up, cpus);
+	n = snprintf(line, sizeof line, "\nOKVM-L2-MARKER uptime=%s cpus=%d%s\n", up, cpus, extra);
 	if (write(fd, line, (size_t)n) != n)
 		return 1;
 	sync();

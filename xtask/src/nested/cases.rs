@@ -31,7 +31,8 @@ pub struct Case {
     /// Hypervisors loaded in turn in L1 (`linux` = kvm + kvm-amd/kvm-intel, `okvm` = our module).
     pub hvs: &'static [&'static str],
     /// Workloads per hypervisor: `suite` (kvmsuite), `l2_qemu72`, `l2_qemu72_smp2` (2 vCPUs),
-    /// `l2_qemu10`.
+    /// `l2_qemu72_split_smp2`, `l2_qemu10`, `l2_qemu10_split` (kernel-irqchip=split),
+    /// `l2_qemu10_split_virtio` (the same with virtio-rng-pci: ioeventfd + irqfd end to end).
     pub work: &'static [&'static str],
     /// kvmsuite tests to run (empty: all).
     pub tests: &'static [&'static str],
@@ -46,6 +47,10 @@ const NO_NPT: Platform = Platform::Qemu { cpu: "qemu64,+svm,-npt" };
 const SKX: Platform = Platform::Bochs { model: "corei7_skylake_x" };
 const PENRYN: Platform = Platform::Bochs { model: "core2_penryn_t9600" };
 const L2_BOTH: &[&str] = &["suite", "l2_qemu72", "l2_qemu10"];
+/// The event-notifier workloads: kvmsuite's ioeventfd/irqfd tests and QEMU 10.0 with the split
+/// irqchip, which needs KVM_IOEVENTFD and KVM_IRQFD, plain and with a virtio device.
+const EV_WORK: &[&str] = &["suite", "l2_qemu10_split", "l2_qemu10_split_virtio"];
+const EV_TESTS: &[&str] = &["api", "ioeventfd", "irqfd"];
 
 /// Every case, in `list` order.
 pub const CASES: &[Case] = &[
@@ -110,6 +115,16 @@ pub const CASES: &[Case] = &[
         timeout_s: 120,
     },
     Case {
+        name: "svm-ev",
+        about: "SVM+NPT: ioeventfd/irqfd tests + QEMU 10.0 kernel-irqchip=split L2 boots (plain, virtio-rng) on Linux KVM, then okvm",
+        platform: EPYC,
+        hvs: &["linux", "okvm"],
+        work: EV_WORK,
+        tests: EV_TESTS,
+        linux_params: &["npt=Y"],
+        timeout_s: 600,
+    },
+    Case {
         name: "vmx",
         about: "VMX+EPT (Bochs): kvmsuite + L2 boots (QEMU 7.2, 10.0) on Linux KVM, then on okvm",
         platform: SKX,
@@ -170,6 +185,16 @@ pub const CASES: &[Case] = &[
         tests: &[],
         linux_params: &["ept=N", "unrestricted_guest=N"],
         timeout_s: 900,
+    },
+    Case {
+        name: "vmx-ev",
+        about: "VMX+EPT (Bochs): ioeventfd/irqfd tests + QEMU 10.0 kernel-irqchip=split L2 boots on Linux KVM, then okvm",
+        platform: SKX,
+        hvs: &["linux", "okvm"],
+        work: EV_WORK,
+        tests: EV_TESTS,
+        linux_params: &["ept=Y", "unrestricted_guest=Y"],
+        timeout_s: 2400,
     },
     Case {
         name: "bench",

@@ -46,11 +46,12 @@ fi
 PROGS=$OUT
 
 # ---- L2 initramfs (the L2 kernel is the L1's). l2init loads the modules listed in
-# /modules/order, in that order, when the L2 command line asks for virtio-rng; the virtio core,
-# virtio-pci and virtio-rng are modules in Debian's 6.1 config (rng-core is built in).
+# /modules/order, in that order, when the L2 command line asks for virtio; the virtio core,
+# virtio-pci, virtio-rng and virtio-blk are modules in Debian's 6.1 config (rng-core is built in).
 KMOD=$KIMG/lib/modules/$KVER/kernel
 L2_MODS="drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko
-	drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko drivers/char/hw_random/virtio-rng.ko"
+	drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko drivers/char/hw_random/virtio-rng.ko
+	drivers/block/virtio_blk.ko"
 key=$(hash_inputs "$PROGS/l2init" l2-v2 "$KVER $KSRCVER" "$L2_MODS")
 if stage l2 "$key"; then
 	R=$OUT/root

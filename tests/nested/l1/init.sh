@@ -92,13 +92,26 @@ hv_unload() {
 }
 
 # l2_boot HV NAME QEMU...: boot the L2 kernel with a QEMU; PASS when its marker shows.
-# L2ADD: more L2 kernel arguments; L2WANT: space-separated patterns (grep -E) the marker line
-# must also match (each preceded by a blank), e.g. "rng=64 msi_irqs=[1-9]".
+# L2ADD: more L2 kernel arguments; L2WANT: space-separated patterns (grep -E) that the result's
+# fields (the marker's, and the QEMU trace counts below) must also match, e.g. "rng=64".
 L2ADD="" L2WANT=""
+# QEMU trace events (-trace, log backend, to a file: on stderr they would split the serial
+# console's lines, written one character at a time) counted from an L2 boot: KVM_IOEVENTFD,
+# KVM_IRQFD and KVM_SIGNAL_MSI VM ioctls, virtqueue notifies QEMU handled itself after an MMIO
+# exit (none when the ioeventfd caught them), device interrupts QEMU sent through an irqfd.
+L2TRACE="-D /tmp/l2.trace -trace kvm_vm_ioctl -trace virtio_pci_notify_write -trace virtio_notify_irqfd"
+qemu_counts() {
+	echo "ioeventfd_ioctls=$(grep -c 'kvm_vm_ioctl type 0x4040ae79' $1)" \
+	    "irqfd_ioctls=$(grep -c 'kvm_vm_ioctl type 0x4020ae76' $1)" \
+	    "signal_msi_ioctls=$(grep -c 'kvm_vm_ioctl type 0x4020aea5' $1)" \
+	    "user_notifies=$(grep -c 'virtio_pci_notify_write ' $1)" \
+	    "irqfd_notifies=$(grep -c 'virtio_notify_irqfd ' $1)"
+}
 l2_boot() {
 	hv=$1 name=$2
 	shift 2
 	echo "@@ BEGIN hv=$hv name=$name"
+	rm -f /tmp/l2.trace
 	t0=$(up)
 	timeout -s KILL $L2T "$@" -enable-kvm -cpu host -m 256 -smp $L2SMP -nodefaults -display none \
 	    -serial stdio -monitor none -no-reboot -kernel /l2/vmlinuz -initrd /l2/initrd.cpio \
@@ -110,15 +123,18 @@ l2_boot() {
 	# The guest must also have brought up every CPU it was given.
 	miss=""
 	echo "$marker" | grep -Eq "OKVM-L2-MARKER .* cpus=$L2SMP([^0-9]|\$)" || miss="cpus=$L2SMP"
-	for w in $L2WANT; do
-		echo "$marker" | grep -Eq "OKVM-L2-MARKER .* $w" || miss="$miss $w"
-	done
 	# the marker's own fields (uptime, mods, rng, ...) go into the result line, cpus as wanted
 	fields=$(echo "$marker" | cut -d' ' -f2- | tr ' ' '\n' | grep -v '^cpus=' | grep '=' | tr '\n' ' ')
+	case " $* " in *" kvm_vm_ioctl "*) fields="$fields$(qemu_counts /tmp/l2.trace)";; esac
+	set -f # the patterns are not file names
+	for w in $L2WANT; do
+		echo " $fields " | grep -Eq " $w " || miss="$miss $w"
+	done
+	set +f
 	if [ -z "$miss" ]; then
 		echo "@@ RESULT hv=$hv name=$name status=PASS secs=$secs rc=$rc cpus=$L2SMP $fields"
 	elif [ -n "$marker" ]; then
-		echo "@@ RESULT hv=$hv name=$name status=FAIL secs=$secs rc=$rc msg=\"marker without$miss: $marker\""
+		echo "@@ RESULT hv=$hv name=$name status=FAIL secs=$secs rc=$rc $fields msg=\"marker without$miss: $marker\""
 	else
 		last=$(grep -v '^$' /tmp/l2.log | tail -1 | tr -d '"' | cut -c1-160)
 		echo "@@ RESULT hv=$hv name=$name status=FAIL secs=$secs rc=$rc msg=\"no marker: $last\""
@@ -149,11 +165,19 @@ for hv in $HVS; do
 				    -machine kernel-irqchip=split
 				;;
 			l2_qemu10_split_virtio)
-				# virtio-rng-pci: QEMU serves its queue notify with an ioeventfd and
-				# its MSI-X vectors with irqfds; the L2 reads 64 random bytes.
-				L2ADD="okvm.virtio_rng" L2WANT="mods=6/6 rng=64 msi_irqs=[1-9]"
+				# virtio-rng-pci and virtio-blk-pci (a null block device) on an
+				# iothread: QEMU serves their queue notifies with ioeventfds and sends
+				# virtio-blk's MSI-X interrupts through irqfds. The L2 reads 64 random
+				# bytes and 4 KiB of the disk; QEMU's own trace must show ioeventfds
+				# and irqfds assigned, interrupts sent through an irqfd, and no
+				# notify that reached QEMU as an MMIO exit.
+				L2ADD="okvm.virtio"
+				L2WANT="mods=7/7 rng=64 blk=4096 msi_irqs=[1-9][0-9]* ioeventfd_ioctls=[1-9][0-9]*"
+				L2WANT="$L2WANT irqfd_ioctls=[1-9][0-9]* irqfd_notifies=[1-9][0-9]* user_notifies=0"
 				l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share \
-				    -machine kernel-irqchip=split -device virtio-rng-pci
+				    -machine kernel-irqchip=split -device virtio-rng-pci \
+				    -object iothread,id=io0 -blockdev driver=null-co,node-name=nul0,read-zeroes=on \
+				    -device virtio-blk-pci,drive=nul0,iothread=io0 $L2TRACE
 				L2ADD="" L2WANT=""
 				;;
 			*) echo "@@ RESULT hv=$hv name=$w status=FAIL msg=\"unknown workload\"" ;;

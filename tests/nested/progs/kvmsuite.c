@@ -1105,12 +1105,12 @@ waker_main(void *arg)
 {
 	struct waker *w = arg;
 	sleep_ms(w->delay_ms);
+	w->wrote = now(); /* before the write: the woken vCPU thread may run first */
 	if (w->efd >= 0) {
 		uint64_t one = 1;
 		if (write(w->efd, &one, sizeof one) != (ssize_t)sizeof one)
 			perror("eventfd write");
 	}
-	w->wrote = now();
 	for (unsigned t = 0; t < w->kick_ms && !w->done; t += 10)
 		sleep_ms(10);
 	if (!w->done)

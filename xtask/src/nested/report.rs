@@ -183,6 +183,7 @@ pub fn format_outcome(case: &str, o: &Outcome) -> String {
     let verdict = match (o.ok(), o.status) {
         (true, Status::Pass) if o.expected != Status::Pass => "PASS (better than expected: update the expectation file)",
         (true, Status::Pass) => "PASS",
+        (true, Status::Fail) => "PASS (expected failure)",
         (true, _) => "PASS (expected unsupported)",
         (false, _) => "FAIL",
     };

@@ -19,8 +19,10 @@ use object::{Object, ObjectSymbol};
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// Files the kernel patch must touch, relative to /usr/src.
+/// Files the kernel patch must touch, relative to /usr/src (the etc/ ones come last in the diff).
 pub const KERNEL_PATCH_FILES: &[&str] = &[
+    "etc/MAKEDEV.common",
+    "etc/etc.amd64/MAKEDEV.md",
     "sys/arch/amd64/amd64/conf.c",
     "sys/arch/amd64/amd64/vmm_machdep.c",
     "sys/arch/amd64/conf/GENERIC",
@@ -28,8 +30,6 @@ pub const KERNEL_PATCH_FILES: &[&str] = &[
     "sys/dev/vmm/vmm.c",
     "sys/dev/vmm/vmm.h",
     "sys/kern/sys_generic.c",
-    "etc/MAKEDEV.common",
-    "etc/etc.amd64/MAKEDEV.md",
 ];
 
 /// QEMU port patches (name, the one file it touches relative to WRKSRC).

@@ -30,7 +30,7 @@ use svm::permmap;
 use svm::vcpu::{self as sv, Reinjection, VmcbSetup};
 use svm::vmcb::{CleanBits, EventInj, EventType, Vmcb};
 
-use crate::backend::{Backend, CpuidResult, Exit, GuestException, IoCompletion};
+use crate::backend::{Backend, CpuidResult, EntryGate, Exit, GuestException, IoCompletion};
 use crate::errno::{KResult, EINVAL, ENODEV, ENOMEM};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{Host, LogLevel, Page};
@@ -49,6 +49,14 @@ const CPUID1_ECX_OSXSAVE: u32 = 1 << 27;
 const KVM_ENOSYS: u64 = (-1000i64) as u64;
 
 struct Cpuid(fn(u32, u32) -> CpuidResult);
+
+/// How one attempt to run the guest ended.
+enum Entered {
+    /// The entry gate kept the vCPU out (a signal or a posted event); nothing ran.
+    Gated,
+    /// The guest ran and exited.
+    Exited(DecodedExit),
+}
 
 impl CpuidSource for Cpuid {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
@@ -425,8 +433,14 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         sv::skip_instruction(vmcb, next);
     }
 
-    /// Runs the guest once on this CPU. `None` when SVM cannot be used on it.
-    fn enter_once(&self, vm: &SvmVm<H>, v: &mut SvmVcpu<H>) -> Option<DecodedExit> {
+    /// Runs the guest once on this CPU unless `gate` keeps it out. `None` when SVM cannot be
+    /// used on it.
+    fn enter_once<G: EntryGate>(
+        &self,
+        vm: &SvmVm<H>,
+        v: &mut SvmVcpu<H>,
+        gate: &G,
+    ) -> Option<Entered> {
         let host = self.host;
         let vmcb_pa = v.vmcb.pa();
         let fpu = v.fpu.va();
@@ -443,6 +457,14 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         };
         let host_vmcb_pa = hv.pa;
         let irq = self.hw.irq_disable();
+        if gate.enter(cpu) {
+            if irq {
+                // SAFETY: interrupts were on when we started; nothing was switched.
+                unsafe { self.hw.irq_enable() };
+            }
+            host.preempt_enable();
+            return Some(Entered::Gated);
+        }
         vm.enter(s.index, cpu);
         let gen = vm.tlb_gen.load(core::sync::atomic::Ordering::SeqCst);
         if gen != s.tlb_gen {
@@ -506,7 +528,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             unsafe { self.hw.irq_enable() };
         }
         host.preempt_enable();
-        Some(d)
+        Some(Entered::Exited(d))
     }
 
     /// Turns a decoded #VMEXIT into the core's exit, handling what needs no core decision.
@@ -930,13 +952,14 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
         v.st.apic_base
     }
 
-    fn run(&self, vm: &SvmVm<H>, v: &mut SvmVcpu<H>) -> Exit {
+    fn run<G: EntryGate>(&self, vm: &SvmVm<H>, v: &mut SvmVcpu<H>, gate: &G) -> Exit {
         {
             let (vmcb, s) = v.parts();
             self.inject_pending(vmcb, s);
         }
-        match self.enter_once(vm, v) {
-            Some(d) => {
+        match self.enter_once(vm, v, gate) {
+            Some(Entered::Gated) => Exit::Continue,
+            Some(Entered::Exited(d)) => {
                 let e = self.handle(v, &d);
                 if DEBUG_EXITS {
                     self.debug_exit(v, &e);

@@ -50,7 +50,7 @@ use vmx::vmcs::Vmcs;
 use x86::vmx::vmcs::control::PrimaryControls;
 use x86::vmx::vmcs::{control, guest, ro};
 
-use crate::backend::{Backend, CpuidResult, Exit, GuestException, IoCompletion};
+use crate::backend::{Backend, CpuidResult, EntryGate, Exit, GuestException, IoCompletion};
 use crate::errno::{KResult, EINVAL, EIO, ENODEV, ENOMEM};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{Host, LogLevel, Page};
@@ -512,7 +512,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 error_code: None,
             });
         }
-        if st.pending_irq.is_some() && st.interrupt_allowed() {
+        if st.inject.is_none() && st.pending_irq.is_some() && st.interrupt_allowed() {
             if let Some(vector) = st.pending_irq.take() {
                 st.inject = Some(Event {
                     vector,
@@ -574,8 +574,9 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
         Ok(())
     }
 
-    /// One entry on this CPU (preemption disabled by the caller).
-    fn enter_once(&self, vm: &VmxVm<H>, v: &mut VmxVcpu<H>) -> Exit {
+    /// One entry on this CPU (preemption disabled by the caller), unless `gate` keeps the
+    /// vCPU out ([`Exit::Continue`] then, with any event still queued in `inject`).
+    fn enter_once<G: EntryGate>(&self, vm: &VmxVm<H>, v: &mut VmxVcpu<H>, gate: &G) -> Exit {
         let fail = Exit::FailEntry { reason: 0 };
         let cpu = self.host.cpu_current();
         let Some(pc) = self.this_cpu(cpu) else {
@@ -589,6 +590,13 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
         let me = st as *const VmxVcpuState as usize;
         let hw = &self.hw;
         let irq = hw.irq_disable();
+        if gate.enter(cpu) {
+            if irq {
+                // SAFETY: interrupts were on when we started; nothing was switched.
+                unsafe { hw.irq_enable() };
+            }
+            return Exit::Continue;
+        }
         // SAFETY: VMX root operation here; the VMCS is this vCPU's and active nowhere else.
         if unsafe { hw.vmptrld(vmcs_pa) }.is_err() {
             if irq {
@@ -1382,10 +1390,10 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
         v.st.apic_base
     }
 
-    fn run(&self, vm: &VmxVm<H>, v: &mut VmxVcpu<H>) -> Exit {
+    fn run<G: EntryGate>(&self, vm: &VmxVm<H>, v: &mut VmxVcpu<H>, gate: &G) -> Exit {
         Self::inject_pending(&mut v.st);
         self.host.preempt_disable();
-        let e = self.enter_once(vm, v);
+        let e = self.enter_once(vm, v, gate);
         self.host.preempt_enable();
         e
     }

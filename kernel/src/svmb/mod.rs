@@ -101,6 +101,8 @@ pub struct SvmBackend<H: Host, W: SvmHw + Sync + 'static> {
     host_xcr0: u64,
     /// Components switched with XSAVE/XRSTOR.
     fpu_mask: u64,
+    /// The CPU has `TSC_AUX` (switched around entries: RDTSCP/RDPID are not intercepted).
+    tsc_aux: bool,
     iopm: Page,
     msrpm: Page,
     percpu: HSlice<PerCpuCell, H>,
@@ -202,6 +204,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             phys_bits,
             host_xcr0,
             fpu_mask,
+            tsc_aux: crate::msrs::host_has_tsc_aux(cpuid),
             iopm,
             msrpm,
             percpu,
@@ -485,6 +488,16 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 self.hw.fxrstor(fpu);
             }
         }
+        let aux = self.tsc_aux.then(|| {
+            let host_aux = self.hw.rdmsr(crate::msrs::MSR_TSC_AUX);
+            let guest_aux = s.msrs.get(crate::msrs::MSR_TSC_AUX).unwrap_or(0);
+            if host_aux != guest_aux {
+                // SAFETY: TSC_AUX exists (CPUID) and the value was validated (32 bits) on
+                // WRMSR / KVM_SET_MSRS; the host's value goes back right after the exit.
+                unsafe { self.hw.wrmsr(crate::msrs::MSR_TSC_AUX, guest_aux) };
+            }
+            (host_aux, guest_aux)
+        });
         // The world switch loads the guest's DR0-DR3 and #VMEXIT leaves DR7 at 400h: the
         // host's go back afterwards (DR6/DR7 only when it had breakpoints enabled).
         let host_db = [0u8, 1, 2, 3].map(|n| self.hw.read_db(n));
@@ -501,6 +514,12 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 &mut s.extra,
             )
         };
+        if let Some((host_aux, guest_aux)) = aux {
+            if host_aux != guest_aux {
+                // SAFETY: restores the host's own value.
+                unsafe { self.hw.wrmsr(crate::msrs::MSR_TSC_AUX, host_aux) };
+            }
+        }
         for (n, (h, g)) in (0u8..).zip(host_db.iter().zip(s.extra.db)) {
             if *h != g {
                 // SAFETY: restores the host's own value.

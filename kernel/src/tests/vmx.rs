@@ -192,7 +192,11 @@ unsafe impl VmxHw for FakeVmx {
             "the adapter always VMCLEARs, so it must VMLAUNCH"
         );
         let pa = s.current.expect("entry without a current VMCS");
-        let snapshot = s.vmcs[&pa].clone();
+        let mut snapshot = s.vmcs[&pa].clone();
+        // The MSR RDTSCP reads in the guest, recorded under its MSR number (no VMCS field
+        // encoding is that large).
+        let aux = s.msrs.get(&TSC_AUX).copied().unwrap_or(0);
+        snapshot.insert(TSC_AUX, aux);
         s.entries.push(snapshot);
         s.entry_regs.push(*regs);
         s.trace.push("vmlaunch".into());
@@ -261,6 +265,11 @@ fn cpuid(leaf: u32, _sub: u32) -> CpuidResult {
         },
         0x8000_0000 => CpuidResult {
             eax: 0x8000_0008,
+            ..Default::default()
+        },
+        // RDTSCP (so TSC_AUX exists and is switched).
+        0x8000_0001 => CpuidResult {
+            edx: 1 << 27,
             ..Default::default()
         },
         0x8000_0008 => CpuidResult {
@@ -587,6 +596,24 @@ fn msr_exits_and_syscall_msrs_switched_around_the_entry() {
         "#GP with error code"
     );
     assert_eq!(e[&control::VMENTRY_EXCEPTION_ERR_CODE], 0);
+}
+
+const TSC_AUX: u32 = 0xc000_0103;
+
+#[test]
+fn tsc_aux_is_the_guests_inside_and_the_hosts_outside() {
+    let (_h, b, vm, mut v) = setup();
+    b.hw().0.lock().unwrap().msrs.insert(TSC_AUX, 3); // the host's CPU number
+    b.set_msr(&mut v, TSC_AUX, 7, true).unwrap();
+    b.hw().push(exit(12, 0, 1));
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Hlt);
+    assert_eq!(b.hw().last_entry()[&TSC_AUX], 7, "RDTSCP in the guest reads its own");
+    assert_eq!(b.hw().rdmsr(TSC_AUX), 3, "the host's value is back after the exit");
+    // Equal values: nothing is written (the snapshot still shows the right value).
+    b.set_msr(&mut v, TSC_AUX, 3, true).unwrap();
+    b.hw().push(exit(12, 0, 1));
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Hlt);
+    assert_eq!(b.hw().last_entry()[&TSC_AUX], 3);
 }
 
 #[test]

@@ -133,6 +133,8 @@ pub struct VmxBackend<H: Host, W: VmxHw + Sync + 'static> {
     host_xcr0: u64,
     /// Components switched with XSAVE/XRSTOR.
     fpu_mask: u64,
+    /// The CPU has `TSC_AUX` (switched around entries: RDTSCP/RDPID read it directly).
+    tsc_aux: bool,
     msr_bitmap: Page,
     percpu: HSlice<PerCpuCell, H>,
     next_vpid: AtomicU32,
@@ -205,6 +207,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
             phys_bits,
             host_xcr0,
             fpu_mask,
+            tsc_aux: crate::msrs::host_has_tsc_aux(cpuid),
             msr_bitmap,
             percpu,
             next_vpid: AtomicU32::new(0),
@@ -647,12 +650,21 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 *h = hw.rdmsr(m);
             }
             let guest_msrs = [st.star, st.lstar, st.cstar, st.sfmask, st.kernel_gs_base];
+            let aux = self.tsc_aux.then(|| {
+                (
+                    hw.rdmsr(msrs::MSR_TSC_AUX),
+                    st.msrs.get(msrs::MSR_TSC_AUX).unwrap_or(0),
+                )
+            });
             // SAFETY: the guest's values were validated on WRMSR / KVM_SET_MSRS; the host's
             // come back before interrupts are enabled again. The XSAVE page is aligned and
             // validated; the guest XCR0 is a subset of the host's.
             unsafe {
                 for (m, g) in SWITCHED_MSRS.iter().zip(guest_msrs) {
                     hw.wrmsr(*m, g);
+                }
+                if let Some((_, g)) = aux.filter(|(h, g)| h != g) {
+                    hw.wrmsr(msrs::MSR_TSC_AUX, g);
                 }
                 if self.host_xcr0 != 0 {
                     hw.xrstor(fpu, self.fpu_mask);
@@ -679,6 +691,9 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 st.kernel_gs_base = hw.rdmsr(msrs::MSR_KERNEL_GS_BASE);
                 for (m, h) in SWITCHED_MSRS.iter().zip(host_msrs) {
                     hw.wrmsr(*m, h);
+                }
+                if let Some((h, _)) = aux.filter(|(h, g)| h != g) {
+                    hw.wrmsr(msrs::MSR_TSC_AUX, h);
                 }
             }
             vm.leave(st.index);

@@ -392,12 +392,13 @@ impl Harness {
                 .map(|o| format!("not loaded: {}", o.fields.get("msg").map(String::as_str).unwrap_or("?")))
         };
         // (label, result name, metric: None = host seconds BEGIN..RESULT, unit)
-        let rows: [(&str, &str, Option<&str>, &str); 5] = [
+        let rows: [(&str, &str, Option<&str>, &str); 6] = [
             ("PIO exit (long mode out)", "pio_long", Some("us_per_exit"), "us"),
             ("MMIO exit (write)", "mmio", Some("us_per_exit"), "us"),
             ("CPUID exit (in kernel)", "cpuid", Some("us_per_exit"), "us"),
             ("L2 boot to marker, QEMU 7.2", "l2_qemu72", None, "s"),
             ("L2 boot to marker, QEMU 10.0", "l2_qemu10", None, "s"),
+            ("L2 boot, 10.0 split + virtio", "l2_qemu10_split_virtio", None, "s"),
         ];
         let cell = |hv: &str, name: &str, metric: Option<&str>| -> Result<f64, String> {
             if let Some(e) = load_err(hv) {

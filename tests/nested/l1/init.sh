@@ -3,7 +3,7 @@
 #
 # Kernel command line (set by `cargo xtask nested`):
 #   okvm.hv=linux,okvm            hypervisors to load in turn (never two at once)
-#   okvm.work=suite,l2_qemu72     workloads to run on each of them (see the case list below)
+#   okvm.work=suite,l2_qemu72     workloads to run on each of them (the `case $w` below)
 #   okvm.n=N okvm.t=S okvm.l2t=S  exits per timed suite test, per-test and per-L2-boot limits (L1 s)
 #   okvm.tests=a,b                suite tests to run (default: all)
 # Every result is one line "@@ RESULT hv=.. name=.. status=PASS|FAIL|UNSUPPORTED ..." on the

@@ -201,7 +201,7 @@ pub const CASES: &[Case] = &[
         about: "SVM+NPT: exit costs and L2 boot time, Linux KVM vs okvm (used by `nested bench`)",
         platform: EPYC,
         hvs: &["linux", "okvm"],
-        work: L2_BOTH,
+        work: &["suite", "l2_qemu72", "l2_qemu10", "l2_qemu10_split_virtio"],
         tests: &["api", "pio_long", "mmio", "cpuid"],
         linux_params: &["npt=Y"],
         timeout_s: 600,

@@ -46,9 +46,15 @@ const KVM_CAP_SPLIT_IRQCHIP: u64 = kvm_abi::KVM_CAP_SPLIT_IRQCHIP as u64;
 const KVM_CAP_IRQ_ROUTING: u64 = kvm_abi::KVM_CAP_IRQ_ROUTING as u64;
 const KVM_CAP_SIGNAL_MSI: u64 = kvm_abi::KVM_CAP_SIGNAL_MSI as u64;
 const KVM_CAP_TSC_DEADLINE_TIMER: u64 = kvm_abi::KVM_CAP_TSC_DEADLINE_TIMER as u64;
+/// Machine-check banks (`KVM_X86_SETUP_MCE`, `KVM_X86_SET_MCE`); answers the bank limit.
+const KVM_CAP_MCE: u64 = kvm_abi::KVM_CAP_MCE as u64;
+/// `KVM_GET_CLOCK` / `KVM_SET_CLOCK`; answers the supported `kvm_clock_data` flags.
+const KVM_CAP_ADJUST_CLOCK: u64 = kvm_abi::KVM_CAP_ADJUST_CLOCK as u64;
+/// Single-stepping over instructions the core or a backend completes raises #DB (`singlestep`).
+const KVM_CAP_X86_ROBUST_SINGLESTEP: u64 = kvm_abi::KVM_CAP_X86_ROBUST_SINGLESTEP as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 29] = [
+pub const SUPPORTED: [u64; 32] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -78,6 +84,9 @@ pub const SUPPORTED: [u64; 29] = [
     KVM_CAP_IRQ_ROUTING,
     KVM_CAP_SIGNAL_MSI,
     KVM_CAP_TSC_DEADLINE_TIMER,
+    KVM_CAP_MCE,
+    KVM_CAP_ADJUST_CLOCK,
+    KVM_CAP_X86_ROBUST_SINGLESTEP,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.
@@ -91,6 +100,8 @@ pub fn check_extension(cap: u64, online_cpus: u32) -> i64 {
         KVM_CAP_COALESCED_MMIO => KVM_COALESCED_MMIO_PAGE_OFFSET,
         // Linux: the number of GSI routes (QEMU sizes its GSI bitmap from it).
         KVM_CAP_IRQ_ROUTING => i64::from(crate::irqchip::MAX_IRQ_ROUTES),
+        KVM_CAP_MCE => i64::from(crate::msrs::KVM_MAX_MCE_BANKS),
+        KVM_CAP_ADJUST_CLOCK => i64::from(crate::clock::CLOCK_FLAGS),
         c if SUPPORTED.contains(&c) => 1,
         _ => 0,
     }

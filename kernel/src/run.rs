@@ -199,6 +199,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         }
         self.set_exit(kvm_abi::KVM_EXIT_UNKNOWN);
         loop {
+            if core::mem::take(&mut st.shutdown_req) {
+                // A machine check the guest could not take (KVM_X86_SET_MCE).
+                self.set_exit(kvm_abi::KVM_EXIT_SHUTDOWN);
+                return Ok(0);
+            }
             // SAFETY: as above.
             let want_window =
                 unsafe { addr_of!((*run).request_interrupt_window).read_volatile() } != 0;
@@ -218,6 +223,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         return Ok(0);
                     }
                 }
+                self.deliver_mc(st);
                 self.cpu.store(
                     host.cpu_current() as i32,
                     core::sync::atomic::Ordering::Relaxed,
@@ -272,7 +278,6 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
 
     /// Finishes the instruction that exited to userspace (Linux `complete_userspace_io`).
     fn complete_pending(&self, st: &mut VcpuState<H, B>) -> KResult<Step> {
-        let b = &self.vm().sys.backend;
         let c = match core::mem::replace(&mut st.pending, Pending::None) {
             Pending::None => return Ok(Step::Continue),
             Pending::Emulated(exit) => {
@@ -303,7 +308,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 IoCompletion::MmioRead { len, data: m.data }
             }
         };
-        b.complete_io(&mut st.b, c);
+        self.retire(st, |b, v| b.complete_io(v, c))?;
         Ok(Step::Continue)
     }
 
@@ -335,7 +340,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     && vm.coalesced(u64::from(port), u32::from(size), true)
                     && self.ring_push_n(u64::from(port), bytes, size, 1, true)
                 {
-                    b.complete_io(&mut st.b, IoCompletion::Write);
+                    self.retire(st, |b, v| b.complete_io(v, IoCompletion::Write))?;
                     return Ok(Step::Continue);
                 }
                 if out {
@@ -372,7 +377,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         } else {
                             IoCompletion::MmioRead { len, data }
                         };
-                        b.complete_io(&mut st.b, c);
+                        self.retire(st, |b, v| b.complete_io(v, c))?;
                         return Ok(Step::Continue);
                     }
                 }
@@ -386,7 +391,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         false,
                     )
                 {
-                    b.complete_io(&mut st.b, IoCompletion::Write);
+                    self.retire(st, |b, v| b.complete_io(v, IoCompletion::Write))?;
                     return Ok(Step::Continue);
                 }
                 self.exit_mmio(gpa, len, write, data);
@@ -411,6 +416,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 }
             }
             Exit::Hlt => {
+                if st.lapic.is_some() && self.exception_queued(st) {
+                    // An exception (the single-step #DB over this HLT) makes the vCPU runnable
+                    // at once (Linux `kvm_vcpu_has_events`).
+                    return Ok(Step::Continue);
+                }
                 if self.apic_halt(st) {
                     return Ok(Step::Continue);
                 }
@@ -423,23 +433,23 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             }
             Exit::Cpuid { leaf, subleaf } => {
                 let r = cpuid::lookup(st.cpuid.as_deref().unwrap_or(&[]), leaf, subleaf);
-                b.complete_cpuid(&mut st.b, r);
+                self.retire(st, |b, v| b.complete_cpuid(v, r))?;
                 Step::Continue
             }
             Exit::Rdmsr { index } => {
                 let v = match self.apic_rdmsr(st, index) {
                     Some(v) => v,
-                    None => b.get_msr(&mut st.b, index, false).ok(),
+                    None => self.msr_get(st, index, false).ok(),
                 };
-                b.complete_rdmsr(&mut st.b, v);
+                self.retire(st, |b, bv| b.complete_rdmsr(bv, v))?;
                 Step::Continue
             }
             Exit::Wrmsr { index, data } => {
                 let ok = match self.apic_wrmsr(st, index, data) {
                     Some(ok) => ok,
-                    None => b.set_msr(&mut st.b, index, data, false).is_ok(),
+                    None => self.msr_set(st, index, data, false).is_ok(),
                 };
-                b.complete_wrmsr(&mut st.b, ok);
+                self.retire(st, |b, v| b.complete_wrmsr(v, ok))?;
                 Step::Continue
             }
             Exit::Shutdown => {

@@ -192,8 +192,13 @@ impl<H: Host, B: Backend> System<H, B> {
                 }
                 Ok(3 * PAGE_SIZE as i64)
             }
-            KVM_GET_MSR_INDEX_LIST => self.msr_list(arg, &msrs::MSRS_TO_SAVE),
-            KVM_GET_MSR_FEATURE_INDEX_LIST => self.msr_list(arg, &msrs::FEATURE_MSRS),
+            KVM_GET_MSR_INDEX_LIST => {
+                self.msr_list(arg, &msrs::MSRS_TO_SAVE, &msrs::EMULATED_MSRS)
+            }
+            KVM_GET_MSR_FEATURE_INDEX_LIST => self.msr_list(arg, &msrs::FEATURE_MSRS, &[]),
+            KVM_X86_GET_MCE_CAP_SUPPORTED => {
+                user::write(self.host, arg, &msrs::KVM_MCE_CAP_SUPPORTED).map(|()| 0)
+            }
             KVM_GET_MSRS => self.feature_msrs(arg),
             KVM_GET_SUPPORTED_CPUID => self.get_cpuid(arg, self.supported_cpuid()),
             KVM_GET_EMULATED_CPUID => self.get_cpuid(arg, &[]),
@@ -202,17 +207,20 @@ impl<H: Host, B: Backend> System<H, B> {
     }
 
     /// Linux's MSR-list handshake: the needed count is always copied back; `E2BIG` if the
-    /// caller's `nmsrs` is smaller; else the indices follow the header.
-    fn msr_list(&self, arg: u64, list: &[u32]) -> KResult<i64> {
+    /// caller's `nmsrs` is smaller; else the indices (`list` then `more`) follow the header.
+    fn msr_list(&self, arg: u64, list: &[u32], more: &[u32]) -> KResult<i64> {
         let mut hdr: kvm_msr_list = user::read(self.host, arg)?;
         let n = hdr.nmsrs;
-        hdr.nmsrs = list.len() as u32;
+        let total = list.len() + more.len();
+        hdr.nmsrs = total as u32;
         user::write(self.host, arg, &hdr)?;
-        if (n as usize) < list.len() {
+        if (n as usize) < total {
             return Err(E2BIG);
         }
-        self.host
-            .copyout(arg.checked_add(4).ok_or(EFAULT)?, list.as_bytes())?;
+        let at = arg.checked_add(4).ok_or(EFAULT)?;
+        self.host.copyout(at, list.as_bytes())?;
+        let at = at.checked_add(4 * list.len() as u64).ok_or(EFAULT)?;
+        self.host.copyout(at, more.as_bytes())?;
         Ok(0)
     }
 

@@ -15,6 +15,7 @@ use kvm_abi::kvm_coalesced_mmio_zone;
 
 use crate::backend::Backend;
 use crate::caps::{self, KVM_MAX_VCPUS, KVM_MAX_VCPU_IDS};
+use crate::clock::VmClock;
 use crate::errno::{KResult, EEXIST, EFAULT, EINVAL, EIO, ENOMEM, ENOSPC, ENOTTY};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{FdKind, Host, MmRef};
@@ -79,6 +80,8 @@ pub struct Vm<H: Host, B: Backend> {
     exit_on_emulation_failure: AtomicBool,
     /// The in-kernel irqchip (split mode: local APICs, GSI routes).
     pub irq: IrqChip<H>,
+    /// [a] The VM clock (`KVM_GET_CLOCK` / `KVM_SET_CLOCK`).
+    pub clock: VmClock,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -136,6 +139,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
             st: HMutex::new(host, st)?,
             exit_on_emulation_failure: AtomicBool::new(false),
             irq: IrqChip::new(host)?,
+            clock: VmClock::new(host.nanotime()),
         };
         HBox::new(host, vm)
     }
@@ -259,6 +263,8 @@ impl<H: Host, B: Backend> Vm<H, B> {
                     _ => irqchip::enable_cap(self, &c),
                 }
             }
+            KVM_GET_CLOCK => self.clock.get_ioctl(host, arg),
+            KVM_SET_CLOCK => self.clock.set_ioctl(host, arg),
             KVM_CREATE_IRQCHIP if self.irq.split() => Err(EEXIST),
             _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
         }

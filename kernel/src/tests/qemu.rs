@@ -13,16 +13,17 @@ use zerocopy::IntoBytes;
 use crate::backend::Exit;
 use crate::errno::E2BIG;
 use crate::fake::vmm::{zeroed, Vmm};
+use crate::msrs::{self, Mce};
+
+/// QEMU's `MCE_BANKS_DEF`.
+const QEMU_MCE_BANKS: u64 = 10;
 
 /// Capabilities QEMU ≥ 8.2 requires that okvm does not offer yet: `kvm_init` stops with "kvm
 /// does not support KVM_CAP_..." (the generic and x86 required lists), and
 /// `kvm_irqchip_create` with "kvm: irqfd not implemented". Must shrink to nothing.
-pub const QEMU10_MISSING: [u32; 6] = [
+pub const QEMU10_MISSING: [u32; 3] = [
     KVM_CAP_IOEVENTFD,
     KVM_CAP_IOEVENTFD_ANY_LENGTH,
-    KVM_CAP_X86_ROBUST_SINGLESTEP,
-    KVM_CAP_MCE,
-    KVM_CAP_ADJUST_CLOCK,
     KVM_CAP_IRQFD,
 ];
 
@@ -217,11 +218,25 @@ fn init_vcpu(
     let c = v.buf(bytes.len());
     v.host.user_write(c, &bytes);
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_CPUID2, c), 0);
-    assert_eq!(
-        cap(v, v.h(vm), KVM_CAP_MCE),
-        0,
-        "no MCE banks: mcg_cap stays 0"
-    );
+    // kvm_arch_init_vcpu: machine checks when the model has MCE and MCA and family >= 6 (QEMU
+    // adds both bits to every KVM CPUID). QEMU 7.2 also wants KVM_CAP_MCE > 0 here, QEMU 10
+    // already required it in kvm_init.
+    let l1 = *table.iter().find(|e| e.function == 1 && e.index == 0).unwrap();
+    const MCE_MCA: u32 = (1 << 7) | (1 << 14);
+    assert!((l1.eax >> 8) & 0xf >= 6 && l1.edx & MCE_MCA == MCE_MCA);
+    // kvm_get_mce_cap_supported: banks from KVM_CHECK_EXTENSION on /dev/kvm, then the bits.
+    let banks = cap(v, v.kvm, KVM_CAP_MCE);
+    assert!(banks >= QEMU_MCE_BANKS as i64, "Unsupported MCE bank count");
+    let sa = v.put(&0u64);
+    assert_eq!(v.ioctl(v.kvm, KVM_X86_GET_MCE_CAP_SUPPORTED, sa), 0);
+    let supported: u64 = v.get(sa);
+    // MCE_CAP_DEF | MCE_BANKS_DEF: QEMU warns about unsupported bits (fails only for LMCE) and
+    // masks them off.
+    let want = msrs::MCG_CTL_P | msrs::MCG_SER_P | QEMU_MCE_BANKS;
+    assert_eq!(want & !(supported | 0xff), 0, "Unsupported MCG_CAP bits");
+    let mcg_cap = want & (supported | 0xff);
+    let ca = v.put(&mcg_cap);
+    assert_eq!(v.ioctl_fd(cpu, KVM_X86_SETUP_MCE, ca), 0);
     assert_eq!(cap(v, v.h(vm), KVM_CAP_GET_TSC_KHZ), 1);
     assert!(v.ioctl_fd(cpu, KVM_GET_TSC_KHZ, 0) > 0);
     assert_eq!(cap(v, v.h(vm), KVM_CAP_NESTED_STATE), 0);
@@ -273,6 +288,9 @@ fn init_vcpu(
     msrs.extend([0x250u32, 0x258, 0x259].iter().map(|&i| (i, 0)));
     msrs.extend((0x268u32..=0x26f).map(|i| (i, 0)));
     msrs.extend((0x200u32..=0x20f).map(|i| (i, 0)));
+    // env->mcg_cap != 0: MCG_STATUS, MCG_CTL and every bank (CTL all ones from mce_init).
+    msrs.extend([(0x17a, 0), (0x17b, !0)]);
+    msrs.extend((0..4 * QEMU_MCE_BANKS as u32).map(|i| (0x400 + i, if i % 4 == 0 { !0 } else { 0 })));
     let mut mb = (msrs.len() as u32).to_le_bytes().to_vec();
     mb.extend([0u8; 4]);
     for (i, d) in &msrs {
@@ -283,8 +301,14 @@ fn init_vcpu(
     let ma = v.buf(mb.len());
     v.host.user_write(ma, &mb);
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_MSRS, ma), msrs.len() as i64);
-    // ... and read back by kvm_get_msrs (same count).
+    // ... and read back by kvm_get_msrs (same count, the values set).
     assert_eq!(v.ioctl_fd(cpu, KVM_GET_MSRS, ma), msrs.len() as i64);
+    let back = v.host.user_read(ma + 8, 16 * msrs.len());
+    for ((i, d), e) in msrs.iter().zip(back.chunks(16)) {
+        if Mce::handles(*i) {
+            assert_eq!(u64::from_le_bytes(e[8..].try_into().unwrap()), *d, "MSR {i:#x}");
+        }
+    }
     let mut ev: kvm_vcpu_events = zeroed();
     ev.flags = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW;
     let ea = v.put(&ev);
@@ -613,7 +637,11 @@ fn supported_cpuid_is_filtered() {
         "x2APIC, emulated by the in-kernel LAPIC"
     );
     assert_eq!(l1.ecx & (1 << 27), 0, "OSXSAVE is the guest's");
-    assert_eq!(l1.edx & ((1 << 7) | (1 << 14)), 0, "no MCE/MCA");
+    assert_eq!(
+        l1.edx & ((1 << 7) | (1 << 14)),
+        (1 << 7) | (1 << 14),
+        "MCE/MCA (machine-check banks)"
+    );
     assert_ne!(l1.ecx & (1 << 26), 0, "XSAVE");
     assert_eq!(l1.ebx >> 24, 0, "APIC id is set per vCPU by userspace");
     let e1 = leaf(0x8000_0001, 0);

@@ -279,7 +279,10 @@ impl Mce {
         let max = KVM_MAX_MCE_BANKS;
         matches!(
             index,
-            MSR_IA32_P5_MC_ADDR | MSR_IA32_P5_MC_TYPE | MSR_IA32_MCG_CAP | MSR_IA32_MCG_STATUS
+            MSR_IA32_P5_MC_ADDR
+                | MSR_IA32_P5_MC_TYPE
+                | MSR_IA32_MCG_CAP
+                | MSR_IA32_MCG_STATUS
                 | MSR_IA32_MCG_CTL
         ) || (MSR_IA32_MC0_CTL2..MSR_IA32_MC0_CTL2 + max).contains(&index)
             || (MSR_IA32_MC0_CTL..MSR_IA32_MC0_CTL + 4 * max).contains(&index)
@@ -385,9 +388,8 @@ impl Mce {
         let cur_ctl = self.banks.get(b).copied().ok_or(EINVAL)?;
         let cur_status = self.banks.get(b + 1).copied().ok_or(EINVAL)?;
         let uc = status & MCI_STATUS_UC != 0;
-        let ucna = uc
-            && mcg_status == 0
-            && status & (MCI_STATUS_PCC | MCI_STATUS_S | MCI_STATUS_AR) == 0;
+        let ucna =
+            uc && mcg_status == 0 && status & (MCI_STATUS_PCC | MCI_STATUS_S | MCI_STATUS_AR) == 0;
         let mut status = status;
         let write = |s: &mut Self, st: u64| {
             if let Some(r) = s.banks.get_mut(b + 1..b + 4) {

@@ -421,7 +421,8 @@ impl<H: Host> Backend for SoftBackend<H> {
                 if matches!(st.exit, Exit::Hlt) {
                     // Retired here, as a hardware backend does: with its single-step trap.
                     v.advance();
-                    if v.regs.rflags & singlestep::RFLAGS_TF != 0 && v.events.exception.injected == 0
+                    if v.regs.rflags & singlestep::RFLAGS_TF != 0
+                        && v.events.exception.injected == 0
                     {
                         v.dr.dr6 = singlestep::dr6_single_step(v.dr.dr6);
                         self.queue_exception(v, singlestep::DB);

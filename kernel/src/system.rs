@@ -192,9 +192,7 @@ impl<H: Host, B: Backend> System<H, B> {
                 }
                 Ok(3 * PAGE_SIZE as i64)
             }
-            KVM_GET_MSR_INDEX_LIST => {
-                self.msr_list(arg, &msrs::MSRS_TO_SAVE, &msrs::EMULATED_MSRS)
-            }
+            KVM_GET_MSR_INDEX_LIST => self.msr_list(arg, &msrs::MSRS_TO_SAVE, &msrs::EMULATED_MSRS),
             KVM_GET_MSR_FEATURE_INDEX_LIST => self.msr_list(arg, &msrs::FEATURE_MSRS, &[]),
             KVM_X86_GET_MCE_CAP_SUPPORTED => {
                 user::write(self.host, arg, &msrs::KVM_MCE_CAP_SUPPORTED).map(|()| 0)

@@ -2,13 +2,16 @@
 #![allow(clippy::mut_from_ref, clippy::not_unsafe_ptr_arg_deref)]
 
 mod badinput;
+mod clock;
 mod emulation;
 mod exits;
 mod header;
 mod irqchip;
 mod lapic;
 mod lifetime;
+mod mce;
 mod memslots;
 mod qemu;
+mod singlestep;
 mod svm;
 mod vmx;

@@ -221,7 +221,10 @@ fn init_vcpu(
     // kvm_arch_init_vcpu: machine checks when the model has MCE and MCA and family >= 6 (QEMU
     // adds both bits to every KVM CPUID). QEMU 7.2 also wants KVM_CAP_MCE > 0 here, QEMU 10
     // already required it in kvm_init.
-    let l1 = *table.iter().find(|e| e.function == 1 && e.index == 0).unwrap();
+    let l1 = *table
+        .iter()
+        .find(|e| e.function == 1 && e.index == 0)
+        .unwrap();
     const MCE_MCA: u32 = (1 << 7) | (1 << 14);
     assert!((l1.eax >> 8) & 0xf >= 6 && l1.edx & MCE_MCA == MCE_MCA);
     // kvm_get_mce_cap_supported: banks from KVM_CHECK_EXTENSION on /dev/kvm, then the bits.
@@ -290,7 +293,9 @@ fn init_vcpu(
     msrs.extend((0x200u32..=0x20f).map(|i| (i, 0)));
     // env->mcg_cap != 0: MCG_STATUS, MCG_CTL and every bank (CTL all ones from mce_init).
     msrs.extend([(0x17a, 0), (0x17b, !0)]);
-    msrs.extend((0..4 * QEMU_MCE_BANKS as u32).map(|i| (0x400 + i, if i % 4 == 0 { !0 } else { 0 })));
+    msrs.extend(
+        (0..4 * QEMU_MCE_BANKS as u32).map(|i| (0x400 + i, if i % 4 == 0 { !0 } else { 0 })),
+    );
     let mut mb = (msrs.len() as u32).to_le_bytes().to_vec();
     mb.extend([0u8; 4]);
     for (i, d) in &msrs {
@@ -306,7 +311,11 @@ fn init_vcpu(
     let back = v.host.user_read(ma + 8, 16 * msrs.len());
     for ((i, d), e) in msrs.iter().zip(back.chunks(16)) {
         if Mce::handles(*i) {
-            assert_eq!(u64::from_le_bytes(e[8..].try_into().unwrap()), *d, "MSR {i:#x}");
+            assert_eq!(
+                u64::from_le_bytes(e[8..].try_into().unwrap()),
+                *d,
+                "MSR {i:#x}"
+            );
         }
     }
     let mut ev: kvm_vcpu_events = zeroed();

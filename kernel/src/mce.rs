@@ -5,7 +5,8 @@
 //! An injected uncorrected error raises #MC (vector 18, no error code) at the next entry, as
 //! soon as no other event occupies the injection slot; one that arrives while `MCG_STATUS.MCIP`
 //! is set or with CR4.MCE clear shuts the vCPU down: the next `KVM_RUN` returns
-//! `KVM_EXIT_SHUTDOWN` (Linux `KVM_REQ_TRIPLE_FAULT`).
+//! `KVM_EXIT_SHUTDOWN` (Linux `KVM_REQ_TRIPLE_FAULT`). A vCPU halted in the in-kernel APIC
+//! becomes runnable for its #MC.
 
 use kvm_abi::{kvm_sregs, kvm_vcpu_events, kvm_x86_mce};
 use zerocopy::FromZeros;
@@ -52,6 +53,12 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             McAction::RaiseMc => {
                 st.mc_pending = true;
                 self.deliver_mc(st);
+                // A pending exception ends an in-kernel HLT (Linux `kvm_vcpu_has_events`).
+                if let Some(l) = st.lapic.as_mut() {
+                    if l.mp_state == kvm_abi::KVM_MP_STATE_HALTED {
+                        l.mp_state = kvm_abi::KVM_MP_STATE_RUNNABLE;
+                    }
+                }
             }
         }
         Ok(0)

@@ -392,3 +392,41 @@ fn mc_waits_for_a_queued_interrupt() {
     assert_eq!(f.soft(|s| (s.exceptions, s.last_exception.nr)), (1, 18));
     f.done();
 }
+
+#[test]
+fn mc_wakes_a_vcpu_halted_in_the_kernel() {
+    let v = Vmm::new();
+    let vm = v.create_vm();
+    let mut c: kvm_enable_cap = zeroed();
+    c.cap = KVM_CAP_SPLIT_IRQCHIP;
+    c.args[0] = 24;
+    assert_eq!(v.ioctl_fd(vm, KVM_ENABLE_CAP, v.put(&c)), 0);
+    let cpu = v.create_vcpu(vm, 0);
+    let f = Fix { v, vm, cpu };
+    assert_eq!(f.setup(QEMU_CAP), 0);
+    f.cr4_mce(true);
+    let halted = f.v.put(&kvm_mp_state {
+        mp_state: KVM_MP_STATE_HALTED,
+    });
+    assert_eq!(f.v.ioctl_fd(f.cpu, KVM_SET_MP_STATE, halted), 0);
+    let uc = MCI_STATUS_VAL | MCI_STATUS_UC | MCI_STATUS_PCC;
+    assert_eq!(f.set_mce(0, uc, 0, 0, MCG_STATUS_MCIP), 0);
+    let a = f.v.buf(4);
+    assert_eq!(f.v.ioctl_fd(f.cpu, KVM_GET_MP_STATE, a), 0);
+    assert_eq!(f.v.get::<u32>(a), KVM_MP_STATE_RUNNABLE);
+    // IF is clear: without the wakeup this KVM_RUN would sleep for good.
+    let (h, run, sys) = (f.v.h(f.cpu) as usize, f.v.run_page(f.cpu) as usize, f.v.sys);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: the handle stays live until the test closes it after the reply.
+        let r = unsafe { sys.ioctl(h as *mut std::ffi::c_void, KVM_RUN, 0) };
+        // SAFETY: as above.
+        let _ = tx.send((r, unsafe { (*(run as *const kvm_run)).exit_reason }));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the halted vCPU slept through its #MC");
+    assert_eq!(r, (0, KVM_EXIT_FAIL_ENTRY));
+    assert_eq!(f.soft(|s| (s.exceptions, s.last_exception.nr)), (1, 18));
+    f.done();
+}

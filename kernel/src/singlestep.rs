@@ -28,13 +28,14 @@ pub const RFLAGS_TF: u64 = 1 << 8;
 pub const DR6_BS: u64 = 1 << 14;
 /// DR6 bits that read as 1 when no condition sets them (Linux `DR6_ACTIVE_LOW`).
 const DR6_ACTIVE_LOW: u64 = 0xffff_0ff0;
-/// DR6.BD (debug-register access detected): cleared by a #DB delivery, as Linux does.
-const DR6_BD: u64 = 1 << 13;
+/// DR6 bit 12: reserved (must be 0) in DR6.
+const DR6_RESERVED_12: u64 = 1 << 12;
 
 /// DR6 as a single-step trap leaves it (Linux `kvm_deliver_exception_payload` for `DR6_BS`):
-/// the breakpoint-match bits B0-B3 and BD cleared, BS set, the always-one bits set.
+/// the breakpoint-match bits B0-B3 cleared, BS set, the always-one bits set; the other bits
+/// (BD, BT) are kept, as the processor never clears them.
 pub fn dr6_single_step(dr6: u64) -> u64 {
-    ((dr6 & !0xf & !DR6_BD) | DR6_ACTIVE_LOW | DR6_BS) & 0xffff_ffff
+    ((dr6 & !0xf & !DR6_RESERVED_12) | DR6_ACTIVE_LOW | DR6_BS) & 0xffff_ffff
 }
 
 /// The single-step #DB.
@@ -90,5 +91,18 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             return Ok(());
         }
         queue_single_step(b, &mut st.b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dr6_after_a_single_step() {
+        assert_eq!(dr6_single_step(0xffff_0ff0), 0xffff_4ff0);
+        // B0-B3 from an earlier breakpoint go, BD stays, bit 12 and the upper half are cleared,
+        // the always-one bits come back.
+        assert_eq!(dr6_single_step(0x1_0000_300f), 0xffff_6ff0);
     }
 }

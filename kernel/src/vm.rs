@@ -259,7 +259,6 @@ impl<H: Host, B: Backend> Vm<H, B> {
                     _ => irqchip::enable_cap(self, &c),
                 }
             }
-            KVM_CREATE_IRQCHIP if self.irq.split() => Err(EEXIST),
             _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
         }
     }

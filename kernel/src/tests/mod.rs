@@ -4,6 +4,7 @@
 mod badinput;
 mod emulation;
 mod exits;
+mod fullchip;
 mod header;
 mod irqchip;
 mod lapic;

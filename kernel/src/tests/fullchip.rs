@@ -515,3 +515,49 @@ fn ioapic_level_irq_is_delivered_once_until_eoi() {
     v.close(vm);
     v.assert_clean();
 }
+
+#[test]
+fn halted_vcpu_wakes_for_pic_and_ioapic_interrupts() {
+    let v = Vmm::new();
+    let vm = full_vm(&v);
+    let cpu = v.create_vcpu(vm, 0);
+    enable_apic(&v, cpu, 0x700);
+    // PIC: vectors 0x20/0x28, only IRQ0 and the cascade unmasked (state as QEMU would SET it).
+    for (id, base, imr) in [(0u32, 0x20u8, 0xfau8), (1, 0x28, 0xff)] {
+        let (_, mut c) = get_chip(&v, vm, id);
+        c.chip.pic_mut().irq_base = base;
+        c.chip.pic_mut().imr = imr;
+        assert_eq!(set_chip(&v, vm, &c), 0);
+    }
+    // IOAPIC pin 5: edge, vector 0x45, APIC 0.
+    let (_, mut c) = get_chip(&v, vm, KVM_IRQCHIP_IOAPIC);
+    c.chip.ioapic_mut().redirtbl[5].raw = 0x45;
+    assert_eq!(set_chip(&v, vm, &c), 0);
+    let run = v.run_page(cpu) as usize;
+    let h = v.h(cpu) as usize;
+    let sys = v.sys;
+    for (gsi, vector) in [(0u32, 0x20u8), (5, 0x45)] {
+        v.script(0, &[(Exit::Hlt, 1)]);
+        let t = std::thread::spawn(move || {
+            // SAFETY: the handle stays live until the test closes it after join.
+            let r = unsafe { sys.ioctl(h as *mut std::ffi::c_void, KVM_RUN, 0) };
+            // SAFETY: as above.
+            (r, unsafe { (*(run as *const kvm_run)).exit_reason })
+        });
+        // Once the HLT was played the vCPU sleeps in the kernel; then the device interrupts.
+        while !v.sys.backend.script.lock().unwrap().is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(line_status(&v, vm, gsi, 1).1 >= 1);
+        assert_eq!(line_status(&v, vm, gsi, 0).0, 0);
+        let (r, reason) = t.join().unwrap();
+        assert_eq!(r, 0);
+        assert_eq!(reason, KVM_EXIT_FAIL_ENTRY, "script ended after the wakeup");
+        assert_eq!(delivered(&v, cpu).last(), Some(&vector));
+    }
+    assert_eq!(delivered(&v, cpu), vec![0x20, 0x45]);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}

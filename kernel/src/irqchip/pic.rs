@@ -48,7 +48,7 @@ fn priority(s: &kvm_pic_state, mask: u8) -> u8 {
         return 8;
     }
     let mut p = 0u8;
-    while p < 8 && mask & (1 << ((p + s.priority_add) & 7)) == 0 {
+    while p < 8 && mask & (1 << (p.wrapping_add(s.priority_add) & 7)) == 0 {
         p += 1;
     }
     p
@@ -66,7 +66,7 @@ fn get_irq(s: &kvm_pic_state, master: bool) -> Option<u8> {
     if master && s.special_fully_nested_mode != 0 {
         isr &= !(1 << 2);
     }
-    (p < priority(s, isr)).then_some((p + s.priority_add) & 7)
+    (p < priority(s, isr)).then_some(p.wrapping_add(s.priority_add) & 7)
 }
 
 /// Sets the line of IRQ `irq` (0-7) of one chip to `level`: level-triggered pins follow the
@@ -231,7 +231,7 @@ impl Pic {
             cmd @ (1 | 5) => {
                 let p = priority(s, s.isr);
                 if p != 8 {
-                    let irq = (p + s.priority_add) & 7;
+                    let irq = p.wrapping_add(s.priority_add) & 7;
                     if cmd == 5 {
                         s.priority_add = (irq + 1) & 7;
                     }
@@ -246,7 +246,7 @@ impl Pic {
             }
             // Set priority (IRQ val&7 gets the lowest).
             6 => {
-                s.priority_add = (val + 1) & 7;
+                s.priority_add = val.wrapping_add(1) & 7;
                 self.update();
             }
             // Specific EOI and rotate.
@@ -305,11 +305,13 @@ impl Pic {
                     // ICW3 (cascade wiring: fixed on a PC).
                     2 => s.init_state = if s.init4 != 0 { 3 } else { 0 },
                     // ICW4: special fully nested mode, auto-EOI.
-                    _ => {
+                    3 => {
                         s.special_fully_nested_mode = (val >> 4) & 1;
                         s.auto_eoi = (val >> 1) & 1;
                         s.init_state = 0;
                     }
+                    // Other values (only from KVM_SET_IRQCHIP): ignored, as in Linux.
+                    _ => {}
                 }
             }
             _ => {}
@@ -535,6 +537,39 @@ mod tests {
         assert_eq!(p.read(0x20), 0x86);
         assert!(!p.output);
         assert_eq!(p.master.poll, 0);
+    }
+
+    #[test]
+    fn any_set_state_is_safe() {
+        let mut p = pic();
+        for b in [0u8, 1, 7, 0x80, 0xf9, 0xff] {
+            let s = kvm_pic_state {
+                last_irr: b,
+                irr: b,
+                imr: !b,
+                isr: b,
+                priority_add: b,
+                irq_base: b,
+                read_reg_select: b,
+                poll: b,
+                special_mask: b,
+                init_state: b,
+                auto_eoi: b,
+                rotate_on_auto_eoi: b,
+                special_fully_nested_mode: b,
+                init4: b,
+                elcr: b,
+                elcr_mask: b,
+            };
+            p.set_state(false, &s);
+            p.set_state(true, &s);
+            for port in [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1] {
+                p.write(port, b, true);
+                p.read(port);
+            }
+            p.set_irq(3, 31, true);
+            p.read_irq();
+        }
     }
 
     #[test]

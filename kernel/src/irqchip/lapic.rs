@@ -287,6 +287,11 @@ impl Lapic {
         ] {
             self.set(off, LVT_MASKED);
         }
+        // Linux's default KVM_X86_QUIRK_LINT0_REENABLED: the BSP's LINT0 takes PIC (ExtINT)
+        // interrupts after reset and INIT.
+        if self.base & BASE_BSP != 0 {
+            self.set(reg::LVT0, u32::from(dm::EXTINT) << 8);
+        }
         self.set(reg::DFR, 0xffff_ffff);
         self.set(reg::SPIV, 0xff);
         self.timer.deadline = 0;

@@ -561,3 +561,31 @@ fn halted_vcpu_wakes_for_pic_and_ioapic_interrupts() {
     v.close(vm);
     v.assert_clean();
 }
+
+#[test]
+fn bsp_lint0_takes_pic_interrupts_after_reset() {
+    // Linux's default LINT0_REENABLED quirk: a VMM that never touches the local APIC still gets
+    // PIC interrupts on the BSP (its APIC is software-disabled, LINT0 = ExtINT).
+    let v = Vmm::new();
+    let vm = full_vm(&v);
+    let bsp = v.create_vcpu(vm, 0);
+    let ap = v.create_vcpu(vm, 1);
+    let (_, mut c) = get_chip(&v, vm, KVM_IRQCHIP_PIC_MASTER);
+    c.chip.pic_mut().irq_base = 0x20;
+    c.chip.pic_mut().imr = 0xfe;
+    assert_eq!(set_chip(&v, vm, &c), 0);
+    let mut r = v.regs(bsp);
+    r.rflags |= 0x200;
+    v.set_regs(bsp, &r);
+    assert_eq!(line_status(&v, vm, 0, 1).1, 1);
+    v.script(0, &[out(MARK, 0)]);
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    assert_eq!(delivered(&v, bsp), vec![0x20]);
+    let la = v.buf(1024);
+    assert_eq!(v.ioctl_fd(ap, KVM_GET_LAPIC, la), 0);
+    assert_eq!(v.host.user_read(la + u64::from(reg::LVT0), 4), vec![0, 0, 1, 0], "AP: masked");
+    v.close(ap);
+    v.close(bsp);
+    v.close(vm);
+    v.assert_clean();
+}

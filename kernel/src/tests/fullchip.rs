@@ -583,7 +583,11 @@ fn bsp_lint0_takes_pic_interrupts_after_reset() {
     assert_eq!(delivered(&v, bsp), vec![0x20]);
     let la = v.buf(1024);
     assert_eq!(v.ioctl_fd(ap, KVM_GET_LAPIC, la), 0);
-    assert_eq!(v.host.user_read(la + u64::from(reg::LVT0), 4), vec![0, 0, 1, 0], "AP: masked");
+    assert_eq!(
+        v.host.user_read(la + u64::from(reg::LVT0), 4),
+        vec![0, 0, 1, 0],
+        "AP: masked"
+    );
     v.close(ap);
     v.close(bsp);
     v.close(vm);

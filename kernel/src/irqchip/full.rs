@@ -13,7 +13,7 @@ use core::sync::atomic::Ordering;
 use kvm_abi::{kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE};
 use zerocopy::IntoBytes;
 
-use super::ioapic::Ioapic;
+use super::ioapic::{self, Ioapic};
 use super::lapic::Irq;
 use super::pic::{self, Pic};
 use super::{deliver, kick, Route, EV_EXTINT, MIRROR_PIC};
@@ -57,6 +57,7 @@ pub fn create<H: Host, B: Backend>(vm: &Vm<H, B>) -> KResult<i64> {
         }
     }
     *vm.irq.pic.lock() = Some(p);
+    vm.irq.ioapic_base.store(io.base_address, Ordering::SeqCst);
     *vm.irq.ioapic.lock() = Some(io);
     let old = vm.irq.routes.lock().replace(t);
     drop(old);
@@ -94,6 +95,7 @@ pub fn get_set<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64, set: bool) -> KResu
                 io.set_state(c.chip.ioapic(), &mut |i: &Irq| {
                     deliver(vm, i, core::ptr::null())
                 });
+                vm.irq.ioapic_base.store(io.base_address, Ordering::SeqCst);
             } else {
                 io.get_state(c.chip.ioapic_mut());
             }
@@ -206,7 +208,8 @@ pub fn ioapic_mmio<H: Host, B: Backend>(
     data: &mut [u8],
     write: bool,
 ) -> bool {
-    if !vm.irq.full() {
+    let base = vm.irq.ioapic_base.load(Ordering::SeqCst);
+    if !vm.irq.full() || gpa.wrapping_sub(base) >= ioapic::MEM_LENGTH {
         return false;
     }
     let mut g = vm.irq.ioapic.lock();

@@ -192,6 +192,9 @@ pub struct IrqChip<H: Host> {
     ioapic: HMutex<Option<HBox<ioapic::Ioapic, H>>, H>,
     /// [a] The PIC's INTR output (full mode), published under the PIC lock.
     pic_output: AtomicBool,
+    /// [a] The IOAPIC's MMIO base (full mode; `u64::MAX` = none), published under the IOAPIC
+    /// lock: MMIO exits elsewhere skip that lock.
+    ioapic_base: AtomicU64,
 }
 
 impl<H: Host> IrqChip<H> {
@@ -206,6 +209,7 @@ impl<H: Host> IrqChip<H> {
             pic: HMutex::new(host, None)?,
             ioapic: HMutex::new(host, None)?,
             pic_output: AtomicBool::new(false),
+            ioapic_base: AtomicU64::new(u64::MAX),
         })
     }
 

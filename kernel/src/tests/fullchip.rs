@@ -593,3 +593,30 @@ fn bsp_lint0_takes_pic_interrupts_after_reset() {
     v.close(vm);
     v.assert_clean();
 }
+
+#[test]
+fn ioapic_window_follows_the_base_address() {
+    let v = Vmm::new();
+    let vm = full_vm(&v);
+    let cpu = v.create_vcpu(vm, 0);
+    let run = v.run_page(cpu);
+    // SAFETY: the run page lives as long as the vCPU.
+    let r = unsafe { &*run };
+    let (_, mut c) = get_chip(&v, vm, KVM_IRQCHIP_IOAPIC);
+    c.chip.ioapic_mut().base_address = 0xfed0_0000;
+    c.chip.ioapic_mut().ioregsel = 1;
+    assert_eq!(set_chip(&v, vm, &c), 0);
+    v.script(0, &[mmio_r(0xfed0_0010), out(MARK, 0)]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    assert_eq!(r.exit_reason, KVM_EXIT_IO);
+    assert_eq!(v.regs(cpu).rax, 0x0017_0011);
+    v.script(0, &[mmio_r(0xfec0_0010)]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    assert_eq!(
+        r.exit_reason, KVM_EXIT_MMIO,
+        "the old window is ordinary MMIO"
+    );
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}

@@ -13,6 +13,7 @@ use core::sync::atomic::Ordering;
 use kvm_abi::{kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE};
 use zerocopy::IntoBytes;
 
+use super::ack;
 use super::ioapic::{self, Ioapic};
 use super::lapic::Irq;
 use super::pic::{self, Pic};
@@ -44,6 +45,7 @@ pub fn create<H: Host, B: Backend>(vm: &Vm<H, B>) -> KResult<i64> {
     p.init();
     let mut io = HBox::<Ioapic, H>::new_zeroed(host)?;
     io.reset();
+    let acks = HSlice::new_with(host, ack::MAX_ACK_NOTIFIERS, |_| ack::AckEntry::default())?;
     let mut t = HSlice::<Route, H>::new_zeroed(host, DEFAULT_GSIS)?;
     for (gsi, r) in t.iter_mut().enumerate() {
         let pin = gsi as u8;
@@ -57,8 +59,9 @@ pub fn create<H: Host, B: Backend>(vm: &Vm<H, B>) -> KResult<i64> {
         }
     }
     *vm.irq.pic.lock() = Some(p);
-    vm.irq.ioapic_base.store(io.base_address, Ordering::SeqCst);
+    vm.irq.publish_ioapic(&io);
     *vm.irq.ioapic.lock() = Some(io);
+    *vm.irq.acks.lock() = Some(acks);
     let old = vm.irq.routes.lock().replace(t);
     drop(old);
     vm.irq.ioapic_pins.store(0, Ordering::Release);
@@ -95,7 +98,7 @@ pub fn get_set<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64, set: bool) -> KResu
                 io.set_state(c.chip.ioapic(), &mut |i: &Irq| {
                     deliver(vm, i, core::ptr::null())
                 });
-                vm.irq.ioapic_base.store(io.base_address, Ordering::SeqCst);
+                vm.irq.publish_ioapic(io);
             } else {
                 io.get_state(c.chip.ioapic_mut());
             }
@@ -167,6 +170,9 @@ pub fn pic_inta<H: Host, B: Backend>(vm: &Vm<H, B>) -> Option<u8> {
     let p = g.as_mut()?;
     let v = p.read_irq();
     pic_done(vm, p);
+    let acked = p.take_acked();
+    drop(g);
+    ack::notify(vm, KVM_IRQCHIP_PIC_MASTER, u32::from(acked));
     Some(v)
 }
 
@@ -197,6 +203,9 @@ pub fn pio<H: Host, B: Backend>(
         u32::from(p.read(port))
     };
     pic_done(vm, p);
+    let acked = p.take_acked();
+    drop(g);
+    ack::notify(vm, KVM_IRQCHIP_PIC_MASTER, u32::from(acked));
     Some(v)
 }
 
@@ -219,6 +228,7 @@ pub fn ioapic_mmio<H: Host, B: Backend>(
     };
     if write {
         io.mmio_write(off, data, &mut |i: &Irq| deliver(vm, i, core::ptr::null()));
+        vm.irq.publish_ioapic(io);
     } else {
         let v = io.mmio_read(off, data.len()).to_le_bytes();
         for (d, s) in data.iter_mut().zip(v) {
@@ -228,11 +238,15 @@ pub fn ioapic_mmio<H: Host, B: Backend>(
     true
 }
 
-/// A local APIC's EOI of level-triggered `vector`: broadcast to the IOAPIC (Linux
-/// `kvm_ioapic_update_eoi`), which re-delivers lines that are still asserted.
-pub fn ioapic_eoi<H: Host, B: Backend>(vm: &Vm<H, B>, vector: u8) {
+/// A local APIC's EOI of `vector` broadcast to the IOAPIC (Linux `kvm_ioapic_update_eoi`):
+/// a level-triggered one re-delivers lines that are still asserted; either kind notifies the
+/// ack notifiers of the pins with that vector.
+pub fn ioapic_eoi<H: Host, B: Backend>(vm: &Vm<H, B>, vector: u8, level: bool) {
     let mut g = vm.irq.ioapic.lock();
-    if let Some(io) = g.as_mut() {
-        io.eoi(vector, &mut |i: &Irq| deliver(vm, i, core::ptr::null()));
-    }
+    let Some(io) = g.as_mut() else { return };
+    let pins = io.eoi(vector, level, &mut |i: &Irq| {
+        deliver(vm, i, core::ptr::null())
+    });
+    drop(g);
+    ack::notify(vm, KVM_IRQCHIP_IOAPIC, pins);
 }

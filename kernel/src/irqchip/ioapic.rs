@@ -156,13 +156,19 @@ impl Ioapic {
         self.set_line(pin as usize, line, deliver)
     }
 
-    /// A local APIC's EOI of level-triggered `vector` (Linux `kvm_ioapic_update_eoi`): every
-    /// pin with that vector leaves remote IRR and is delivered again if its line is still high
-    /// and it is unmasked.
-    pub fn eoi(&mut self, vector: u8, deliver: &mut impl FnMut(&Irq) -> i64) {
+    /// A local APIC's EOI of `vector` (Linux `kvm_ioapic_update_eoi`): returns the pins with
+    /// that vector (their interrupts were acknowledged). For a level-triggered EOI each of
+    /// them leaves remote IRR and is delivered again if its line is still high and it is
+    /// unmasked.
+    pub fn eoi(&mut self, vector: u8, level: bool, deliver: &mut impl FnMut(&Irq) -> i64) -> u32 {
+        let mut pins = 0;
         for pin in 0..NUM_PINS {
             let e = self.entry(pin);
             if e as u8 != vector {
+                continue;
+            }
+            pins |= 1 << pin;
+            if !level {
                 continue;
             }
             if let Some(x) = self.redirtbl.get_mut(pin) {
@@ -172,6 +178,7 @@ impl Ioapic {
                 self.service(pin, deliver);
             }
         }
+        pins
     }
 
     /// The register IOWIN shows for the current IOREGSEL.
@@ -294,15 +301,13 @@ impl Ioapic {
         }
     }
 
-    /// Vectors of the level-triggered, unmasked pins (tests and diagnostics).
-    pub fn level_vectors(&self) -> [u64; 4] {
+    /// The vectors of all pins (a filter for EOIs that may concern the IOAPIC).
+    pub fn vectors(&self) -> [u64; 4] {
         let mut v = [0u64; 4];
         for e in self.redirtbl.iter() {
-            if e & rte::LEVEL != 0 {
-                let vec = *e as u8;
-                if let Some(w) = v.get_mut(usize::from(vec >> 6)) {
-                    *w |= 1 << (vec & 63);
-                }
+            let vec = *e as u8;
+            if let Some(w) = v.get_mut(usize::from(vec >> 6)) {
+                *w |= 1 << (vec & 63);
             }
         }
         v
@@ -379,11 +384,17 @@ mod tests {
         // Asserted again while awaiting EOI: not delivered.
         assert_eq!(a.set_irq(9, 0, true, &mut d), -1);
         // EOI with the line still high: delivered again once.
-        a.eoi(0x39, &mut d);
+        assert_eq!(
+            a.eoi(0x39, false, &mut d),
+            1 << 9,
+            "edge EOI: only reported"
+        );
+        assert_eq!(n.get(), 1);
+        assert_eq!(a.eoi(0x39, true, &mut d), 1 << 9);
         assert_ne!(a.redirtbl[9] & rte::REMOTE_IRR, 0);
         // Line drops, EOI: remote IRR clears, nothing delivered.
         assert_eq!(a.set_irq(9, 0, false, &mut d), 1);
-        a.eoi(0x39, &mut d);
+        a.eoi(0x39, true, &mut d);
         assert_eq!(a.redirtbl[9] & rte::REMOTE_IRR, 0);
         assert_eq!(n.get(), 2);
         // Masked while high; unmasking delivers.
@@ -451,6 +462,11 @@ mod tests {
         b.get_state(&mut t);
         assert_eq!(t.irr, s.irr);
         assert_ne!(*t.redirtbl[7].bits() & rte::REMOTE_IRR, 0);
-        assert_eq!(b.level_vectors()[1], 1 << 7);
+        assert_eq!(b.vectors()[1], 1 << 7);
+        assert_eq!(
+            b.vectors()[0],
+            1 << 0x30 | 1,
+            "pin 2's vector, vector 0 of the others"
+        );
     }
 }

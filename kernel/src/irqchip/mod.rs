@@ -21,6 +21,7 @@
 //! next entry. The host timer callback runs in soft-interrupt context and only sets a bit,
 //! wakes and kicks (no lock); a halted vCPU also sleeps no longer than its timer's deadline.
 
+pub mod ack;
 mod full;
 pub mod ioapic;
 pub mod lapic;
@@ -195,6 +196,13 @@ pub struct IrqChip<H: Host> {
     /// [a] The IOAPIC's MMIO base (full mode; `u64::MAX` = none), published under the IOAPIC
     /// lock: MMIO exits elsewhere skip that lock.
     ioapic_base: AtomicU64,
+    /// [a] The vectors of the IOAPIC's pins, published under the IOAPIC lock (a filter for
+    /// edge-triggered EOIs, which matter only to ack notifiers).
+    ioapic_vectors: [AtomicU64; 4],
+    /// Ack notifiers (full mode; allocated by `KVM_CREATE_IRQCHIP`).
+    acks: HMutex<Option<HSlice<ack::AckEntry, H>>, H>,
+    /// [a] Number of registered ack notifiers.
+    nr_acks: AtomicU32,
 }
 
 impl<H: Host> IrqChip<H> {
@@ -210,6 +218,9 @@ impl<H: Host> IrqChip<H> {
             ioapic: HMutex::new(host, None)?,
             pic_output: AtomicBool::new(false),
             ioapic_base: AtomicU64::new(u64::MAX),
+            ioapic_vectors: Default::default(),
+            acks: HMutex::new(host, None)?,
+            nr_acks: AtomicU32::new(0),
         })
     }
 
@@ -232,6 +243,20 @@ impl<H: Host> IrqChip<H> {
     /// Whether the in-kernel PIC requests an interrupt (always false outside full mode).
     pub fn pic_output(&self) -> bool {
         self.pic_output.load(Ordering::SeqCst)
+    }
+
+    /// Whether some IOAPIC pin uses `vector`.
+    fn ioapic_vector(&self, vector: u8) -> bool {
+        self.ioapic_vectors
+            .get(usize::from(vector >> 6))
+            .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (vector & 63)) != 0)
+    }
+
+    fn publish_ioapic(&self, io: &ioapic::Ioapic) {
+        self.ioapic_base.store(io.base_address, Ordering::SeqCst);
+        for (a, v) in self.ioapic_vectors.iter().zip(io.vectors()) {
+            a.store(v, Ordering::SeqCst);
+        }
     }
 
     /// Whether a guest EOI of `vector` on an APIC with mirror `m` must exit to the userspace

@@ -40,6 +40,9 @@ pub struct Pic {
     pub output: bool,
     /// The output rose since [`Pic::take_wakeup`] was last called.
     wakeup: bool,
+    /// Pins (0-15) whose interrupt the guest ended since [`Pic::take_acked`] (Linux
+    /// `pic_clear_isr` → ack notifiers).
+    acked: u16,
 }
 
 /// Highest priority (0 = highest) of the bits of `mask`, rotated by `priority_add`; 8 if none.
@@ -153,6 +156,16 @@ impl Pic {
         core::mem::replace(&mut self.wakeup, false)
     }
 
+    /// Pins (bit n = pin n, slave pins 8-15) acknowledged since the last call: EOI, auto-EOI,
+    /// poll, or the reinitialization that drops pending edges.
+    pub fn take_acked(&mut self) -> u16 {
+        core::mem::replace(&mut self.acked, 0)
+    }
+
+    fn ack(&mut self, slave: bool, irq: u8) {
+        self.acked |= 1 << (u32::from(irq & 7) + if slave { 8 } else { 0 });
+    }
+
     /// Source `source` (0-31) drives pin `pin` (0-15) to `level`; the pin's line is the OR of
     /// all sources (Linux `kvm_pic_set_irq` + `__kvm_irq_line_state`). Returns Linux's status:
     /// -1 masked (or bad pin), 0 coalesced, 1 delivered to the chip.
@@ -179,10 +192,16 @@ impl Pic {
         let vector = match get_irq(&self.master, true) {
             Some(irq) => {
                 intack(&mut self.master, irq);
+                if self.master.auto_eoi != 0 {
+                    self.ack(false, irq);
+                }
                 if irq == 2 {
                     let irq2 = match get_irq(&self.slave, false) {
                         Some(i) => {
                             intack(&mut self.slave, i);
+                            if self.slave.auto_eoi != 0 {
+                                self.ack(true, i);
+                            }
                             i
                         }
                         None => 7,
@@ -218,6 +237,7 @@ impl Pic {
         s.init_state = 1;
         if pic_accepted {
             s.isr &= !edge_irr;
+            self.acked |= u16::from(edge_irr) << if slave { 8 } else { 0 };
         }
     }
 
@@ -236,12 +256,14 @@ impl Pic {
                         s.priority_add = (irq + 1) & 7;
                     }
                     s.isr &= !(1 << irq);
+                    self.ack(slave, irq);
                     self.update();
                 }
             }
             // Specific EOI.
             3 => {
                 s.isr &= !(1 << (val & 7));
+                self.ack(slave, val);
                 self.update();
             }
             // Set priority (IRQ val&7 gets the lowest).
@@ -254,6 +276,7 @@ impl Pic {
                 let irq = val & 7;
                 s.priority_add = (irq + 1) & 7;
                 s.isr &= !(1 << irq);
+                self.ack(slave, irq);
                 self.update();
             }
             // 2: no operation.
@@ -332,6 +355,7 @@ impl Pic {
         let s = self.chip(slave);
         s.irr &= !(1 << irq);
         s.isr &= !(1 << irq);
+        self.ack(slave, irq);
         if slave || irq != 2 {
             self.update();
         }
@@ -475,11 +499,17 @@ mod tests {
         assert_eq!(p.set_irq(10, 0, true), 1);
         assert!(p.output);
         assert_eq!(p.read_irq(), 0x2a, "slave base + 2");
+        assert_eq!(p.take_acked(), 0, "no auto-EOI");
         assert_eq!(p.slave.isr, 0x04);
         assert_eq!(p.master.isr, 0x04, "cascade IR2 in service");
         // Level line still high: EOI to both chips re-requests it.
         p.write(0xa0, 0x20, true);
         p.write(0x20, 0x20, true);
+        assert_eq!(
+            p.take_acked(),
+            1 << 10 | 1 << 2,
+            "slave pin 2 = IRQ 10, cascade"
+        );
         assert!(p.output);
         assert_eq!(p.read_irq(), 0x2a);
         // The line drops before the EOIs: nothing more.
@@ -511,6 +541,7 @@ mod tests {
         p.set_irq(3, 0, true);
         assert_eq!(p.read_irq(), 0x23);
         assert_eq!(p.master.isr, 0, "auto-EOI");
+        assert_eq!(p.take_acked(), 1 << 3);
         // Rotate in auto-EOI mode: IRQ3 becomes lowest after service.
         p.write(0x20, 0x80, true);
         assert_eq!(p.master.rotate_on_auto_eoi, 1);

@@ -323,9 +323,12 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             }
             Effect::Eoi(v) => {
                 if vm.irq.full() {
-                    // EOI broadcast of a level-triggered vector to the in-kernel IOAPIC.
-                    if l.level_triggered(v) {
-                        super::full::ioapic_eoi(vm, v);
+                    // EOI broadcast of a level-triggered vector to the in-kernel IOAPIC; an
+                    // edge-triggered one of an IOAPIC pin's vector goes there only for the
+                    // ack notifiers (Linux `kvm_ioapic_handles_vector`).
+                    let level = l.level_triggered(v);
+                    if level || (super::ack::any(vm) && vm.irq.ioapic_vector(v)) {
+                        super::full::ioapic_eoi(vm, v, level);
                     }
                 } else if vm.irq.eoi_exit(m, v) {
                     l.eoi_exit = 0x100 | u32::from(v);

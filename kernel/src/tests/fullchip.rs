@@ -620,3 +620,84 @@ fn ioapic_window_follows_the_base_address() {
     v.close(vm);
     v.assert_clean();
 }
+
+type TVm = crate::vm::Vm<
+    crate::fake::host::FakeHost,
+    crate::soft::SoftBackend<crate::fake::host::FakeHost>,
+>;
+
+fn count_ack(arg: usize, gsi: u32) {
+    // SAFETY: arg is the address of the test's leaked counter.
+    let c = unsafe { &*(arg as *const std::sync::atomic::AtomicU32) };
+    assert_eq!(gsi, 0);
+    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn ack_notifiers_hear_pic_and_ioapic_eois() {
+    use crate::irqchip::ack::{register_ack_notifier, unregister_ack_notifier};
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let v = Vmm::new();
+    let split = v.create_vm();
+    let mut ec: kvm_enable_cap = zeroed();
+    ec.cap = KVM_CAP_SPLIT_IRQCHIP;
+    let a = v.put(&ec);
+    assert_eq!(v.ioctl_fd(split, KVM_ENABLE_CAP, a), 0);
+    // SAFETY: live VM handle.
+    let svm = unsafe { &*(v.h(split) as *const TVm) };
+    assert_eq!(register_ack_notifier(svm, 0, count_ack, 0), Err(ENXIO));
+    v.close(split);
+    let vm = full_vm(&v);
+    let cpu = v.create_vcpu(vm, 0);
+    enable_apic(&v, cpu, 0x700);
+    // SAFETY: live VM handle, closed at the end of the test.
+    let kvm = unsafe { &*(v.h(vm) as *const TVm) };
+    let count: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+    let arg = count as *const AtomicU32 as usize;
+    let h = register_ack_notifier(kvm, 0, count_ack, arg).unwrap();
+    let other = register_ack_notifier(kvm, 5, count_ack, arg).unwrap();
+    // PIC: IRQ0 (vector 0x20), the guest's EOI acknowledges GSI 0.
+    let (_, mut c) = get_chip(&v, vm, KVM_IRQCHIP_PIC_MASTER);
+    c.chip.pic_mut().irq_base = 0x20;
+    c.chip.pic_mut().imr = 0xfe;
+    assert_eq!(set_chip(&v, vm, &c), 0);
+    assert_eq!(line_status(&v, vm, 0, 1).1, 1);
+    assert_eq!(line_status(&v, vm, 0, 0).1, 2);
+    v.script(0, &[out(MARK, 0)]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    assert_eq!(count.load(SeqCst), 0, "delivered, not yet acknowledged");
+    v.script(0, &[out(0x20, 0x20), out(MARK, 1)]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    assert_eq!(count.load(SeqCst), 1);
+    // IOAPIC: QEMU's GSI 0 → pin 2, edge, vector 0x30; the PIC masked. The local APIC's EOI
+    // of the edge vector reaches the IOAPIC because a notifier listens.
+    c.chip.pic_mut().imr = 0xff;
+    assert_eq!(set_chip(&v, vm, &c), 0);
+    let mut t = vec![chip_route(0, KVM_IRQCHIP_IOAPIC, 2)];
+    t.extend(
+        (1..24)
+            .filter(|&i| i != 2)
+            .map(|i| chip_route(i, KVM_IRQCHIP_IOAPIC, i)),
+    );
+    assert_eq!(routing(&v, vm, &t), 0);
+    let (_, mut io) = get_chip(&v, vm, KVM_IRQCHIP_IOAPIC);
+    io.chip.ioapic_mut().redirtbl[2].raw = 0x30;
+    assert_eq!(set_chip(&v, vm, &io), 0);
+    assert_eq!(line_status(&v, vm, 0, 1).1, 1);
+    assert_eq!(line_status(&v, vm, 0, 0).1, 1);
+    v.script(0, &[mmio_w(0xfee0_00b0, 0), out(MARK, 2)]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    assert_eq!(delivered(&v, cpu), vec![0x20, 0x30]);
+    assert_eq!(count.load(SeqCst), 2);
+    // Unregistered: no more calls; the other notifier (GSI 5) never heard anything.
+    unregister_ack_notifier(kvm, h);
+    unregister_ack_notifier(kvm, other);
+    assert_eq!(line_status(&v, vm, 0, 1).1, 1);
+    v.script(0, &[mmio_w(0xfee0_00b0, 0), out(MARK, 3)]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    assert_eq!(delivered(&v, cpu), vec![0x20, 0x30, 0x30]);
+    assert_eq!(count.load(SeqCst), 2);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}

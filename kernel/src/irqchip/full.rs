@@ -6,7 +6,8 @@
 //!
 //! Locking: the PIC and IOAPIC locks are leaves except that IOAPIC delivery takes (and drops)
 //! target vCPUs' wait locks, which are leaves themselves; neither is held while taking the
-//! routing lock or the VM lock. `KVM_CREATE_IRQCHIP` takes the VM lock, then each of them.
+//! routing lock or the VM lock. `KVM_CREATE_IRQCHIP` takes the VM lock, then each of them. Ack
+//! notifiers ([`super::ack`]) run after the chip lock is dropped.
 
 use core::sync::atomic::Ordering;
 

@@ -285,7 +285,8 @@ impl Pic {
     }
 
     /// A guest byte write to port 0x20/0x21/0xa0/0xa1/0x4d0/0x4d1 (other ports: ignored).
-    /// `pic_accepted`: some local APIC currently takes PIC interrupts (ICW1 then also ends pending edges).
+    /// `pic_accepted`: some local APIC currently takes PIC interrupts (ICW1 then also ends
+    /// pending edges).
     pub fn write(&mut self, port: u16, val: u8, pic_accepted: bool) {
         match port {
             0x4d0 | 0x4d1 => {

@@ -37,10 +37,11 @@ const KVM_CAP_IMMEDIATE_EXIT: u64 = kvm_abi::KVM_CAP_IMMEDIATE_EXIT as u64;
 const KVM_CAP_GET_MSR_FEATURES: u64 = kvm_abi::KVM_CAP_GET_MSR_FEATURES as u64;
 const KVM_CAP_GET_TSC_KHZ: u64 = kvm_abi::KVM_CAP_GET_TSC_KHZ as u64;
 const KVM_CAP_EXIT_ON_EMULATION_FAILURE: u64 = kvm_abi::KVM_CAP_EXIT_ON_EMULATION_FAILURE as u64;
-/// Nonzero because QEMU's `kvm_irqchip_create` returns early (no in-kernel irqchip at all)
-/// when it is 0, before it looks at split mode. Only the split irqchip exists:
-/// `KVM_CREATE_IRQCHIP` (the full in-kernel PIC/IOAPIC) answers `ENOTTY`.
+/// Both in-kernel irqchips exist: the full one (`KVM_CREATE_IRQCHIP`: PIC, IOAPIC, local
+/// APICs) and the split one (`KVM_CAP_SPLIT_IRQCHIP`: local APICs only).
 const KVM_CAP_IRQCHIP: u64 = kvm_abi::KVM_CAP_IRQCHIP as u64;
+/// `KVM_IRQ_LINE_STATUS` reports Linux's delivery status.
+const KVM_CAP_IRQ_INJECT_STATUS: u64 = kvm_abi::KVM_CAP_IRQ_INJECT_STATUS as u64;
 const KVM_CAP_SPLIT_IRQCHIP: u64 = kvm_abi::KVM_CAP_SPLIT_IRQCHIP as u64;
 /// GSI routing of the split irqchip (MSI routes); also required by QEMU's x86 `kvm_arch_init`.
 const KVM_CAP_IRQ_ROUTING: u64 = kvm_abi::KVM_CAP_IRQ_ROUTING as u64;
@@ -54,7 +55,7 @@ const KVM_CAP_ADJUST_CLOCK: u64 = kvm_abi::KVM_CAP_ADJUST_CLOCK as u64;
 const KVM_CAP_X86_ROBUST_SINGLESTEP: u64 = kvm_abi::KVM_CAP_X86_ROBUST_SINGLESTEP as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 32] = [
+pub const SUPPORTED: [u64; 33] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -80,6 +81,7 @@ pub const SUPPORTED: [u64; 32] = [
     KVM_CAP_GET_TSC_KHZ,
     KVM_CAP_EXIT_ON_EMULATION_FAILURE,
     KVM_CAP_IRQCHIP,
+    KVM_CAP_IRQ_INJECT_STATUS,
     KVM_CAP_SPLIT_IRQCHIP,
     KVM_CAP_IRQ_ROUTING,
     KVM_CAP_SIGNAL_MSI,

@@ -431,10 +431,11 @@ impl<H: Host, B: Backend> Cpu for EmuCpu<'_, H, B> {
     }
     fn mmio_read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
         // The in-kernel local APIC's page; every other MMIO read goes to userspace.
-        match self.lapic.as_deref_mut() {
+        let apic = match self.lapic.as_deref_mut() {
             Some(l) => self.vcpu.apic_access(l, gpa, buf, false),
             None => false,
-        }
+        };
+        apic || crate::irqchip::ioapic_mmio(self.vcpu.vm(), gpa, buf, false)
     }
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
         if self.abort.is_some() {
@@ -455,6 +456,14 @@ impl<H: Host, B: Backend> Cpu for EmuCpu<'_, H, B> {
             }
         }
         let vm = self.vcpu.vm();
+        let mut v = [0u8; 8];
+        let n = data.len().min(8);
+        if let (Some(d), Some(s)) = (v.get_mut(..n), data.get(..n)) {
+            d.copy_from_slice(s);
+            if crate::irqchip::ioapic_mmio(vm, gpa, d, true) {
+                return true;
+            }
+        }
         let Ok(len) = u8::try_from(data.len()) else {
             return false;
         };

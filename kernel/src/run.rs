@@ -25,7 +25,7 @@ use crate::cpuid;
 use crate::emul::EmuStep;
 use crate::errno::{KResult, EINTR, EINVAL};
 use crate::host::{Host, PAGE_SIZE};
-use crate::irqchip::ApicEntry;
+use crate::irqchip::{self, ApicEntry};
 use crate::vcpu::{Pending, Vcpu, VcpuState};
 
 /// Entries of the coalesced MMIO ring (Linux `KVM_COALESCED_MMIO_MAX`).
@@ -205,8 +205,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 return Ok(0);
             }
             // SAFETY: as above.
-            let want_window =
-                unsafe { addr_of!((*run).request_interrupt_window).read_volatile() } != 0;
+            // With the in-kernel PIC, userspace never injects: no window requests (Linux
+            // `dm_request_for_irq_injection`).
+            let want_window = unsafe { addr_of!((*run).request_interrupt_window).read_volatile() }
+                != 0
+                && !self.vm().irq.full();
             let step = if host.signal_pending() {
                 Step::Continue
             } else {
@@ -261,7 +264,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         let if_flag = u8::from(b.if_flag(&mut st.b));
         let cr8 = b.get_cr8(&mut st.b);
         let apic_base = b.get_apic_base(&mut st.b);
-        let ready = u8::from(self.ready_for_injection(st));
+        // Always 1 with the in-kernel PIC (Linux `post_kvm_run_save`).
+        let ready = u8::from(self.vm().irq.full() || self.ready_for_injection(st));
         // SAFETY: live run page of this vCPU; volatile plain-field writes.
         unsafe {
             addr_of_mut!((*run).if_flag).write_volatile(if_flag);
@@ -330,6 +334,15 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     self.set_emulation_failure(None, &[u64::from(port)]);
                     return Ok(Step::ToUser);
                 }
+                if let Some(v) = irqchip::pio(vm, port, size, out, data) {
+                    let c = if out {
+                        IoCompletion::Write
+                    } else {
+                        IoCompletion::PioIn { size, value: v }
+                    };
+                    b.complete_io(&mut st.b, c);
+                    return Ok(Step::Continue);
+                }
                 let bytes = data.to_le_bytes();
                 let bytes = bytes.get(..usize::from(size)).unwrap_or(&[]);
                 if out
@@ -376,6 +389,16 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         self.retire(st, |b, v| b.complete_io(v, c))?;
                         return Ok(Step::Continue);
                     }
+                }
+                let n = usize::from(len);
+                if irqchip::ioapic_mmio(vm, gpa, data.get_mut(..n).unwrap_or(&mut []), write) {
+                    let c = if write {
+                        IoCompletion::Write
+                    } else {
+                        IoCompletion::MmioRead { len, data }
+                    };
+                    b.complete_io(&mut st.b, c);
+                    return Ok(Step::Continue);
                 }
                 if write
                     && vm.coalesced(gpa, u32::from(len), false)

@@ -265,7 +265,6 @@ impl<H: Host, B: Backend> Vm<H, B> {
             }
             KVM_GET_CLOCK => self.clock.get_ioctl(host, arg),
             KVM_SET_CLOCK => self.clock.set_ioctl(host, arg),
-            KVM_CREATE_IRQCHIP if self.irq.split() => Err(EEXIST),
             _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
         }
     }

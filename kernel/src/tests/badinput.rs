@@ -151,7 +151,7 @@ fn bad_input_table() {
             e(EINVAL),
         ),
         ("dirty log fault", m, KVM_GET_DIRTY_LOG, bad, e(EFAULT)),
-        ("irqchip", m, KVM_CREATE_IRQCHIP, 0, e(ENOTTY)),
+        ("irqchip after vCPUs", m, KVM_CREATE_IRQCHIP, 0, e(EINVAL)),
         ("vcpu unknown", c, 0xae_ff, 0, e(EINVAL)),
         ("vcpu foreign type", c, 0x5401, 0, e(EINVAL)),
         ("vcpu: create vm", c, KVM_CREATE_VM, 0, e(EINVAL)),

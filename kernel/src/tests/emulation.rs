@@ -914,3 +914,47 @@ fn split_irqchip_apic_page_accesses_stay_in_the_kernel() {
     assert_eq!(f.v.host.user_read(la + 0xf0, 4), vec![0xff, 0x01, 0, 0]);
     f.done();
 }
+
+#[test]
+fn full_irqchip_ioapic_accesses_stay_in_the_kernel() {
+    // A VM with the full in-kernel irqchip: emulated MOVs to the IOAPIC window (a second-level
+    // fault outside memslots) reach the in-kernel IOAPIC without an MMIO exit.
+    let v = Vmm::new();
+    let vm = v.create_vm();
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+    let cpu = v.create_vcpu(vm, 0);
+    let run = v.run_page(cpu);
+    let ram = v.add_slot(vm, 0, 0, RAM, KVM_MEM_LOG_DIRTY_PAGES);
+    let f = Fix {
+        v,
+        vm,
+        cpu,
+        run,
+        ram,
+    };
+    // mov dword [0x200000], 1 ; mov eax, [0x200010]   (linear 0x200000 → 0xfec00000)
+    f.long_mode(
+        &[
+            0xc7, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, 0x01, 0x00, 0x00, 0x00, 0x8b, 0x04, 0x25,
+            0x10, 0x00, 0x20, 0x00,
+        ],
+        false,
+    );
+    const IOAPIC: u64 = 0xfec0_0000;
+    f.poke(0x14000, &(IOAPIC | 3).to_le_bytes());
+    f.script(&[
+        f.fault(IOAPIC, true),
+        f.fault(IOAPIC + 0x10, false),
+        Exit::Io {
+            port: 0x80,
+            size: 1,
+            out: true,
+            data: 0,
+        },
+    ]);
+    assert_eq!(f.kvm_run(), 0);
+    assert_eq!(f.r().exit_reason, KVM_EXIT_IO);
+    let r = f.v.regs(f.cpu);
+    assert_eq!((r.rax, r.rip), (0x0017_0011, CODE + 18), "IOAPIC version");
+    f.done();
+}

@@ -5,6 +5,7 @@ mod badinput;
 mod clock;
 mod emulation;
 mod exits;
+mod fullchip;
 mod header;
 mod irqchip;
 mod lapic;

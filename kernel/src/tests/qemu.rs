@@ -1,5 +1,6 @@
 //! QEMU start-up replay: the ioctl sequence of QEMU 7.2 (`-machine kernel-irqchip=off`) and
-//! QEMU 10 (`-machine kernel-irqchip=split`) from `kvm_init` to the first `KVM_RUN`, each reply
+//! QEMU 7.2/10 (`-machine kernel-irqchip=split`, and the default `kernel-irqchip=on`, the full
+//! in-kernel irqchip, up to the PIT) from `kvm_init` to the first `KVM_RUN`, each reply
 //! checked the way QEMU checks it (accel/kvm/kvm-all.c, target/i386/kvm/kvm.c,
 //! hw/i386/kvm/apic.c, hw/intc/ioapic.c).
 //!
@@ -473,8 +474,8 @@ fn split_irqchip_startup(qemu10: bool) {
     assert_eq!(cap(&v, vmh, KVM_CAP_TSC_DEADLINE_TIMER), 1);
     assert_eq!(
         cap(&v, vmh, KVM_CAP_IRQ_INJECT_STATUS),
-        0,
-        "QEMU then uses KVM_IRQ_LINE"
+        1,
+        "QEMU then uses KVM_IRQ_LINE_STATUS"
     );
     v.add_slot(vm, 0, 0, 0xa0000, 0);
     v.add_slot(vm, 2, 0x10_0000, 0x80_0000, 0);
@@ -669,17 +670,189 @@ fn supported_cpuid_is_filtered() {
 }
 
 #[test]
-fn default_kernel_irqchip_is_refused_clearly() {
-    // QEMU's default for pc machines is kernel-irqchip=on (no fallback to split): it creates
-    // the full in-kernel PIC/IOAPIC, which okvm does not have. QEMU then exits with "Create
-    // kernel irqchip failed"; users pass -machine kernel-irqchip=split (or =off up to 7.2).
+fn qemu_10_full_irqchip_startup_to_first_run() {
+    full_irqchip_startup(true);
+}
+
+#[test]
+fn qemu_7_2_full_irqchip_startup_to_first_run() {
+    full_irqchip_startup(false);
+}
+
+/// One IRQCHIP route of `KVM_SET_GSI_ROUTING`.
+fn chip_route(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
+    let mut e: kvm_irq_routing_entry = zeroed();
+    e.gsi = gsi;
+    e.r#type = KVM_IRQ_ROUTING_IRQCHIP;
+    e.u.irqchip_mut().irqchip = chip;
+    e.u.irqchip_mut().pin = pin;
+    e
+}
+
+/// QEMU's default `-machine kernel-irqchip=on` start-up (`-smp 1`, pc machine) through the
+/// first `KVM_RUN`: `kvm_irqchip_create` creates the full irqchip, `kvm_pc_setup_irq_routing`
+/// commits the PC's IRQCHIP routes, kvm-i8259 and kvm-ioapic put their reset states
+/// (hw/i386/kvm/i8259.c, ioapic.c), the vCPU is set up as in split mode; SeaBIOS then programs
+/// the PIC in the kernel and takes the keyboard's IRQ1 as an ExtINT vector.
+fn full_irqchip_startup(qemu10: bool) {
     let v = Vmm::new();
-    let vm = v.create_vm();
-    assert_eq!(cap(&v, v.h(vm), KVM_CAP_IRQCHIP), 1);
+    let vm = kvm_init(&v, qemu10);
+    let vmh = v.h(vm);
+    // kvm_irqchip_create: KVM_CAP_IRQCHIP, then (QEMU >= 8.2) KVM_CAP_IRQFD (QEMU10_MISSING);
+    // x86 kvm_arch_irqchip_create returns 0 when not split: KVM_CREATE_IRQCHIP, whose failure
+    // is fatal ("Create kernel irqchip failed").
+    assert_eq!(cap(&v, vmh, KVM_CAP_IRQCHIP), 1);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+    // kvm_init_irq_routing + x86 kvm_arch_init_irq_routing (GSI routing available).
+    let gsi_count = cap(&v, vmh, KVM_CAP_IRQ_ROUTING) - 1;
+    assert!(gsi_count >= 24);
     assert_eq!(
-        v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0),
-        -i64::from(crate::errno::ENOTTY.0)
+        cap(&v, vmh, KVM_CAP_IRQ_INJECT_STATUS),
+        1,
+        "KVM_IRQ_LINE_STATUS then"
     );
+    // kvm_pc_setup_irq_routing(pci_enabled): kvm_irqchip_commit_routes asserts 0.
+    let mut t = Vec::new();
+    for i in (0..8).filter(|&i| i != 2) {
+        t.push(chip_route(i, KVM_IRQCHIP_PIC_MASTER, i));
+    }
+    for i in 8..16 {
+        t.push(chip_route(i, KVM_IRQCHIP_PIC_SLAVE, i - 8));
+    }
+    t.push(chip_route(0, KVM_IRQCHIP_IOAPIC, 2));
+    for i in (1..24).filter(|&i| i != 2) {
+        t.push(chip_route(i, KVM_IRQCHIP_IOAPIC, i));
+    }
+    let mut b = (t.len() as u32).to_le_bytes().to_vec();
+    b.extend([0u8; 4]);
+    for e in &t {
+        b.extend(e.as_bytes());
+    }
+    let a = v.buf(b.len());
+    v.host.user_write(a, &b);
+    assert_eq!(v.ioctl_fd(vm, KVM_SET_GSI_ROUTING, a), 0);
+    // kvm_pic_reset → pic_reset_common + kvm_pic_put: KVM_SET_IRQCHIP (QEMU aborts on error)
+    // with the reset state and the ELCR masks of the i8259 properties.
+    for (id, mask) in [
+        (KVM_IRQCHIP_PIC_MASTER, 0xf8),
+        (KVM_IRQCHIP_PIC_SLAVE, 0xde),
+    ] {
+        let mut c: kvm_irqchip = zeroed();
+        c.chip_id = id;
+        c.chip.pic_mut().elcr_mask = mask;
+        let a = v.put(&c);
+        assert_eq!(v.ioctl_fd(vm, KVM_SET_IRQCHIP, a), 0);
+    }
+    // kvm_ioapic_reset → ioapic_reset_common + kvm_ioapic_put: all pins masked, base from the
+    // sysbus mapping.
+    let mut c: kvm_irqchip = zeroed();
+    c.chip_id = KVM_IRQCHIP_IOAPIC;
+    c.chip.ioapic_mut().base_address = 0xfec0_0000;
+    for e in c.chip.ioapic_mut().redirtbl.iter_mut() {
+        e.raw = 1 << 16;
+    }
+    let a = v.put(&c);
+    assert_eq!(v.ioctl_fd(vm, KVM_SET_IRQCHIP, a), 0);
+    // kvm_ioapic_get (migration, `info pic`): the same state back.
+    let g = v.put(&kvm_irqchip {
+        chip_id: KVM_IRQCHIP_IOAPIC,
+        ..zeroed()
+    });
+    assert_eq!(v.ioctl_fd(vm, KVM_GET_IRQCHIP, g), 0);
+    assert_eq!(v.get::<kvm_irqchip>(g), c);
+    // Next: the in-kernel PIT (hw/i386/kvm/i8254.c, KVM_CREATE_PIT2), built separately.
+    v.add_slot(vm, 0, 0, 0xa0000, 0);
+    v.add_slot(vm, 2, 0x10_0000, 0x80_0000, 0);
+    v.add_slot(vm, 3, 0xfffc_0000, 0x4_0000, KVM_MEM_READONLY);
+    let sup = supported_cpuid(&v);
+    let bsp = init_vcpu(&v, vm, 0, &sup, 0xfee0_0900, KVM_MP_STATE_RUNNABLE, |c| {
+        kvm_apic_put(&v, c, 0, 0xfee0_0900, true)
+    });
+    // SeaBIOS pic_setup (vectors 0x08/0x70, everything masked but the cascade), then it
+    // unmasks the keyboard's IRQ1 and reads the mask back, and talks to fw_cfg.
+    let outb = |port: u16, val: u8| {
+        (
+            Exit::Io {
+                port,
+                size: 1,
+                out: true,
+                data: u32::from(val),
+            },
+            2,
+        )
+    };
+    let fw_cfg = (
+        Exit::Io {
+            port: 0x510,
+            size: 2,
+            out: true,
+            data: 0,
+        },
+        3,
+    );
+    v.script(
+        0,
+        &[
+            outb(0x20, 0x11),
+            outb(0x21, 0x08),
+            outb(0x21, 0x04),
+            outb(0x21, 0x01),
+            outb(0xa0, 0x11),
+            outb(0xa1, 0x70),
+            outb(0xa1, 0x02),
+            outb(0xa1, 0x01),
+            outb(0x21, 0xfb),
+            outb(0xa1, 0xff),
+            outb(0x21, 0xf9),
+            (
+                Exit::Io {
+                    port: 0x21,
+                    size: 1,
+                    out: false,
+                    data: 0,
+                },
+                2,
+            ),
+            fw_cfg,
+        ],
+    );
+    let run = v.run_page(bsp);
+    // SAFETY: the run page lives as long as the vCPU.
+    unsafe { (*run).cr8 = 0 };
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    // SAFETY: as above.
+    let r = unsafe { &*run };
+    assert_eq!(r.exit_reason, KVM_EXIT_IO, "only fw_cfg reaches QEMU");
+    assert_eq!(r.u.io().port, 0x510);
+    assert_eq!(v.regs(bsp).rax & 0xff, 0xf9);
+    assert_eq!(r.ready_for_interrupt_injection, 1);
+    // A key press: kvm_pc_gsi_handler raises GSI 1 through kvm-i8259 and kvm-ioapic, each a
+    // kvm_set_irq (KVM_IRQ_LINE_STATUS): PIC 1 + masked IOAPIC pin (-1), then the PIC's pin is
+    // already high (1) and the IOAPIC's edge coalesces (0).
+    let line = |gsi: u32, level: u32| {
+        let a = v.put(&kvm_irq_level { irq: gsi, level });
+        assert_eq!(v.ioctl_fd(vm, KVM_IRQ_LINE_STATUS, a), 0);
+        v.get::<kvm_irq_level>(a).status()
+    };
+    assert_eq!(line(1, 1), 1);
+    assert_eq!(line(1, 1), 1);
+    // The guest runs with IF=1: vector 0x09 arrives through LINT0 (ExtINT).
+    let mut regs = v.regs(bsp);
+    regs.rflags |= 0x200;
+    v.set_regs(bsp, &regs);
+    v.script(0, &[outb(0x20, 0x20), fw_cfg]);
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    assert_eq!(r.exit_reason, KVM_EXIT_IO);
+    let h = v.h(bsp)
+        as *const crate::vcpu::Vcpu<
+            crate::fake::host::FakeHost,
+            crate::soft::SoftBackend<crate::fake::host::FakeHost>,
+        >;
+    // SAFETY: live vCPU handle, idle.
+    let st = unsafe { &*h }.st.lock();
+    assert_eq!(&st.b.delivered[..st.b.ndelivered as usize], &[0x09]);
+    drop(st);
+    v.close(bsp);
     v.close(vm);
     v.assert_clean();
 }

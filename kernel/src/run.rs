@@ -329,6 +329,15 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     self.set_emulation_failure(None, &[u64::from(port)]);
                     return Ok(Step::ToUser);
                 }
+                if let Some(value) = self.pit_pio(port, size, out, data) {
+                    let c = if out {
+                        IoCompletion::Write
+                    } else {
+                        IoCompletion::PioIn { size, value }
+                    };
+                    b.complete_io(&mut st.b, c);
+                    return Ok(Step::Continue);
+                }
                 let bytes = data.to_le_bytes();
                 let bytes = bytes.get(..usize::from(size)).unwrap_or(&[]);
                 if out

@@ -79,6 +79,8 @@ pub struct Vm<H: Host, B: Backend> {
     exit_on_emulation_failure: AtomicBool,
     /// The in-kernel irqchip (split mode: local APICs, GSI routes).
     pub irq: IrqChip<H>,
+    /// The in-kernel PIT (`KVM_CREATE_PIT2`).
+    pub pit: irqchip::pitdev::PitSlot<H>,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -136,6 +138,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
             st: HMutex::new(host, st)?,
             exit_on_emulation_failure: AtomicBool::new(false),
             irq: IrqChip::new(host)?,
+            pit: irqchip::pitdev::PitSlot::new(host),
         };
         HBox::new(host, vm)
     }
@@ -161,6 +164,8 @@ impl<H: Host, B: Backend> Vm<H, B> {
         // any more, so we own it; it came from HBox::into_raw.
         let mut b = unsafe { HBox::from_raw(host, NonNull::new_unchecked(vm)) };
         b.head.magic = 0;
+        // The PIT timer's callback looks up vCPU 0: stop it first.
+        b.pit.shutdown();
         let n = b.online.load(Ordering::SeqCst) as usize;
         for slot in b.vcpus.iter().take(n) {
             let p = slot.swap(core::ptr::null_mut(), Ordering::SeqCst);
@@ -260,7 +265,9 @@ impl<H: Host, B: Backend> Vm<H, B> {
                 }
             }
             KVM_CREATE_IRQCHIP if self.irq.split() => Err(EEXIST),
-            _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
+            _ => irqchip::pitdev::vm_ioctl(self, cmd, arg)
+                .or_else(|| irqchip::vm_ioctl(self, cmd, arg))
+                .unwrap_or(Err(ENOTTY)),
         }
     }
 

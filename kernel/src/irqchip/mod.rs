@@ -19,6 +19,8 @@
 //! wakes and kicks (no lock); a halted vCPU also sleeps no longer than its timer's deadline.
 
 pub mod lapic;
+pub mod pit;
+pub mod pitdev;
 mod run;
 
 use core::ffi::c_void;
@@ -46,6 +48,8 @@ const EV_NMI: u32 = 1;
 const EV_INIT: u32 = 2;
 const EV_SIPI: u32 = 4;
 const EV_TIMER: u32 = 8;
+/// The in-kernel PIT's host timer fired (BSP only; see `pitdev.rs`).
+const EV_PIT: u32 = 16;
 /// Mirror bit: software-enabled (SVR) — fixed interrupts are accepted.
 const MIRROR_SW_ENABLED: u64 = 1 << 62;
 

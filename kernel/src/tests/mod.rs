@@ -9,6 +9,7 @@ mod irqchip;
 mod lapic;
 mod lifetime;
 mod memslots;
+mod pit;
 mod qemu;
 mod svm;
 mod vmx;

@@ -316,17 +316,21 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             .map_or(0, |p| p.deadline.load(Ordering::SeqCst))
     }
 
+    /// The PIT and whether the access is to 0x40-0x43 (else 0x61), if the in-kernel PIT
+    /// handles an access of `size` bytes at `port`.
+    fn pit_claims(&self, port: u16, size: u8) -> Option<(&Pit<H>, bool)> {
+        let p = self.vm().pit.get()?;
+        let end = u32::from(port) + u32::from(size);
+        let pit = port >= PIT_BASE_PORT && end <= u32::from(PIT_BASE_PORT) + 4;
+        (pit || (p.speaker && port == SPEAKER_PORT)).then_some((p, pit))
+    }
+
     /// A guest `IN`/`OUT` of `size` bytes at `port`: handled by the in-kernel PIT when it
     /// falls inside 0x40-0x43, or is at 0x61 with the speaker port in the kernel (Linux's
     /// I/O bus: the whole access inside one device). Returns the value read (zero-extended;
     /// 0 for a write), `None` when userspace handles the port.
     pub(crate) fn pit_pio(&self, port: u16, size: u8, out: bool, data: u32) -> Option<u32> {
-        let p = self.vm().pit.get()?;
-        let end = u32::from(port) + u32::from(size);
-        let pit = port >= PIT_BASE_PORT && end <= u32::from(PIT_BASE_PORT) + 4;
-        if !(pit || (p.speaker && port == SPEAKER_PORT)) {
-            return None;
-        }
+        let (p, pit) = self.pit_claims(port, size)?;
         let now = p.host.nanotime();
         let mut s = p.st.lock();
         Some(if pit {
@@ -345,6 +349,37 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         } else {
             u32::from(s.m.speaker_read(now))
         })
+    }
+
+    /// `INS` through the emulator: fills `buf` element by element (`size` bytes each) when
+    /// the in-kernel PIT handles the port; `false` for userspace.
+    pub(crate) fn pit_pio_in_string(&self, port: u16, size: u8, buf: &mut [u8]) -> bool {
+        if !matches!(size, 1 | 2 | 4) || self.pit_claims(port, size).is_none() {
+            return false;
+        }
+        for e in buf.chunks_mut(usize::from(size)) {
+            let v = self.pit_pio(port, size, false, 0).unwrap_or(0);
+            for (d, s) in e.iter_mut().zip(v.to_le_bytes()) {
+                *d = s;
+            }
+        }
+        true
+    }
+
+    /// `OUTS` through the emulator: writes `data` element by element when the in-kernel PIT
+    /// handles the port; `false` for userspace.
+    pub(crate) fn pit_pio_out_string(&self, port: u16, size: u8, data: &[u8]) -> bool {
+        if !matches!(size, 1 | 2 | 4) || self.pit_claims(port, size).is_none() {
+            return false;
+        }
+        for e in data.chunks(usize::from(size)) {
+            let mut w = [0u8; 4];
+            for (d, s) in w.iter_mut().zip(e) {
+                *d = *s;
+            }
+            let _ = self.pit_pio(port, size, true, u32::from_le_bytes(w));
+        }
+        true
     }
 }
 
@@ -487,4 +522,12 @@ pub fn service_now<H: Host, B: Backend>(vm: &Vm<H, B>) {
     if let Some(p) = vm.pit.get() {
         service(vm, p);
     }
+}
+
+/// Test view: whether `EV_PIT` is posted to the BSP's local APIC.
+#[cfg(test)]
+pub fn bsp_pit_event<H: Host, B: Backend>(vm: &Vm<H, B>) -> bool {
+    vm.vcpu(0)
+        .and_then(|v| v.apic.as_ref())
+        .is_some_and(|a| a.events.load(Ordering::SeqCst) & EV_PIT != 0)
 }

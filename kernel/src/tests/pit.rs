@@ -630,3 +630,121 @@ fn speaker_port_stays_in_userspace_without_speaker_dummy() {
     v.close(vm);
     v.assert_clean();
 }
+
+#[test]
+fn rep_outsb_and_insb_reach_the_pit_through_the_emulator() {
+    let v = Vmm::new();
+    v.host.clock.store(T0, Ordering::SeqCst);
+    let vm = v.create_vm();
+    // SAFETY: the VM handle stays live until it is closed below.
+    let vmr = unsafe { &*(v.h(vm) as *const TVm) };
+    vmr.pit.stub.on.store(true, Ordering::SeqCst);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT, 0), 0);
+    let cpu = v.create_vcpu(vm, 0);
+    let run = v.run_page(cpu);
+    let ram = v.add_slot(vm, 0, 0, 0x10000, 0);
+    // Real mode, CS = DS = ES = 0. At 0x1000: mov dx, 0x43; rep outsb (SI = 0x2000, CX = 1);
+    // mov dx, 0x42; mov cx, 2; rep outsb (the count bytes); mov cx, 2; rep insb (DI = 0x3000).
+    let a = v.buf(size_of::<kvm_sregs>());
+    assert_eq!(v.ioctl_fd(cpu, KVM_GET_SREGS, a), 0);
+    let mut s: kvm_sregs = v.get(a);
+    for seg in [&mut s.cs, &mut s.ds, &mut s.es, &mut s.ss] {
+        seg.selector = 0;
+        seg.base = 0;
+    }
+    let a = v.put(&s);
+    assert_eq!(v.ioctl_fd(cpu, KVM_SET_SREGS, a), 0);
+    v.host.user_write(ram + 0x2000, &[0xb4, 0x34, 0x12]); // ch 2, word, mode 2; 0x1234
+    v.host.user_write(ram + 0x1000, &[0xf3, 0x6e]); // rep outsb
+    let mut r = v.regs(cpu);
+    (r.rip, r.rsi, r.rcx, r.rdx, r.rdi) = (0x1000, 0x2000, 1, 0x43, 0x3000);
+    v.set_regs(cpu, &r);
+    let outs = |port| Exit::IoString {
+        port,
+        size: 1,
+        out: true,
+    };
+    v.script(0, &[(outs(0x43), 0), (Exit::Hlt, 1)]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    // SAFETY: live run page.
+    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
+    assert_eq!(v.regs(cpu).rip, 0x1002 + 1);
+    // The two count bytes in one REP OUTSB.
+    let mut r = v.regs(cpu);
+    (r.rip, r.rcx, r.rdx) = (0x1000, 2, 0x42);
+    v.set_regs(cpu, &r);
+    v.script(0, &[(outs(0x42), 0), (Exit::Hlt, 1)]);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    // SAFETY: live run page.
+    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
+    let m = vmr.pit.get().unwrap().model();
+    assert_eq!((m.ch[2].mode, m.ch[2].count), (2, 0x1234));
+    // REP INSB of the live counter, 0x10 ticks later: LSB then MSB.
+    v.host.clock.store(at(0x10), Ordering::SeqCst);
+    v.host.user_write(ram + 0x1000, &[0xf3, 0x6c]); // rep insb
+    let mut r = v.regs(cpu);
+    (r.rip, r.rcx, r.rdx, r.rdi) = (0x1000, 2, 0x42, 0x3000);
+    v.set_regs(cpu, &r);
+    v.script(
+        0,
+        &[
+            (
+                Exit::IoString {
+                    port: 0x42,
+                    size: 1,
+                    out: false,
+                },
+                0,
+            ),
+            (Exit::Hlt, 1),
+        ],
+    );
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    // SAFETY: live run page.
+    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
+    assert_eq!(
+        v.host.user_read(ram + 0x3000, 2),
+        (0x1234u16 - 0x10).to_le_bytes()
+    );
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}
+
+#[test]
+fn timer_callback_wakes_only_the_bsp_which_owns_irq0() {
+    let f = Fix::new(true);
+    // Local APICs in the kernel (split mode) so the vCPUs have an event word to post to.
+    let cap = f.v.put(&kvm_enable_cap {
+        cap: KVM_CAP_SPLIT_IRQCHIP,
+        args: [24, 0, 0, 0],
+        ..zeroed()
+    });
+    assert_eq!(f.ioctl(KVM_ENABLE_CAP, cap), 0);
+    f.create();
+    let c0 = f.v.create_vcpu(f.vm, 0);
+    let c1 = f.v.create_vcpu(f.vm, 1);
+    let vm = f.vmref();
+    let period = periodic_10ms(&f);
+    // SAFETY: vCPU handles stay live until closed below.
+    let (v0, v1) = unsafe {
+        (
+            &*(f.v.h(c0) as *const crate::vcpu::Vcpu<FakeHost, SoftBackend<FakeHost>>),
+            &*(f.v.h(c1) as *const crate::vcpu::Vcpu<FakeHost, SoftBackend<FakeHost>>),
+        )
+    };
+    // A halted BSP sleeps at most until the PIT deadline; other vCPUs ignore the PIT.
+    assert_eq!((v0.pit_deadline(), v1.pit_deadline()), (T0 + period, 0));
+    assert!(!pitdev::bsp_pit_event(vm));
+    pitdev::fire_timer(vm);
+    assert!(pitdev::bsp_pit_event(vm));
+    // Only the BSP services IRQ0.
+    f.clock(T0 + period);
+    v1.pit_service();
+    assert_eq!(f.edges(), 0);
+    v0.pit_service();
+    assert_eq!(f.edges(), 1);
+    f.v.close(c0);
+    f.v.close(c1);
+    f.done();
+}

@@ -49,7 +49,7 @@ const EV_INIT: u32 = 2;
 const EV_SIPI: u32 = 4;
 const EV_TIMER: u32 = 8;
 /// The in-kernel PIT's host timer fired (BSP only; see `pitdev.rs`).
-const EV_PIT: u32 = 16;
+const EV_PIT: u32 = 32;
 /// Mirror bit: software-enabled (SVR) — fixed interrupts are accepted.
 const MIRROR_SW_ENABLED: u64 = 1 << 62;
 

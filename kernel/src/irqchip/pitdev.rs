@@ -20,11 +20,16 @@
 //! pulse.
 //!
 //! Connection to the interrupt controllers: the PIT calls [`chip_in_kernel`] (Linux
-//! `pic_in_kernel`) and [`set_gsi`] (Linux `kvm_set_irq(kvm, source, 0, level)`); the
-//! in-kernel PIC/IOAPIC calls [`irq0_acked`] and [`irq0_mask_changed`] for the pins GSI 0 is
-//! routed to. Until `KVM_CREATE_IRQCHIP` exists in the core, `chip_in_kernel` is false (so
-//! `KVM_CREATE_PIT2` fails with `ENOENT`, as Linux without an in-kernel PIC), and host tests
-//! use a stand-in chip ([`StubChip`]).
+//! `pic_in_kernel`; with the full irqchip: `vm.irq.full()`) and [`set_gsi`] (Linux
+//! `kvm_set_irq(kvm, pit->irq_source_id, 0, level)`; with the full irqchip:
+//! `set_gsi_from(vm, source::PIT, 0, level)`, so the PIT's level is ORed with userspace's).
+//! The other way, the in-kernel PIC/IOAPIC calls [`irq0_acked`] (Linux ack notifiers on GSI
+//! 0: the master PIC clearing ISR bit 0 by EOI or auto-EOI at INTA, and a local APIC's EOI of
+//! the vector of the IOAPIC pin GSI 0 is routed to, pin 2 with QEMU's routes, edge-triggered
+//! or not) and [`irq0_mask_changed`] (Linux mask notifiers). Without the ack call, reinjection
+//! (the default) delivers a single tick. Until `KVM_CREATE_IRQCHIP` exists in this branch,
+//! `chip_in_kernel` is false (so `KVM_CREATE_PIT2` fails with `ENOENT`, as Linux without an
+//! in-kernel PIC) and host tests use a stand-in chip ([`StubChip`]).
 
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};

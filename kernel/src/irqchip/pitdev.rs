@@ -253,6 +253,17 @@ pub fn irq0_mask_changed<H: Host, B: Backend>(vm: &Vm<H, B>, masked: bool) {
 /// tick is due (see the module comment for the policy).
 fn service<H: Host, B: Backend>(vm: &Vm<H, B>, p: &Pit<H>) {
     let now = p.host.nanotime();
+    // Fast path (every BSP entry): nothing expired, the timer did not fire, and no
+    // reinjected tick can go.
+    let d = p.deadline.load(Ordering::SeqCst);
+    if (d == 0 || now < d)
+        && !p.fired.load(Ordering::SeqCst)
+        && !(p.reinject.load(Ordering::SeqCst)
+            && p.pending.load(Ordering::SeqCst) > 0
+            && p.irq_ack.load(Ordering::SeqCst))
+    {
+        return;
+    }
     let pulse = {
         let mut s = p.st.lock();
         let mut due = 0u64;

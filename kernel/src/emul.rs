@@ -469,11 +469,17 @@ impl<H: Host, B: Backend> Cpu for EmuCpu<'_, H, B> {
         };
         vm.coalesced(gpa, u32::from(len), false) && self.vcpu.ring_push_n(gpa, data, len, 1, false)
     }
-    fn pio_in(&mut self, _port: u16, _size: u8, _buf: &mut [u8]) -> bool {
-        false
+    fn pio_in(&mut self, port: u16, size: u8, buf: &mut [u8]) -> bool {
+        if self.abort.is_some() {
+            return true;
+        }
+        self.vcpu.pit_pio_in_string(port, size, buf)
     }
     fn pio_out(&mut self, port: u16, size: u8, data: &[u8]) -> bool {
         if self.abort.is_some() {
+            return true;
+        }
+        if self.vcpu.pit_pio_out_string(port, size, data) {
             return true;
         }
         let vm = self.vcpu.vm();

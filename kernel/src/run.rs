@@ -334,13 +334,16 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     self.set_emulation_failure(None, &[u64::from(port)]);
                     return Ok(Step::ToUser);
                 }
-                if let Some(v) = irqchip::pio(vm, port, size, out, data) {
+                if let Some(value) = self
+                    .pit_pio(port, size, out, data)
+                    .or_else(|| irqchip::pio(vm, port, size, out, data))
+                {
                     let c = if out {
                         IoCompletion::Write
                     } else {
-                        IoCompletion::PioIn { size, value: v }
+                        IoCompletion::PioIn { size, value }
                     };
-                    b.complete_io(&mut st.b, c);
+                    self.retire(st, |b, v| b.complete_io(v, c))?;
                     return Ok(Step::Continue);
                 }
                 let bytes = data.to_le_bytes();

@@ -82,6 +82,8 @@ pub struct Vm<H: Host, B: Backend> {
     pub irq: IrqChip<H>,
     /// [a] The VM clock (`KVM_GET_CLOCK` / `KVM_SET_CLOCK`).
     pub clock: VmClock,
+    /// The in-kernel PIT (`KVM_CREATE_PIT2`).
+    pub pit: irqchip::pitdev::PitSlot<H>,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -140,6 +142,7 @@ impl<H: Host, B: Backend> Vm<H, B> {
             exit_on_emulation_failure: AtomicBool::new(false),
             irq: IrqChip::new(host)?,
             clock: VmClock::new(host.nanotime()),
+            pit: irqchip::pitdev::PitSlot::new(host),
         };
         HBox::new(host, vm)
     }
@@ -165,6 +168,8 @@ impl<H: Host, B: Backend> Vm<H, B> {
         // any more, so we own it; it came from HBox::into_raw.
         let mut b = unsafe { HBox::from_raw(host, NonNull::new_unchecked(vm)) };
         b.head.magic = 0;
+        // The PIT timer's callback looks up vCPU 0: stop it first.
+        b.pit.shutdown();
         let n = b.online.load(Ordering::SeqCst) as usize;
         for slot in b.vcpus.iter().take(n) {
             let p = slot.swap(core::ptr::null_mut(), Ordering::SeqCst);
@@ -265,7 +270,9 @@ impl<H: Host, B: Backend> Vm<H, B> {
             }
             KVM_GET_CLOCK => self.clock.get_ioctl(host, arg),
             KVM_SET_CLOCK => self.clock.set_ioctl(host, arg),
-            _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
+            _ => irqchip::pitdev::vm_ioctl(self, cmd, arg)
+                .or_else(|| irqchip::vm_ioctl(self, cmd, arg))
+                .unwrap_or(Err(ENOTTY)),
         }
     }
 

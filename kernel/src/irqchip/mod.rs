@@ -27,6 +27,8 @@ mod full;
 pub mod ioapic;
 pub mod lapic;
 pub mod pic;
+pub mod pit;
+pub mod pitdev;
 mod run;
 
 use core::ffi::c_void;
@@ -57,6 +59,8 @@ const EV_SIPI: u32 = 4;
 const EV_TIMER: u32 = 8;
 /// The in-kernel PIC's output rose (full irqchip): look at ExtINT before the next entry.
 const EV_EXTINT: u32 = 16;
+/// The in-kernel PIT's host timer fired (BSP only; see `pitdev.rs`).
+const EV_PIT: u32 = 32;
 /// Mirror bit: software-enabled (SVR) — fixed interrupts are accepted.
 const MIRROR_SW_ENABLED: u64 = 1 << 62;
 /// Mirror bit: the APIC takes PIC interrupts (Linux `kvm_apic_accept_pic_intr`).

@@ -52,6 +52,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     /// marked as running on this CPU, so later senders kick it.
     pub(crate) fn apic_before_entry(&self, st: &mut VcpuState<H, B>) -> ApicEntry {
         let (Some(a), Some(l)) = (self.apic.as_ref(), st.lapic.as_mut()) else {
+            self.pit_service();
             return ApicEntry::Enter;
         };
         let b = &self.vm().sys.backend;
@@ -73,6 +74,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         }
         l.set_base(b.get_apic_base(vb));
         loop {
+            self.pit_service();
             self.apic_process(a, l, vb);
             if l.mp_state == KVM_MP_STATE_HALTED && self.wake_event(l, vb) {
                 l.mp_state = KVM_MP_STATE_RUNNABLE;
@@ -84,7 +86,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         return ApicEntry::Signal;
                     }
                     let now = host.nanotime();
-                    let timeout = match l.timer.deadline {
+                    let deadline = match (l.timer.deadline, self.pit_deadline()) {
+                        (0, d) | (d, 0) => d,
+                        (a, b) => a.min(b),
+                    };
+                    let timeout = match deadline {
                         0 => 0,
                         d => d.saturating_sub(now).max(1),
                     };

@@ -12,6 +12,7 @@ mod lapic;
 mod lifetime;
 mod mce;
 mod memslots;
+mod pit;
 mod qemu;
 mod singlestep;
 mod svm;

@@ -46,9 +46,18 @@ const KVM_CAP_SPLIT_IRQCHIP: u64 = kvm_abi::KVM_CAP_SPLIT_IRQCHIP as u64;
 const KVM_CAP_IRQ_ROUTING: u64 = kvm_abi::KVM_CAP_IRQ_ROUTING as u64;
 const KVM_CAP_SIGNAL_MSI: u64 = kvm_abi::KVM_CAP_SIGNAL_MSI as u64;
 const KVM_CAP_TSC_DEADLINE_TIMER: u64 = kvm_abi::KVM_CAP_TSC_DEADLINE_TIMER as u64;
+/// `KVM_IOEVENTFD` on the MMIO and PIO buses (`eventfd::ioeventfd`).
+const KVM_CAP_IOEVENTFD: u64 = kvm_abi::KVM_CAP_IOEVENTFD as u64;
+/// Length-0 ioeventfds. Linux x86 answers 1; QEMU does not ask, but a VMM may.
+const KVM_CAP_IOEVENTFD_NO_LENGTH: u64 = kvm_abi::KVM_CAP_IOEVENTFD_NO_LENGTH as u64;
+/// Length-0 ("any length") ioeventfds; QEMU >= 8.2 requires it.
+const KVM_CAP_IOEVENTFD_ANY_LENGTH: u64 = kvm_abi::KVM_CAP_IOEVENTFD_ANY_LENGTH as u64;
+/// `KVM_IRQFD` with an in-kernel irqchip (`eventfd::irqfd`). `KVM_CAP_IRQFD_RESAMPLE` is not
+/// offered: resampling needs the full in-kernel irqchip.
+const KVM_CAP_IRQFD: u64 = kvm_abi::KVM_CAP_IRQFD as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 29] = [
+pub const SUPPORTED: [u64; 33] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -78,6 +87,10 @@ pub const SUPPORTED: [u64; 29] = [
     KVM_CAP_IRQ_ROUTING,
     KVM_CAP_SIGNAL_MSI,
     KVM_CAP_TSC_DEADLINE_TIMER,
+    KVM_CAP_IOEVENTFD,
+    KVM_CAP_IOEVENTFD_NO_LENGTH,
+    KVM_CAP_IOEVENTFD_ANY_LENGTH,
+    KVM_CAP_IRQFD,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.

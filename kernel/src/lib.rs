@@ -20,6 +20,7 @@ pub mod caps;
 pub mod cpuid;
 pub mod emul;
 pub mod errno;
+pub mod eventfd;
 pub mod ffi;
 pub mod ffi_host;
 pub mod hmem;

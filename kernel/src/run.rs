@@ -331,6 +331,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 }
                 let bytes = data.to_le_bytes();
                 let bytes = bytes.get(..usize::from(size)).unwrap_or(&[]);
+                if out && vm.ioeventfds.write(true, u64::from(port), bytes) {
+                    b.complete_io(&mut st.b, IoCompletion::Write);
+                    return Ok(Step::Continue);
+                }
                 if out
                     && vm.coalesced(u64::from(port), u32::from(size), true)
                     && self.ring_push_n(u64::from(port), bytes, size, 1, true)
@@ -375,6 +379,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         b.complete_io(&mut st.b, c);
                         return Ok(Step::Continue);
                     }
+                }
+                let written = data.get(..usize::from(len)).unwrap_or(&[]);
+                if write && vm.ioeventfds.write(false, gpa, written) {
+                    b.complete_io(&mut st.b, IoCompletion::Write);
+                    return Ok(Step::Continue);
                 }
                 if write
                     && vm.coalesced(gpa, u32::from(len), false)

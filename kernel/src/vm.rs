@@ -15,6 +15,8 @@ use kvm_abi::kvm_coalesced_mmio_zone;
 
 use crate::backend::Backend;
 use crate::caps::{self, KVM_MAX_VCPUS, KVM_MAX_VCPU_IDS};
+use crate::eventfd::ioeventfd::IoEventFds;
+use crate::eventfd::irqfd::IrqFds;
 use crate::errno::{KResult, EEXIST, EFAULT, EINVAL, EIO, ENOMEM, ENOSPC, ENOTTY};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{FdKind, Host, MmRef};
@@ -79,6 +81,10 @@ pub struct Vm<H: Host, B: Backend> {
     exit_on_emulation_failure: AtomicBool,
     /// The in-kernel irqchip (split mode: local APICs, GSI routes).
     pub irq: IrqChip<H>,
+    /// `KVM_IOEVENTFD` tables (own leaf lock).
+    pub ioeventfds: IoEventFds<H>,
+    /// `KVM_IRQFD` list (own lock; removed by `put` before anything is freed).
+    pub irqfds: IrqFds<H>,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -136,6 +142,8 @@ impl<H: Host, B: Backend> Vm<H, B> {
             st: HMutex::new(host, st)?,
             exit_on_emulation_failure: AtomicBool::new(false),
             irq: IrqChip::new(host)?,
+            ioeventfds: IoEventFds::new(host)?,
+            irqfds: IrqFds::new(host)?,
         };
         HBox::new(host, vm)
     }
@@ -157,6 +165,9 @@ impl<H: Host, B: Backend> Vm<H, B> {
         }
         let sys = this.sys;
         let host = sys.host;
+        // Irqfd callbacks use the VM through shared references: stop them all (waiting for
+        // running ones) while the VM is still intact, before it is owned mutably and freed.
+        this.irqfds.shutdown();
         // SAFETY: the count reached zero: no descriptor and no vCPU descriptor refers to the VM
         // any more, so we own it; it came from HBox::into_raw.
         let mut b = unsafe { HBox::from_raw(host, NonNull::new_unchecked(vm)) };
@@ -260,6 +271,14 @@ impl<H: Host, B: Backend> Vm<H, B> {
                 }
             }
             KVM_CREATE_IRQCHIP if self.irq.split() => Err(EEXIST),
+            KVM_IOEVENTFD => {
+                let a: kvm_ioeventfd = user::read(host, arg)?;
+                self.ioeventfds.ioctl(&a)
+            }
+            KVM_IRQFD => {
+                let a: kvm_irqfd = user::read(host, arg)?;
+                self.irqfds.ioctl(self, &a)
+            }
             _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
         }
     }

@@ -247,27 +247,43 @@ fn signal_msi<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64> {
     }
 }
 
-/// `KVM_IRQ_LINE`: GSI `irq` to `level`; a route to an MSI fires on assertion (Linux
-/// `kvm_set_msi`). Always 0, like Linux (the delivery status is not reported).
+/// `KVM_IRQ_LINE`: GSI `irq` to `level` through [`set_gsi`]. Always 0, like Linux (the
+/// delivery status is only reported by `KVM_IRQ_LINE_STATUS`, not offered).
 fn irq_line<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64> {
     let l: kvm_irq_level = user::read(vm.sys.host, arg)?;
     if !vm.irq.split() {
         return Err(ENXIO);
     }
-    if l.level == 0 {
-        return Ok(0);
-    }
+    set_gsi(vm, l.irq, l.level != 0);
+    Ok(0)
+}
+
+/// GSI `gsi` changes to `level`: the one entry point for every source of GSI levels
+/// (`KVM_IRQ_LINE`, irqfd), Linux `kvm_set_irq`. Each route of the GSI gets the level; a route
+/// to an MSI fires on assertion only (Linux `kvm_set_msi`). Returns Linux's value: -1 when the
+/// interrupt was ignored (no route, de-assertion of an MSI, no APIC matched), else the number
+/// of APICs that accepted it (0: coalesced). Callable from thread context with no okvm lock
+/// held (the irqfd callback) or from an ioctl; takes the routing lock and the targets' wait
+/// locks (leaf locks).
+pub fn set_gsi<H: Host, B: Backend>(vm: &Vm<H, B>, gsi: u32, level: bool) -> i64 {
     let route = {
         let routes = vm.irq.routes.lock();
         routes
             .as_ref()
-            .and_then(|t| t.get(l.irq as usize).copied())
+            .and_then(|t| t.get(gsi as usize).copied())
             .filter(|r| r.valid != 0)
     };
-    if let Some(r) = route {
-        deliver(vm, &decode_msi(r.address_lo, r.data), core::ptr::null());
+    match route {
+        Some(r) if level => deliver(vm, &decode_msi(r.address_lo, r.data), core::ptr::null()),
+        _ => -1,
     }
-    Ok(0)
+}
+
+/// Whether `KVM_IRQFD` may assign an irqfd (Linux x86 `kvm_arch_irqfd_allowed`): any
+/// in-kernel irqchip; with `resample` only the full one (PIC/IOAPIC in the kernel), which does
+/// not exist yet, so `RESAMPLE` is refused in split mode as Linux does.
+pub fn irqfd_allowed<H: Host, B: Backend>(vm: &Vm<H, B>, resample: bool) -> bool {
+    !resample && vm.irq.split()
 }
 
 /// `KVM_SET_GSI_ROUTING` (Linux `kvm_set_irq_routing` + x86 `kvm_set_routing_entry`): at most

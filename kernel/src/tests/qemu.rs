@@ -17,13 +17,10 @@ use crate::fake::vmm::{zeroed, Vmm};
 /// Capabilities QEMU ≥ 8.2 requires that okvm does not offer yet: `kvm_init` stops with "kvm
 /// does not support KVM_CAP_..." (the generic and x86 required lists), and
 /// `kvm_irqchip_create` with "kvm: irqfd not implemented". Must shrink to nothing.
-pub const QEMU10_MISSING: [u32; 6] = [
-    KVM_CAP_IOEVENTFD,
-    KVM_CAP_IOEVENTFD_ANY_LENGTH,
+pub const QEMU10_MISSING: [u32; 3] = [
     KVM_CAP_X86_ROBUST_SINGLESTEP,
     KVM_CAP_MCE,
     KVM_CAP_ADJUST_CLOCK,
-    KVM_CAP_IRQFD,
 ];
 
 fn cap(v: &Vmm, h: *mut std::ffi::c_void, c: u32) -> i64 {
@@ -98,8 +95,37 @@ fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
         1,
         "QEMU then uses immediate_exit, not SET_SIGNAL_MASK"
     );
-    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD), 0);
-    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD), 0);
+    // kvm_init: kvm_eventfds_allowed / kvm_irqfds_allowed / ioeventfd_any_length; no
+    // resampling (VFIO INTx then stays in userspace).
+    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD_ANY_LENGTH), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD_RESAMPLE), 0);
+    if !qemu10 {
+        // QEMU < 8.2 kvm_check_many_ioeventfds: 7 PIO ioeventfds at port 0, 2 bytes,
+        // datamatch 0..6, all must be accepted; then deassigned and closed.
+        let fds: Vec<i32> = (0..7).map(|_| v.host.eventfd_create()).collect();
+        let pio = |fd: i32, i: u64, deassign: bool| {
+            let a = v.put(&kvm_ioeventfd {
+                datamatch: i,
+                addr: 0,
+                len: 2,
+                fd,
+                flags: KVM_IOEVENTFD_FLAG_PIO
+                    | KVM_IOEVENTFD_FLAG_DATAMATCH
+                    | if deassign { KVM_IOEVENTFD_FLAG_DEASSIGN } else { 0 },
+                ..zeroed()
+            });
+            v.ioctl(vmh, KVM_IOEVENTFD, a)
+        };
+        for (i, &fd) in fds.iter().enumerate() {
+            assert_eq!(pio(fd, i as u64, false), 0, "many ioeventfds");
+        }
+        for (i, &fd) in fds.iter().enumerate().rev() {
+            assert_eq!(pio(fd, i as u64, true), 0);
+            v.host.eventfd_close(fd);
+        }
+    }
     assert_eq!(cap(v, vmh, KVM_CAP_PIT_STATE2), 0);
     assert_eq!(cap(v, vmh, KVM_CAP_SET_GUEST_DEBUG), 0);
     assert_eq!(

@@ -15,9 +15,9 @@ use kvm_abi::kvm_coalesced_mmio_zone;
 
 use crate::backend::Backend;
 use crate::caps::{self, KVM_MAX_VCPUS, KVM_MAX_VCPU_IDS};
+use crate::errno::{KResult, EEXIST, EFAULT, EINVAL, EIO, ENOMEM, ENOSPC, ENOTTY};
 use crate::eventfd::ioeventfd::IoEventFds;
 use crate::eventfd::irqfd::IrqFds;
-use crate::errno::{KResult, EEXIST, EFAULT, EINVAL, EIO, ENOMEM, ENOSPC, ENOTTY};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{FdKind, Host, MmRef};
 use crate::irqchip::{self, IrqChip};

@@ -85,7 +85,10 @@ impl FakeEvents {
 
     /// Drops the notifier when no descriptor and no core reference names it any more.
     fn reap(&mut self, efd: usize) {
-        if self.objs.get(&efd).is_some_and(|o| o.fds == 0 && o.refs == 0)
+        if self
+            .objs
+            .get(&efd)
+            .is_some_and(|o| o.fds == 0 && o.refs == 0)
             && !self.watches.values().any(|w| w.efd == efd)
         {
             self.objs.remove(&efd);
@@ -661,7 +664,10 @@ impl Host for FakeHost {
     unsafe fn eventfd_put(&self, e: RawEventFd) {
         let id = e.0.as_ptr() as usize;
         let mut ev = self.events.lock().unwrap();
-        let o = ev.objs.get_mut(&id).expect("eventfd_put of an unknown notifier");
+        let o = ev
+            .objs
+            .get_mut(&id)
+            .expect("eventfd_put of an unknown notifier");
         assert!(o.refs > 0, "eventfd_put without a reference");
         o.refs -= 1;
         ev.reap(id);
@@ -670,7 +676,10 @@ impl Host for FakeHost {
     fn eventfd_signal(&self, e: RawEventFd) {
         let id = e.0.as_ptr() as usize;
         let mut ev = self.events.lock().unwrap();
-        let o = ev.objs.get_mut(&id).expect("eventfd_signal of an unknown notifier");
+        let o = ev
+            .objs
+            .get_mut(&id)
+            .expect("eventfd_signal of an unknown notifier");
         assert!(o.refs > 0, "eventfd_signal without a reference");
         o.counter += 1;
         ev.mark_pending(id);
@@ -687,7 +696,10 @@ impl Host for FakeHost {
         }
         let efd = e.0.as_ptr() as usize;
         let mut ev = self.events.lock().unwrap();
-        let o = ev.objs.get(&efd).expect("eventfd_watch of an unknown notifier");
+        let o = ev
+            .objs
+            .get(&efd)
+            .expect("eventfd_watch of an unknown notifier");
         assert!(o.refs > 0, "eventfd_watch without a reference");
         let pending = o.counter > 0;
         ev.next_id += 1;
@@ -710,7 +722,12 @@ impl Host for FakeHost {
     unsafe fn eventfd_unwatch(&self, w: RawEventFdWatch) {
         let wid = w.0.as_ptr() as usize;
         let mut ev = self.events.lock().unwrap();
-        while ev.watches.get(&wid).expect("unwatch of an unknown watch").running {
+        while ev
+            .watches
+            .get(&wid)
+            .expect("unwatch of an unknown watch")
+            .running
+        {
             ev = self.events_cv.wait(ev).unwrap();
         }
         let efd = ev.watches.remove(&wid).unwrap().efd;

@@ -3,6 +3,7 @@
 
 mod badinput;
 mod emulation;
+mod eventfd;
 mod exits;
 mod header;
 mod irqchip;

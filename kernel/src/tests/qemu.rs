@@ -15,8 +15,9 @@ use crate::errno::E2BIG;
 use crate::fake::vmm::{zeroed, Vmm};
 
 /// Capabilities QEMU ≥ 8.2 requires that okvm does not offer yet: `kvm_init` stops with "kvm
-/// does not support KVM_CAP_..." (the generic and x86 required lists), and
-/// `kvm_irqchip_create` with "kvm: irqfd not implemented". Must shrink to nothing.
+/// does not support KVM_CAP_..." (the generic and x86 required lists). KVM_CAP_IOEVENTFD,
+/// KVM_CAP_IOEVENTFD_ANY_LENGTH and KVM_CAP_IRQFD (without which `kvm_irqchip_create` stops
+/// with "kvm: irqfd not implemented") are offered now. Must shrink to nothing.
 pub const QEMU10_MISSING: [u32; 3] = [
     KVM_CAP_X86_ROBUST_SINGLESTEP,
     KVM_CAP_MCE,
@@ -113,7 +114,11 @@ fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
                 fd,
                 flags: KVM_IOEVENTFD_FLAG_PIO
                     | KVM_IOEVENTFD_FLAG_DATAMATCH
-                    | if deassign { KVM_IOEVENTFD_FLAG_DEASSIGN } else { 0 },
+                    | if deassign {
+                        KVM_IOEVENTFD_FLAG_DEASSIGN
+                    } else {
+                        0
+                    },
                 ..zeroed()
             });
             v.ioctl(vmh, KVM_IOEVENTFD, a)
@@ -443,7 +448,7 @@ fn split_irqchip_startup(qemu10: bool) {
     let vm = kvm_init(&v, qemu10);
     let vmh = v.h(vm);
     // kvm_irqchip_create: KVM_CAP_IRQCHIP gates every in-kernel irqchip; then (QEMU >= 8.2)
-    // KVM_CAP_IRQFD, missing (QEMU10_MISSING); x86 kvm_arch_irqchip_create enables split mode
+    // KVM_CAP_IRQFD, offered; x86 kvm_arch_irqchip_create enables split mode
     // with 24 IOAPIC pins.
     assert_eq!(cap(&v, vmh, KVM_CAP_IRQCHIP), 1);
     assert_eq!(cap(&v, vmh, KVM_CAP_SPLIT_IRQCHIP), 1);
@@ -613,10 +618,56 @@ fn split_irqchip_startup(qemu10: bool) {
         1 << 1,
         "MSI vector 0x49 requested at APIC 0"
     );
+    // virtio-pci with ioeventfd/irqfd (7.2 and 10 alike now that the capabilities exist): the
+    // queue-notify register becomes an MMIO ioeventfd of length 0 (kvm_mem_ioeventfd_add, any
+    // length), each MSI-X vector an MSI route plus an irqfd (kvm_irqchip_add_msi_route,
+    // kvm_irqchip_commit_routes, kvm_irqchip_assign_irqfd).
+    let notify = v.host.eventfd_create();
+    let a = v.put(&kvm_ioeventfd {
+        addr: 0xfe00_3000,
+        len: 0,
+        fd: notify,
+        ..zeroed()
+    });
+    assert_eq!(v.ioctl_fd(vm, KVM_IOEVENTFD, a), 0);
+    let vector = v.host.eventfd_create();
+    table.push((24, 0xfee0_0000, 0x0061));
+    assert_eq!(routes(&v, vm, &table), 0);
+    let a = v.put(&kvm_irqfd {
+        fd: vector as u32,
+        gsi: 24,
+        ..zeroed()
+    });
+    assert_eq!(v.ioctl_fd(vm, KVM_IRQFD, a), 0);
+    // The guest kicks the queue (a 2-byte MMIO write): no exit, the notifier is signaled; the
+    // next exit is the fw_cfg OUT after it.
+    let kick = (
+        Exit::Mmio {
+            gpa: 0xfe00_3000,
+            len: 2,
+            write: true,
+            data: [0; 8],
+        },
+        6,
+    );
+    v.script(0, &[kick, fw_cfg]);
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    assert_eq!(r.exit_reason, KVM_EXIT_IO);
+    assert_eq!(v.host.eventfd_read(notify), 1);
+    // QEMU's iothread completes the request and signals the vector's irqfd.
+    v.host.eventfd_write(vector);
+    assert_eq!(v.host.eventfd_pump(), 1);
+    assert_eq!(v.ioctl_fd(bsp, KVM_GET_LAPIC, la), 0);
+    let page = v.host.user_read(la, 1024);
+    assert_ne!(page[0x230] & 2, 0, "irqfd vector 0x61 requested at APIC 0");
+    // Teardown with the ioeventfd and the irqfd still assigned (QEMU exits without
+    // deassigning): every notifier reference and watch is released.
     v.close(bsp);
     v.close(ap);
     v.close(vm);
     v.assert_clean();
+    v.host.eventfd_close(notify);
+    v.host.eventfd_close(vector);
 }
 
 #[test]

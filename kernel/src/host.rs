@@ -207,8 +207,9 @@ pub trait Host: Sync + 'static {
     /// held.
     fn eventfd_signal(&self, e: RawEventFd);
     /// Watches `e` (irqfd): each time `e` is signaled, the host consumes the signal and calls
-    /// `f(arg)` in thread context with no okvm lock held (calls may coalesce); once at once if
-    /// `e` is already signaled. `ENOMEM` when short.
+    /// `f(arg)` in thread context with no okvm lock held (calls may coalesce); once soon if
+    /// `e` is already signaled (never from inside this call: the caller may hold an okvm
+    /// lock). `ENOMEM` when short.
     ///
     /// # Safety
     /// `e` is referenced by the caller until after [`Host::eventfd_unwatch`]; `arg` stays valid

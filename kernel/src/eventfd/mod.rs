@@ -61,7 +61,7 @@ impl<T: Copy, H: Host> HVec<T, H> {
         if self.len < cap {
             return Ok(());
         }
-        let ncap = cap.saturating_mul(2).clamp(4, max);
+        let ncap = cap.saturating_mul(2).max(4).min(max);
         let old = self.as_slice();
         let n = HSlice::new_with(host, ncap, |i| old.get(i).copied().unwrap_or(fill))?;
         self.buf = Some(n);

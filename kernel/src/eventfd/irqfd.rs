@@ -15,8 +15,10 @@
 //! - Bound: [`MAX_IRQFDS`] per VM (`ENOSPC`); Linux bounds them only by the process's
 //!   descriptors (one per notifier).
 //!
-//! Linux also drops an irqfd when its eventfd is closed (POLLHUP). Here the core's reference
-//! keeps the notifier alive: the irqfd lives until deassign or VM teardown (QEMU deassigns).
+//! Like Linux (`kvm_vm_release`), closing the VM descriptor ends every irqfd, even while vCPU
+//! descriptors keep the VM alive. Linux also drops an irqfd when its eventfd is closed
+//! (POLLHUP); here the core's reference keeps the notifier alive, and the irqfd lives until
+//! deassign or the VM descriptor's close (QEMU deassigns).
 //!
 //! # Lifetimes
 //! Each irqfd is a heap object `{vm, gsi}` whose address is the watch callback's argument. The
@@ -183,7 +185,8 @@ impl<H: Host> IrqFds<H> {
         }
     }
 
-    /// Removes every irqfd (VM teardown): on return no callback runs for this VM any more.
+    /// Removes every irqfd (close of the VM descriptor, VM teardown): on return no callback
+    /// runs for this VM any more. Idempotent.
     pub fn shutdown(&self) {
         loop {
             let o = self.list.lock().pop();

@@ -633,3 +633,22 @@ fn ioeventfd_lookup_cost_figures() {
     v.assert_clean();
     v.host.eventfd_close(a);
 }
+
+#[test]
+fn closing_the_vm_descriptor_ends_irqfds_while_vcpus_live_on() {
+    let f = split_fix();
+    let v = &f.v;
+    let n = v.host.eventfd_create();
+    routes(v, f.vm, &[(3, 0, 0x71)]);
+    assert_eq!(irqfd(v, f.vm, n, 3, 0), 0);
+    assert_eq!(v.host.eventfd_watchers(n), 1);
+    v.close(f.vm);
+    assert_eq!(v.host.eventfd_watchers(n), 0, "Linux kvm_vm_release");
+    assert_eq!(v.host.counts().eventfd_refs, 0);
+    v.host.eventfd_write(n);
+    assert_eq!(v.host.eventfd_pump(), 0);
+    assert!(!irr(v, f.cpu, 0x71));
+    v.close(f.cpu);
+    v.assert_clean();
+    v.host.eventfd_close(n);
+}

@@ -81,10 +81,11 @@ pub struct Vm<H: Host, B: Backend> {
     exit_on_emulation_failure: AtomicBool,
     /// The in-kernel irqchip (split mode: local APICs, GSI routes).
     pub irq: IrqChip<H>,
-    /// `KVM_IOEVENTFD` tables (own leaf lock).
-    pub ioeventfds: IoEventFds<H>,
-    /// `KVM_IRQFD` list (own lock; removed by `put` before anything is freed).
-    pub irqfds: IrqFds<H>,
+    /// `KVM_IOEVENTFD` tables (own leaf lock; heap, to keep the VM small on the stack).
+    pub ioeventfds: HBox<IoEventFds<H>, H>,
+    /// `KVM_IRQFD` list (own lock; emptied by the VM descriptor's close and by `put` before
+    /// anything is freed).
+    pub irqfds: HBox<IrqFds<H>, H>,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -142,8 +143,8 @@ impl<H: Host, B: Backend> Vm<H, B> {
             st: HMutex::new(host, st)?,
             exit_on_emulation_failure: AtomicBool::new(false),
             irq: IrqChip::new(host)?,
-            ioeventfds: IoEventFds::new(host)?,
-            irqfds: IrqFds::new(host)?,
+            ioeventfds: IoEventFds::boxed(host)?,
+            irqfds: IrqFds::boxed(host)?,
         };
         HBox::new(host, vm)
     }

@@ -35,6 +35,7 @@ use kvm_abi::{
 
 use super::HVec;
 use crate::errno::{KResult, EEXIST, EINVAL, ENOENT};
+use crate::hmem::HBox;
 use crate::host::{Host, RawEventFd};
 use crate::sync::HMutex;
 
@@ -150,6 +151,12 @@ impl<H: Host> IoEventFds<H> {
                 },
             )?,
         })
+    }
+
+    /// [`IoEventFds::new`] in the host heap (out of line: keeps `Vm::alloc`'s frame small).
+    #[inline(never)]
+    pub fn boxed(host: &'static H) -> KResult<HBox<Self, H>> {
+        HBox::new(host, Self::new(host)?)
     }
 
     /// `KVM_IOEVENTFD`.

@@ -90,6 +90,12 @@ impl<H: Host> IrqFds<H> {
         })
     }
 
+    /// [`IrqFds::new`] in the host heap (out of line: keeps `Vm::alloc`'s frame small).
+    #[inline(never)]
+    pub fn boxed(host: &'static H) -> KResult<HBox<Self, H>> {
+        HBox::new(host, Self::new(host)?)
+    }
+
     /// `KVM_IRQFD` on `vm` (whose field `self` is).
     pub fn ioctl<B: Backend>(&self, vm: &Vm<H, B>, a: &kvm_irqfd) -> KResult<i64> {
         if a.flags & !(KVM_IRQFD_FLAG_DEASSIGN | KVM_IRQFD_FLAG_RESAMPLE) != 0

@@ -652,3 +652,34 @@ fn closing_the_vm_descriptor_ends_irqfds_while_vcpus_live_on() {
     v.assert_clean();
     v.host.eventfd_close(n);
 }
+
+#[test]
+fn the_in_kernel_apic_page_comes_before_ioeventfds() {
+    // Linux vcpu_mmio_write: the local APIC first, then the MMIO bus.
+    let f = split_fix();
+    let n = f.v.host.eventfd_create();
+    assert_eq!(ioev(&f.v, f.vm, n, 0xfee0_0080, 4, 0, 0), 0);
+    assert_eq!(ioev(&f.v, f.vm, n, 0xfee1_0000, 4, 0, 0), 0);
+    f.v.script(
+        0,
+        &[
+            Fix::mmio(0xfee0_0080, 4, true, 0x20),
+            Fix::mmio(0xfee1_0000, 4, true, 0),
+            Fix::out(0x80, 1, 0),
+        ],
+    );
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.r().exit_reason, KVM_EXIT_IO);
+    let p = lapic(&f.v, f.cpu);
+    let tpr = reg::TASKPRI as usize;
+    assert_eq!(p[tpr], 0x20, "the TPR write reached the APIC");
+    assert_eq!(
+        f.v.host.eventfd_read(n),
+        1,
+        "only the write outside the APIC page"
+    );
+    f.v.close(f.cpu);
+    f.v.close(f.vm);
+    f.v.assert_clean();
+    f.v.host.eventfd_close(n);
+}

@@ -53,9 +53,18 @@ const KVM_CAP_MCE: u64 = kvm_abi::KVM_CAP_MCE as u64;
 const KVM_CAP_ADJUST_CLOCK: u64 = kvm_abi::KVM_CAP_ADJUST_CLOCK as u64;
 /// Single-stepping over instructions the core or a backend completes raises #DB (`singlestep`).
 const KVM_CAP_X86_ROBUST_SINGLESTEP: u64 = kvm_abi::KVM_CAP_X86_ROBUST_SINGLESTEP as u64;
+/// `KVM_IOEVENTFD` on the MMIO and PIO buses (`eventfd::ioeventfd`).
+const KVM_CAP_IOEVENTFD: u64 = kvm_abi::KVM_CAP_IOEVENTFD as u64;
+/// Length-0 ioeventfds. Linux x86 answers 1; QEMU does not ask, but a VMM may.
+const KVM_CAP_IOEVENTFD_NO_LENGTH: u64 = kvm_abi::KVM_CAP_IOEVENTFD_NO_LENGTH as u64;
+/// Length-0 ("any length") ioeventfds; QEMU >= 8.2 requires it.
+const KVM_CAP_IOEVENTFD_ANY_LENGTH: u64 = kvm_abi::KVM_CAP_IOEVENTFD_ANY_LENGTH as u64;
+/// `KVM_IRQFD` with an in-kernel irqchip (`eventfd::irqfd`). `KVM_CAP_IRQFD_RESAMPLE` is not
+/// offered: resampling needs the full in-kernel irqchip.
+const KVM_CAP_IRQFD: u64 = kvm_abi::KVM_CAP_IRQFD as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 33] = [
+pub const SUPPORTED: [u64; 37] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -89,6 +98,10 @@ pub const SUPPORTED: [u64; 33] = [
     KVM_CAP_MCE,
     KVM_CAP_ADJUST_CLOCK,
     KVM_CAP_X86_ROBUST_SINGLESTEP,
+    KVM_CAP_IOEVENTFD,
+    KVM_CAP_IOEVENTFD_NO_LENGTH,
+    KVM_CAP_IOEVENTFD_ANY_LENGTH,
+    KVM_CAP_IRQFD,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.

@@ -27,10 +27,11 @@
 //!   map), under the VM lock (unpins happen only under it). The word is 8-byte aligned inside
 //!   a wired page of a registered slot; user memory is never dereferenced (SMAP) and nothing
 //!   outside the slots is touched. A successful exchange marks the page dirty.
-//! - MMIO: reads always go to userspace (`KVM_EXIT_MMIO`, at most 8 bytes each); writes go to
-//!   the coalesced MMIO ring when the range lies in a registered zone and the ring has room,
-//!   else to userspace. Port output to a coalesced PIO zone goes to the ring too (every
-//!   element of a batch, or none).
+//! - MMIO: reads always go to userspace (`KVM_EXIT_MMIO`, at most 8 bytes each); a write that
+//!   hits an ioeventfd signals it and completes in the kernel; else it goes to the coalesced
+//!   MMIO ring when the range lies in a registered zone and the ring has room, else to
+//!   userspace. Port output likewise: ioeventfds first (every element of a string batch must
+//!   hit, or the batch goes on), then a coalesced PIO zone (every element of a batch, or none).
 //!
 //! # Outcomes (Linux behaviour)
 //! - Exception: injected with [`Backend::queue_exception`] (CR2 for #PF). If an interrupt or
@@ -464,6 +465,9 @@ impl<H: Host, B: Backend> Cpu for EmuCpu<'_, H, B> {
                 return true;
             }
         }
+        if vm.ioeventfds.write(false, gpa, data) {
+            return true;
+        }
         let Ok(len) = u8::try_from(data.len()) else {
             return false;
         };
@@ -484,6 +488,12 @@ impl<H: Host, B: Backend> Cpu for EmuCpu<'_, H, B> {
         }
         let vm = self.vcpu.vm();
         let count = data.len() / usize::from(size.max(1));
+        if vm
+            .ioeventfds
+            .write_n(true, u64::from(port), data, usize::from(size), count)
+        {
+            return true;
+        }
         vm.coalesced(u64::from(port), u32::from(size), true)
             && self
                 .vcpu

@@ -21,6 +21,7 @@ pub mod clock;
 pub mod cpuid;
 pub mod emul;
 pub mod errno;
+pub mod eventfd;
 pub mod ffi;
 pub mod ffi_host;
 pub mod hmem;

@@ -348,6 +348,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 }
                 let bytes = data.to_le_bytes();
                 let bytes = bytes.get(..usize::from(size)).unwrap_or(&[]);
+                if out && vm.ioeventfds.write(true, u64::from(port), bytes) {
+                    self.retire(st, |b, v| b.complete_io(v, IoCompletion::Write))?;
+                    return Ok(Step::Continue);
+                }
                 if out
                     && vm.coalesced(u64::from(port), u32::from(size), true)
                     && self.ring_push_n(u64::from(port), bytes, size, 1, true)
@@ -400,7 +404,12 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     } else {
                         IoCompletion::MmioRead { len, data }
                     };
-                    b.complete_io(&mut st.b, c);
+                    self.retire(st, |b, v| b.complete_io(v, c))?;
+                    return Ok(Step::Continue);
+                }
+                let written = data.get(..n).unwrap_or(&[]);
+                if write && vm.ioeventfds.write(false, gpa, written) {
+                    self.retire(st, |b, v| b.complete_io(v, IoCompletion::Write))?;
                     return Ok(Step::Continue);
                 }
                 if write

@@ -167,8 +167,14 @@ impl<H: Host, B: Backend> System<H, B> {
     /// `h` is a live handle from this system; it is not used again.
     pub unsafe fn release(&'static self, h: *mut c_void) {
         match Self::magic_of(h) {
-            // SAFETY: the descriptor's reference is given up exactly once.
-            Some(Magic::Vm) => unsafe { Vm::<H, B>::put(h.cast()) },
+            // SAFETY: the descriptor's reference keeps the VM alive until `put`, and is given
+            // up exactly once.
+            Some(Magic::Vm) => unsafe {
+                // Linux `kvm_vm_release`: closing the VM descriptor ends every irqfd, even
+                // while vCPU descriptors keep the VM itself alive (no VM ioctl can add one).
+                (*h.cast::<Vm<H, B>>()).irqfds.shutdown();
+                Vm::<H, B>::put(h.cast())
+            },
             // SAFETY: as above; a vCPU descriptor holds one reference on its VM.
             Some(Magic::Vcpu) => unsafe { Vm::<H, B>::put((*h.cast::<Vcpu<H, B>>()).vm_ptr()) },
             _ => {}

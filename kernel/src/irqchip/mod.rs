@@ -357,6 +357,13 @@ fn irq_line<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64, status: bool) -> KResu
     Ok(0)
 }
 
+/// Whether `KVM_IRQFD` may assign an irqfd (Linux x86 `kvm_arch_irqfd_allowed`): any
+/// in-kernel irqchip. Linux also takes `resample` with the full irqchip; okvm's irqfds do not
+/// implement resampling (no `KVM_CAP_IRQFD_RESAMPLE`), so it is refused in every mode.
+pub fn irqfd_allowed<H: Host, B: Backend>(vm: &Vm<H, B>, resample: bool) -> bool {
+    !resample && vm.irq.lapic_in_kernel()
+}
+
 /// GSI `gsi` changes to `level`, driven by the userspace source (`KVM_IRQ_LINE`, irqfd). See
 /// [`set_gsi_from`].
 pub fn set_gsi<H: Host, B: Backend>(vm: &Vm<H, B>, gsi: u32, level: bool) -> i64 {

@@ -4,6 +4,7 @@
 mod badinput;
 mod clock;
 mod emulation;
+mod eventfd;
 mod exits;
 mod fullchip;
 mod header;

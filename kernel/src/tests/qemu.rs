@@ -21,11 +21,9 @@ const QEMU_MCE_BANKS: u64 = 10;
 
 /// Capabilities QEMU ≥ 8.2 requires that okvm does not offer yet: `kvm_init` stops with "kvm
 /// does not support KVM_CAP_..." (the generic and x86 required lists), and
-/// `kvm_irqchip_create` with "kvm: irqfd not implemented". Must shrink to nothing.
-pub const QEMU10_MISSING: [u32; 3] = [
-    KVM_CAP_IOEVENTFD,
-    KVM_CAP_IOEVENTFD_ANY_LENGTH,
-    KVM_CAP_IRQFD,
+/// `kvm_irqchip_create` with "kvm: irqfd not implemented". Empty now: IOEVENTFD,
+/// IOEVENTFD_ANY_LENGTH, IRQFD, X86_ROBUST_SINGLESTEP, MCE and ADJUST_CLOCK are all offered.
+pub const QEMU10_MISSING: [u32; 0] = [
 ];
 
 fn cap(v: &Vmm, h: *mut std::ffi::c_void, c: u32) -> i64 {
@@ -100,8 +98,41 @@ fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
         1,
         "QEMU then uses immediate_exit, not SET_SIGNAL_MASK"
     );
-    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD), 0);
-    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD), 0);
+    // kvm_init: kvm_eventfds_allowed / kvm_irqfds_allowed / ioeventfd_any_length; no
+    // resampling (VFIO INTx then stays in userspace).
+    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD_ANY_LENGTH), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD_RESAMPLE), 0);
+    if !qemu10 {
+        // QEMU < 8.2 kvm_check_many_ioeventfds: 7 PIO ioeventfds at port 0, 2 bytes,
+        // datamatch 0..6, all must be accepted; then deassigned and closed.
+        let fds: Vec<i32> = (0..7).map(|_| v.host.eventfd_create()).collect();
+        let pio = |fd: i32, i: u64, deassign: bool| {
+            let a = v.put(&kvm_ioeventfd {
+                datamatch: i,
+                addr: 0,
+                len: 2,
+                fd,
+                flags: KVM_IOEVENTFD_FLAG_PIO
+                    | KVM_IOEVENTFD_FLAG_DATAMATCH
+                    | if deassign {
+                        KVM_IOEVENTFD_FLAG_DEASSIGN
+                    } else {
+                        0
+                    },
+                ..zeroed()
+            });
+            v.ioctl(vmh, KVM_IOEVENTFD, a)
+        };
+        for (i, &fd) in fds.iter().enumerate() {
+            assert_eq!(pio(fd, i as u64, false), 0, "many ioeventfds");
+        }
+        for (i, &fd) in fds.iter().enumerate().rev() {
+            assert_eq!(pio(fd, i as u64, true), 0);
+            v.host.eventfd_close(fd);
+        }
+    }
     assert_eq!(cap(v, vmh, KVM_CAP_PIT_STATE2), 0);
     assert_eq!(cap(v, vmh, KVM_CAP_SET_GUEST_DEBUG), 0);
     assert_eq!(
@@ -451,7 +482,7 @@ fn split_irqchip_startup(qemu10: bool) {
     let vm = kvm_init(&v, qemu10);
     let vmh = v.h(vm);
     // kvm_irqchip_create: KVM_CAP_IRQCHIP gates every in-kernel irqchip; then (QEMU >= 8.2)
-    // KVM_CAP_IRQFD, missing (QEMU10_MISSING); x86 kvm_arch_irqchip_create enables split mode
+    // KVM_CAP_IRQFD, offered; x86 kvm_arch_irqchip_create enables split mode
     // with 24 IOAPIC pins.
     assert_eq!(cap(&v, vmh, KVM_CAP_IRQCHIP), 1);
     assert_eq!(cap(&v, vmh, KVM_CAP_SPLIT_IRQCHIP), 1);
@@ -621,10 +652,56 @@ fn split_irqchip_startup(qemu10: bool) {
         1 << 1,
         "MSI vector 0x49 requested at APIC 0"
     );
+    // virtio-pci with ioeventfd/irqfd (7.2 and 10 alike now that the capabilities exist): the
+    // queue-notify register becomes an MMIO ioeventfd of length 0 (kvm_mem_ioeventfd_add, any
+    // length), each MSI-X vector an MSI route plus an irqfd (kvm_irqchip_add_msi_route,
+    // kvm_irqchip_commit_routes, kvm_irqchip_assign_irqfd).
+    let notify = v.host.eventfd_create();
+    let a = v.put(&kvm_ioeventfd {
+        addr: 0xfe00_3000,
+        len: 0,
+        fd: notify,
+        ..zeroed()
+    });
+    assert_eq!(v.ioctl_fd(vm, KVM_IOEVENTFD, a), 0);
+    let vector = v.host.eventfd_create();
+    table.push((24, 0xfee0_0000, 0x0061));
+    assert_eq!(routes(&v, vm, &table), 0);
+    let a = v.put(&kvm_irqfd {
+        fd: vector as u32,
+        gsi: 24,
+        ..zeroed()
+    });
+    assert_eq!(v.ioctl_fd(vm, KVM_IRQFD, a), 0);
+    // The guest kicks the queue (a 2-byte MMIO write): no exit, the notifier is signaled; the
+    // next exit is the fw_cfg OUT after it.
+    let kick = (
+        Exit::Mmio {
+            gpa: 0xfe00_3000,
+            len: 2,
+            write: true,
+            data: [0; 8],
+        },
+        6,
+    );
+    v.script(0, &[kick, fw_cfg]);
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    assert_eq!(r.exit_reason, KVM_EXIT_IO);
+    assert_eq!(v.host.eventfd_read(notify), 1);
+    // QEMU's iothread completes the request and signals the vector's irqfd.
+    v.host.eventfd_write(vector);
+    assert_eq!(v.host.eventfd_pump(), 1);
+    assert_eq!(v.ioctl_fd(bsp, KVM_GET_LAPIC, la), 0);
+    let page = v.host.user_read(la, 1024);
+    assert_ne!(page[0x230] & 2, 0, "irqfd vector 0x61 requested at APIC 0");
+    // Teardown with the ioeventfd and the irqfd still assigned (QEMU exits without
+    // deassigning): every notifier reference and watch is released.
     v.close(bsp);
     v.close(ap);
     v.close(vm);
     v.assert_clean();
+    v.host.eventfd_close(notify);
+    v.host.eventfd_close(vector);
 }
 
 #[test]

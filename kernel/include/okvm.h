@@ -63,8 +63,12 @@ typedef void *okvm_handle_t;		/* a core object behind one descriptor */
 typedef void *okvm_lock_t;		/* a glue lock (sleepable mutex) */
 typedef void *okvm_mm_t;		/* a referenced process address space */
 typedef void *okvm_timer_t;		/* a glue one-shot timer */
-typedef void (*okvm_fn_t)(void *);	/* timer callback */
+typedef void (*okvm_fn_t)(void *);	/* timer / notifier-watch callback */
 typedef int32_t (*okvm_cpu_fn_t)(void *);	/* per-CPU callback, 0 or -errno */
+/* An event notifier of a process (Linux: eventfd; OpenBSD: pipe read end). */
+typedef struct okvm_eventfd *okvm_eventfd_t;
+/* A watch set on a notifier by okvm_host_eventfd_watch. */
+typedef struct okvm_eventfd_watch *okvm_eventfd_watch_t;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Entry points (defined by okvm.o, called by the glue).                                       */
@@ -210,16 +214,12 @@ void	okvm_host_vmx_disable(void);
  */
 int32_t	okvm_host_install_fd(uint32_t kind, okvm_handle_t h);
 
-/* An event notifier of a process (Linux: eventfd; OpenBSD: pipe read end). */
-typedef struct okvm_eventfd *okvm_eventfd_t;
-/* A watch set on a notifier by okvm_host_eventfd_watch. */
-typedef struct okvm_eventfd_watch *okvm_eventfd_watch_t;
-
 /*
- * Take a reference on the notifier behind descriptor fd of the calling process: 0 with *e set;
- * -EBADF if fd is not an open descriptor; -EINVAL if it is not a notifier (Linux: not an
- * eventfd; OpenBSD: not a pipe). Two descriptors of the same notifier (dup'ed, or the same fd
- * twice) give the same *e, so the core compares handles to find "the same eventfd".
+ * Event notifiers (KVM_IOEVENTFD, KVM_IRQFD). Take a reference on the notifier behind
+ * descriptor fd of the calling process: 0 with *e set; -EBADF if fd is not an open descriptor;
+ * -EINVAL if it is not a notifier (Linux: not an eventfd; OpenBSD: not a pipe). Two
+ * descriptors of the same notifier (dup'ed, or the same fd twice) give the same *e, so the
+ * core compares handles to find "the same eventfd".
  */
 int32_t	okvm_host_eventfd_get(int32_t fd, okvm_eventfd_t *e);
 /* Drop a reference from okvm_host_eventfd_get (thread context, may sleep). */

@@ -13,7 +13,7 @@ use kvm_abi::{
 };
 use svm::hw::SvmHw;
 
-use crate::backend::{Backend, CpuidResult, Exit, GuestException, IoCompletion};
+use crate::backend::{Backend, CpuidResult, EntryGate, Exit, GuestException, IoCompletion};
 use crate::errno::{KResult, EINVAL};
 use crate::host::Host;
 use crate::soft::SoftBackend;
@@ -333,11 +333,11 @@ impl<H: Host, W: SvmHw + Sync + 'static, V: VmxHw + Sync + 'static> Backend
             _ => (),
         }
     }
-    fn run(&self, vm: &Self::Vm, v: &mut Self::Vcpu) -> Exit {
+    fn run<G: EntryGate>(&self, vm: &Self::Vm, v: &mut Self::Vcpu, gate: &G) -> Exit {
         match (self, vm, v) {
-            (AnyBackend::Soft(b), AnyVm::Soft(vm), AnyVcpu::Soft(v)) => b.run(vm, v),
-            (AnyBackend::Svm(b), AnyVm::Svm(vm), AnyVcpu::Svm(v)) => b.run(vm, v),
-            (AnyBackend::Vmx(b), AnyVm::Vmx(vm), AnyVcpu::Vmx(v)) => b.run(vm, v),
+            (AnyBackend::Soft(b), AnyVm::Soft(vm), AnyVcpu::Soft(v)) => b.run(vm, v, gate),
+            (AnyBackend::Svm(b), AnyVm::Svm(vm), AnyVcpu::Svm(v)) => b.run(vm, v, gate),
+            (AnyBackend::Vmx(b), AnyVm::Vmx(vm), AnyVcpu::Vmx(v)) => b.run(vm, v, gate),
             _ => Exit::FailEntry { reason: 0 },
         }
     }

@@ -178,8 +178,11 @@ pub trait Backend: Sync + 'static {
     /// `IA32_APIC_BASE`, as `kvm_run.apic_base` reports it.
     fn get_apic_base(&self, v: &mut Self::Vcpu) -> u64;
 
-    /// Enters the guest until the next exit the backend cannot handle alone.
-    fn run(&self, vm: &Self::Vm, v: &mut Self::Vcpu) -> Exit;
+    /// Enters the guest until the next exit the backend cannot handle alone. Immediately
+    /// before the world switch, with host interrupts and preemption off, the backend calls
+    /// `gate.enter(cpu)`; when that says to stay out, it returns [`Exit::Continue`] without
+    /// entering (the pending event is kept for the next entry).
+    fn run<G: EntryGate>(&self, vm: &Self::Vm, v: &mut Self::Vcpu, gate: &G) -> Exit;
     /// Completes an [`Exit::Io`] or [`Exit::Mmio`] (writes the read value, advances RIP).
     fn complete_io(&self, v: &mut Self::Vcpu, c: IoCompletion);
     /// Completes an [`Exit::Cpuid`] with the core's answer (and advances RIP).
@@ -199,4 +202,17 @@ pub trait Backend: Sync + 'static {
     fn map_gfn(&self, vm: &Self::Vm, gfn: u64, hpa: u64, writable: bool) -> KResult<()>;
     /// Removes second-level mappings of `[gfn, gfn + npages)` (slot deleted or moved).
     fn unmap_gfns(&self, vm: &Self::Vm, gfn: u64, npages: u64);
+}
+
+/// The core's last look before a guest entry (Linux: `vcpu->mode = IN_GUEST_MODE`, then the
+/// request and signal checks with interrupts off). A sender that posts an interrupt, or a
+/// signal, first makes its event visible and then kicks the CPU the vCPU runs on; checking
+/// here, after the CPU is published and with interrupts off, closes the window in which the
+/// kick's IPI would be taken by the host before the entry and the guest would then run on
+/// without the event.
+pub trait EntryGate {
+    /// Called on host CPU `cpu` with interrupts and preemption disabled, just before the
+    /// world switch. Records that the vCPU runs on `cpu`; returns `true` when the entry must
+    /// be abandoned (a signal is pending or an event was posted since the last check).
+    fn enter(&self, cpu: u32) -> bool;
 }

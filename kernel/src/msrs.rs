@@ -169,3 +169,13 @@ impl MsrStore {
         self.put(index, v)
     }
 }
+
+/// Whether the CPU has `TSC_AUX`, which RDTSCP and RDPID read without any intercept (CPUID
+/// 8000_0001h EDX.RDTSCP[27] or 7.0 ECX.RDPID[22]): a backend must then load the guest's
+/// value around every entry, or the guest reads the host's (Linux: its CPU number).
+pub fn host_has_tsc_aux(cpuid: fn(u32, u32) -> crate::backend::CpuidResult) -> bool {
+    let ext = cpuid(0x8000_0000, 0).eax >= 0x8000_0001
+        && cpuid(0x8000_0001, 0).edx & (1 << 27) != 0;
+    let basic = cpuid(0, 0).eax >= 7 && cpuid(7, 0).ecx & (1 << 22) != 0;
+    ext || basic
+}

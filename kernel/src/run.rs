@@ -19,7 +19,7 @@ use kvm_abi::{
 };
 use zerocopy::FromZeros;
 
-use crate::backend::{Backend, Exit, IoCompletion};
+use crate::backend::{Backend, EntryGate, Exit, IoCompletion};
 use crate::caps::KVM_PIO_PAGE_OFFSET;
 use crate::cpuid;
 use crate::emul::EmuStep;
@@ -218,14 +218,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         return Ok(0);
                     }
                 }
-                self.cpu.store(
-                    host.cpu_current() as i32,
-                    core::sync::atomic::Ordering::Relaxed,
-                );
                 host.fpu_enter();
-                let exit = b.run(&self.vm().bvm, &mut st.b);
+                let exit = b.run(&self.vm().bvm, &mut st.b, &Gate(self));
                 host.fpu_leave();
-                self.cpu.store(-1, core::sync::atomic::Ordering::Relaxed);
+                self.cpu.store(-1, core::sync::atomic::Ordering::SeqCst);
                 self.handle_exit(st, exit)?
             };
             if let Step::ToUser = step {
@@ -535,5 +531,22 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         // SAFETY: as above.
         unsafe { ring.add(4).cast::<u32>().write_volatile(last) };
         true
+    }
+}
+
+/// The run loop's [`EntryGate`]: publishes the CPU for kicks, then looks for a signal or a
+/// posted APIC event one last time with interrupts off.
+struct Gate<'a, H: Host, B: Backend>(&'a Vcpu<H, B>);
+
+impl<H: Host, B: Backend> EntryGate for Gate<'_, H, B> {
+    fn enter(&self, cpu: u32) -> bool {
+        let v = self.0;
+        v.cpu
+            .store(cpu as i32, core::sync::atomic::Ordering::SeqCst);
+        let stay_out = v.vm().sys.host.signal_pending() || v.apic_posted();
+        if stay_out {
+            v.cpu.store(-1, core::sync::atomic::Ordering::SeqCst);
+        }
+        stay_out
     }
 }

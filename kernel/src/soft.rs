@@ -11,7 +11,7 @@ use kvm_abi::{
 };
 use zerocopy::{FromZeros, IntoBytes};
 
-use crate::backend::{Backend, CpuidResult, Exit, GuestException, IoCompletion};
+use crate::backend::{Backend, CpuidResult, EntryGate, Exit, GuestException, IoCompletion};
 use crate::cpuid::SUPPORTED_XCR0;
 use crate::errno::{KResult, EINVAL};
 use crate::hmem::HBox;
@@ -372,7 +372,12 @@ impl<H: Host> Backend for SoftBackend<H> {
     fn get_apic_base(&self, v: &mut Self::Vcpu) -> u64 {
         v.sregs.apic_base
     }
-    fn run(&self, _vm: &(), v: &mut Self::Vcpu) -> Exit {
+    fn run<G: EntryGate>(&self, _vm: &(), v: &mut Self::Vcpu, gate: &G) -> Exit {
+        // The soft backend has no host CPU: it reports CPU 0 at the gate, like a
+        // uniprocessor host.
+        if gate.enter(0) {
+            return Exit::Continue;
+        }
         // Event delivery at entry, as hardware injection would do it. A queued exception goes
         // first and alone; NMIs and interrupts wait for a later entry.
         let exception = v.events.exception.injected != 0;

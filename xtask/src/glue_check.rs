@@ -5,7 +5,10 @@
 //! - every undefined symbol of `target/okvm.o` is a host service the glue defines or a symbol the
 //!   OpenBSD/amd64 kernel provides (its libkern `mem*`/`bcmp` and its one retpoline thunk,
 //!   `__x86_indirect_thunk_r11`, see `openbsd_glue/NOTES.md`);
-//! - the patches are well-formed unified diffs that touch exactly the files they should.
+//! - the patches are well-formed unified diffs that touch exactly the files they should; the
+//!   kernel patch's MAKEDEV entry uses the major its `conf.c` hunk gives kvm(4) and makes only the
+//!   minor-0 node; every QEMU port patch is named `patch-okvm-<file>` after the one file it
+//!   touches, so it cannot take the name of a patch of the port itself.
 //!
 //! The compile check of the glue against real OpenBSD headers needs an OpenBSD `sys/` tree, which
 //! CI does not have; it is the manual check described in `openbsd_glue/NOTES.md`.
@@ -16,8 +19,10 @@ use object::{Object, ObjectSymbol};
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// Files the kernel patch must touch, relative to /usr/src.
+/// Files the kernel patch must touch, relative to /usr/src (the etc/ ones come last in the diff).
 pub const KERNEL_PATCH_FILES: &[&str] = &[
+    "etc/MAKEDEV.common",
+    "etc/etc.amd64/MAKEDEV.md",
     "sys/arch/amd64/amd64/conf.c",
     "sys/arch/amd64/amd64/vmm_machdep.c",
     "sys/arch/amd64/conf/GENERIC",
@@ -34,9 +39,18 @@ pub const QEMU_PATCHES: &[(&str, &str)] = &[
     ("patch-okvm-configure", "configure"),
     ("patch-okvm-meson_build", "meson.build"),
     ("patch-okvm-target_i386_kvm_kvm_c", "target/i386/kvm/kvm.c"),
+    ("patch-okvm-accel_kvm_kvm-all_c", "accel/kvm/kvm-all.c"),
+    ("patch-okvm-include_qemu_osdep_h", "include/qemu/osdep.h"),
+    ("patch-okvm-hw_i386_Kconfig", "hw/i386/Kconfig"),
     ("patch-okvm-linux-headers_openbsd_linux_types_h", "linux-headers/openbsd/linux/types.h"),
     ("patch-okvm-linux-headers_openbsd_linux_ioctl_h", "linux-headers/openbsd/linux/ioctl.h"),
 ];
+
+/// The ports name of our patch for `file`: `patch-okvm-` and the path with `/` and `.` as `_`
+/// (the port's own `make update-patches` names its patches `patch-<path>`, never `patch-okvm-`).
+pub fn qemu_patch_name(file: &str) -> String {
+    format!("patch-okvm-{}", file.replace(&['/', '.'][..], "_"))
+}
 
 /// What the glue's C sources define and call among the `okvm_*` names.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -128,6 +142,8 @@ pub struct DiffFile {
     pub path: String,
     /// Number of hunks.
     pub hunks: usize,
+    /// The lines the diff adds, without their `+`.
+    pub added: Vec<String>,
 }
 
 /// Parses a unified diff strictly: every hunk's line counts must match its header.
@@ -149,6 +165,7 @@ pub fn parse_unified_diff(text: &str) -> Result<Vec<DiffFile>, String> {
         let path = new.split('\t').next().unwrap_or(new).trim().to_string();
         i += 2;
         let mut hunks = 0;
+        let mut added = Vec::new();
         while let Some(h) = lines.get(i).filter(|l| l.starts_with("@@ ")) {
             let (mut old_n, mut new_n) = hunk_counts(h).ok_or(format!("line {}: bad hunk", i + 1))?;
             i += 1;
@@ -160,7 +177,10 @@ pub fn parse_unified_diff(text: &str) -> Result<Vec<DiffFile>, String> {
                         new_n = new_n.checked_sub(1).ok_or(format!("{path}: hunk too long"))?;
                     }
                     Some('-') => old_n = old_n.checked_sub(1).ok_or(format!("{path}: bad -"))?,
-                    Some('+') => new_n = new_n.checked_sub(1).ok_or(format!("{path}: bad +"))?,
+                    Some('+') => {
+                        new_n = new_n.checked_sub(1).ok_or(format!("{path}: bad +"))?;
+                        added.push(l.get(1..).unwrap_or_default().to_string());
+                    }
                     Some('\\') => {}
                     _ => return Err(format!("{path}: line {}: not a hunk line", i + 1)),
                 }
@@ -174,7 +194,7 @@ pub fn parse_unified_diff(text: &str) -> Result<Vec<DiffFile>, String> {
         if hunks == 0 {
             return Err(format!("{path}: no hunks"));
         }
-        files.push(DiffFile { path, hunks });
+        files.push(DiffFile { path, hunks, added });
     }
     Ok(files)
 }
@@ -191,6 +211,67 @@ fn hunk_counts(h: &str) -> Option<(usize, usize)> {
     Some((count(parts.next()?)?, count(parts.next()?)?))
 }
 
+/// The number after `prefix` at the start of `s` (`prefix` followed by decimal digits).
+fn number_after(s: &str, prefix: &str) -> Option<u32> {
+    let rest = s.trim_start().strip_prefix(prefix)?;
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest.get(..end)?.parse().ok()
+}
+
+/// Checks that the kernel patch's MAKEDEV entry and its `conf.c` cdevsw entry agree: `_DEV(kvm, N)`
+/// names the major that `conf.c` gives `cdev_kvm_init`, the `kvm` target makes exactly one node,
+/// `/dev/kvm` of minor 0 (nodes for minors 1 and 2 would alias VM/vCPU clones, see NOTES.md), and
+/// the etc/ sections come last in the diff (other work appends sys/ sections before them).
+pub fn check_makedev(files: &[DiffFile]) -> Vec<String> {
+    let mut errors = Vec::new();
+    fn added<'a>(files: &'a [DiffFile], path: &'a str) -> impl Iterator<Item = &'a String> {
+        files.iter().filter(move |f| f.path == path).flat_map(|f| f.added.iter())
+    }
+    let conf_major: Vec<u32> = added(files, "sys/arch/amd64/amd64/conf.c")
+        .filter(|l| l.contains("cdev_kvm_init("))
+        .filter_map(|l| l.split("/*").nth(1).and_then(|c| number_after(c, "")))
+        .collect();
+    let md_major: Vec<u32> =
+        added(files, "etc/etc.amd64/MAKEDEV.md").filter_map(|l| number_after(l, "_DEV(kvm, ")).collect();
+    match (conf_major.as_slice(), md_major.as_slice()) {
+        ([c], [m]) if c == m => {}
+        (c, m) => errors.push(format!(
+            "kvm major: conf.c cdevsw entry {c:?} and MAKEDEV.md _DEV(kvm, ...) {m:?} must be one and the same"
+        )),
+    }
+    if !added(files, "etc/etc.amd64/MAKEDEV.md").any(|l| l.trim() == "target(all, kvm)dnl") {
+        errors.push("MAKEDEV.md: kvm is not in the all target".into());
+    }
+    // Every added line that makes a kvm node: exactly one, the one-line `_mkdev(kvm, ...)` body.
+    let makers: Vec<&String> = files
+        .iter()
+        .filter(|f| f.path.starts_with("etc/"))
+        .flat_map(|f| f.added.iter())
+        .filter(|l| l.contains("major_kvm_c") || l.contains("kvm_vm") || l.contains("kvm_vcpu"))
+        .collect();
+    let body = |l: &str| -> Option<String> {
+        let rest = l.strip_prefix("_mkdev(kvm, kvm, {-")?.strip_suffix("-})dnl")?;
+        Some(rest.trim().to_string())
+    };
+    match makers.as_slice() {
+        [l] if body(l).is_some_and(|b| {
+            b.starts_with("M kvm c major_kvm_c 0 ") && b.matches("M ").count() == 1
+        }) => {}
+        other => errors.push(format!(
+            "MAKEDEV: the kvm target must make exactly `M kvm c major_kvm_c 0 <mode>`, found {other:?}"
+        )),
+    }
+    if !added(files, "etc/MAKEDEV.common").any(|l| l.starts_with("__devitem(kvm, kvm,")) {
+        errors.push("MAKEDEV.common: no __devitem for kvm".into());
+    }
+    if let Some(first_etc) = files.iter().position(|f| f.path.starts_with("etc/")) {
+        if files.iter().skip(first_etc).any(|f| !f.path.starts_with("etc/")) {
+            errors.push("kernel patch: the etc/ sections must come after every sys/ section".into());
+        }
+    }
+    errors
+}
+
 /// Checks the patches in `patches/`; every problem found.
 pub fn check_patches(dir: &Path) -> Vec<String> {
     let mut errors = Vec::new();
@@ -202,10 +283,14 @@ pub fn check_patches(dir: &Path) -> Vec<String> {
             if got != want {
                 errors.push(format!("kernel patch touches {got:?}, expected {want:?}"));
             }
+            errors.extend(check_makedev(&files));
         }
         Err(e) => errors.push(format!("kernel patch: {e}")),
     }
     for (name, file) in QEMU_PATCHES {
+        if qemu_patch_name(file) != *name {
+            errors.push(format!("{name}: a patch of {file} must be named {}", qemu_patch_name(file)));
+        }
         match read(&dir.join("qemu").join(name)).and_then(|t| parse_unified_diff(&t)) {
             Ok(files) if files.len() == 1 && files.first().is_some_and(|f| f.path == *file) => {}
             Ok(files) => errors.push(format!("{name}: touches {files:?}, expected only {file}")),
@@ -327,13 +412,53 @@ mod tests {
     #[test]
     fn unified_diffs_are_checked_strictly() {
         let good = "Index: a\n--- a.orig\n+++ a\n@@ -1,2 +1,3 @@\n x\n-y\n+z\n+w\n";
-        assert_eq!(parse_unified_diff(good).unwrap(), [DiffFile { path: "a".into(), hunks: 1 }]);
+        assert_eq!(
+            parse_unified_diff(good).unwrap(),
+            [DiffFile { path: "a".into(), hunks: 1, added: vec!["z".into(), "w".into()] }]
+        );
         let short = "--- a.orig\n+++ a\n@@ -1,3 +1,3 @@\n x\n-y\n+z\n";
         assert!(parse_unified_diff(short).is_err());
         let garbage = "--- a.orig\n+++ a\n@@ -1,1 +1,1 @@\n?x\n";
         assert!(parse_unified_diff(garbage).is_err());
         let new_file = "--- f.orig\n+++ f\n@@ -0,0 +1,2 @@\n+a\n+b\n";
         assert_eq!(parse_unified_diff(new_file).unwrap().len(), 1);
+    }
+
+    fn makedev_diff(conf_major: u32, md_major: u32, mkdev_body: &str) -> String {
+        format!(
+            "--- sys/arch/amd64/amd64/conf.c.orig\n+++ sys/arch/amd64/amd64/conf.c\n@@ -1,1 +1,1 @@\n\
+             -\tcdev_notdef(),\t\t\t/* 97: was switch(4) */\n\
+             +\tcdev_kvm_init(NKVM,kvm),\t/* {conf_major}: kvm(4), was switch(4) */\n\
+             --- etc/MAKEDEV.common.orig\n+++ etc/MAKEDEV.common\n@@ -1,1 +1,3 @@\n x\n\
+             +__devitem(kvm, kvm, Linux KVM compatible hypervisor)dnl\n\
+             +_mkdev(kvm, kvm, {{-{mkdev_body}-}})dnl\n\
+             --- etc/etc.amd64/MAKEDEV.md.orig\n+++ etc/etc.amd64/MAKEDEV.md\n@@ -1,1 +1,3 @@\n x\n\
+             +_DEV(kvm, {md_major})\n+target(all, kvm)dnl\n"
+        )
+    }
+
+    #[test]
+    fn makedev_entry_must_match_conf_c_and_make_only_minor_0() {
+        let ok = parse_unified_diff(&makedev_diff(97, 97, "M kvm c major_kvm_c 0 660")).unwrap();
+        assert!(check_makedev(&ok).is_empty(), "{:?}", check_makedev(&ok));
+        let wrong_major = parse_unified_diff(&makedev_diff(97, 98, "M kvm c major_kvm_c 0 660")).unwrap();
+        assert_eq!(check_makedev(&wrong_major).len(), 1);
+        let vm_node = parse_unified_diff(&makedev_diff(97, 97, "M kvm_vm c major_kvm_c 1 660")).unwrap();
+        assert_eq!(check_makedev(&vm_node).len(), 1);
+        // etc/ must come last: move the conf.c section behind the etc/ ones.
+        let text = makedev_diff(97, 97, "M kvm c major_kvm_c 0 660");
+        let split = text.find("--- etc/").unwrap();
+        let reordered = format!("{}{}", &text[split..], &text[..split]);
+        assert_eq!(check_makedev(&parse_unified_diff(&reordered).unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn qemu_patch_names_follow_their_file() {
+        assert_eq!(qemu_patch_name("accel/kvm/kvm-all.c"), "patch-okvm-accel_kvm_kvm-all_c");
+        assert_eq!(qemu_patch_name("meson.build"), "patch-okvm-meson_build");
+        for (name, file) in QEMU_PATCHES {
+            assert_eq!(qemu_patch_name(file), *name);
+        }
     }
 
     #[test]

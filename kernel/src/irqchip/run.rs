@@ -38,6 +38,12 @@ pub enum ApicEntry {
 }
 
 impl<H: Host, B: Backend> Vcpu<H, B> {
+    /// Whether another thread posted an interrupt or event to this vCPU's in-kernel APIC that
+    /// the run loop has not merged yet (the entry gate's last look).
+    pub(crate) fn apic_posted(&self) -> bool {
+        self.apic.as_ref().is_some_and(|a| a.has_posted())
+    }
+
     /// Run-loop hook before a guest entry. With an in-kernel APIC: delivers what other threads
     /// posted, runs the timer, handles INIT/SIPI/NMI, sleeps while the vCPU is halted or
     /// waiting for SIPI, then injects the highest deliverable interrupt (the userspace PIC's

@@ -30,7 +30,7 @@ use svm::permmap;
 use svm::vcpu::{self as sv, Reinjection, VmcbSetup};
 use svm::vmcb::{CleanBits, EventInj, EventType, Vmcb};
 
-use crate::backend::{Backend, CpuidResult, Exit, GuestException, IoCompletion};
+use crate::backend::{Backend, CpuidResult, EntryGate, Exit, GuestException, IoCompletion};
 use crate::errno::{KResult, EINVAL, ENODEV, ENOMEM};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{Host, LogLevel, Page};
@@ -49,6 +49,14 @@ const CPUID1_ECX_OSXSAVE: u32 = 1 << 27;
 const KVM_ENOSYS: u64 = (-1000i64) as u64;
 
 struct Cpuid(fn(u32, u32) -> CpuidResult);
+
+/// How one attempt to run the guest ended.
+enum Entered {
+    /// The entry gate kept the vCPU out (a signal or a posted event); nothing ran.
+    Gated,
+    /// The guest ran and exited.
+    Exited(DecodedExit),
+}
 
 impl CpuidSource for Cpuid {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
@@ -93,6 +101,8 @@ pub struct SvmBackend<H: Host, W: SvmHw + Sync + 'static> {
     host_xcr0: u64,
     /// Components switched with XSAVE/XRSTOR.
     fpu_mask: u64,
+    /// The CPU has `TSC_AUX` (switched around entries: RDTSCP/RDPID are not intercepted).
+    tsc_aux: bool,
     iopm: Page,
     msrpm: Page,
     percpu: HSlice<PerCpuCell, H>,
@@ -194,6 +204,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             phys_bits,
             host_xcr0,
             fpu_mask,
+            tsc_aux: crate::msrs::host_has_tsc_aux(cpuid),
             iopm,
             msrpm,
             percpu,
@@ -425,8 +436,14 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         sv::skip_instruction(vmcb, next);
     }
 
-    /// Runs the guest once on this CPU. `None` when SVM cannot be used on it.
-    fn enter_once(&self, vm: &SvmVm<H>, v: &mut SvmVcpu<H>) -> Option<DecodedExit> {
+    /// Runs the guest once on this CPU unless `gate` keeps it out. `None` when SVM cannot be
+    /// used on it.
+    fn enter_once<G: EntryGate>(
+        &self,
+        vm: &SvmVm<H>,
+        v: &mut SvmVcpu<H>,
+        gate: &G,
+    ) -> Option<Entered> {
         let host = self.host;
         let vmcb_pa = v.vmcb.pa();
         let fpu = v.fpu.va();
@@ -443,6 +460,14 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
         };
         let host_vmcb_pa = hv.pa;
         let irq = self.hw.irq_disable();
+        if gate.enter(cpu) {
+            if irq {
+                // SAFETY: interrupts were on when we started; nothing was switched.
+                unsafe { self.hw.irq_enable() };
+            }
+            host.preempt_enable();
+            return Some(Entered::Gated);
+        }
         vm.enter(s.index, cpu);
         let gen = vm.tlb_gen.load(core::sync::atomic::Ordering::SeqCst);
         if gen != s.tlb_gen {
@@ -463,6 +488,16 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 self.hw.fxrstor(fpu);
             }
         }
+        let aux = self.tsc_aux.then(|| {
+            let host_aux = self.hw.rdmsr(crate::msrs::MSR_TSC_AUX);
+            let guest_aux = s.msrs.get(crate::msrs::MSR_TSC_AUX).unwrap_or(0);
+            if host_aux != guest_aux {
+                // SAFETY: TSC_AUX exists (CPUID) and the value was validated (32 bits) on
+                // WRMSR / KVM_SET_MSRS; the host's value goes back right after the exit.
+                unsafe { self.hw.wrmsr(crate::msrs::MSR_TSC_AUX, guest_aux) };
+            }
+            (host_aux, guest_aux)
+        });
         // The world switch loads the guest's DR0-DR3 and #VMEXIT leaves DR7 at 400h: the
         // host's go back afterwards (DR6/DR7 only when it had breakpoints enabled).
         let host_db = [0u8, 1, 2, 3].map(|n| self.hw.read_db(n));
@@ -479,6 +514,12 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                 &mut s.extra,
             )
         };
+        if let Some((host_aux, guest_aux)) = aux {
+            if host_aux != guest_aux {
+                // SAFETY: restores the host's own value.
+                unsafe { self.hw.wrmsr(crate::msrs::MSR_TSC_AUX, host_aux) };
+            }
+        }
         for (n, (h, g)) in (0u8..).zip(host_db.iter().zip(s.extra.db)) {
             if *h != g {
                 // SAFETY: restores the host's own value.
@@ -506,7 +547,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
             unsafe { self.hw.irq_enable() };
         }
         host.preempt_enable();
-        Some(d)
+        Some(Entered::Exited(d))
     }
 
     /// Turns a decoded #VMEXIT into the core's exit, handling what needs no core decision.
@@ -930,13 +971,14 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
         v.st.apic_base
     }
 
-    fn run(&self, vm: &SvmVm<H>, v: &mut SvmVcpu<H>) -> Exit {
+    fn run<G: EntryGate>(&self, vm: &SvmVm<H>, v: &mut SvmVcpu<H>, gate: &G) -> Exit {
         {
             let (vmcb, s) = v.parts();
             self.inject_pending(vmcb, s);
         }
-        match self.enter_once(vm, v) {
-            Some(d) => {
+        match self.enter_once(vm, v, gate) {
+            Some(Entered::Gated) => Exit::Continue,
+            Some(Entered::Exited(d)) => {
                 let e = self.handle(v, &d);
                 if DEBUG_EXITS {
                     self.debug_exit(v, &e);

@@ -547,6 +547,35 @@ fn xsetbv_state_and_msrs() {
 }
 
 #[test]
+fn tsc_aux_is_the_guests_inside_and_the_hosts_outside() {
+    const TSC_AUX: u32 = 0xc000_0103;
+    let f = Fix::new();
+    f.hw().msrs.lock().unwrap().insert(TSC_AUX, 3); // the host's CPU number
+    let mut buf = vec![0u8; 8 + 16];
+    buf[..4].copy_from_slice(&1u32.to_le_bytes());
+    buf[8..12].copy_from_slice(&TSC_AUX.to_le_bytes());
+    buf[16..24].copy_from_slice(&7u64.to_le_bytes());
+    let m = f.v.buf(buf.len());
+    f.v.host.user_write(m, &buf);
+    assert_eq!(f.v.ioctl_fd(f.cpu, KVM_SET_MSRS, m), 1);
+    f.hw().writes.lock().unwrap().clear();
+    f.step(|v, _| v.control.exit_code = 0x78); // HLT
+    assert_eq!(f.run(), 0);
+    let aux: Vec<u64> = f
+        .hw()
+        .writes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|w| w.0 == TSC_AUX)
+        .map(|w| w.1)
+        .collect();
+    assert_eq!(aux, [7, 3], "guest value in for the run, host value back after");
+    assert_eq!(f.hw().rdmsr(TSC_AUX), 3);
+    f.done();
+}
+
+#[test]
 fn no_nested_paging_refuses_vm_creation() {
     let host = FakeHost::leak();
     let b = backend(host, no_npt_cpuid);

@@ -16,7 +16,7 @@ use vmx::vmcs::{VmFail, VmInstructionError};
 use x86::vmx::vmcs::{control, guest, host, ro};
 use zerocopy::FromZeros;
 
-use crate::backend::{Backend, CpuidResult, Exit, IoCompletion};
+use crate::backend::{Backend, CpuidResult, EntryGate, Exit, IoCompletion};
 use crate::errno::ENODEV;
 use crate::fake::host::FakeHost;
 use crate::vmxb::{VmxBackend, VmxHw, VmxVcpu, VmxVm};
@@ -192,7 +192,11 @@ unsafe impl VmxHw for FakeVmx {
             "the adapter always VMCLEARs, so it must VMLAUNCH"
         );
         let pa = s.current.expect("entry without a current VMCS");
-        let snapshot = s.vmcs[&pa].clone();
+        let mut snapshot = s.vmcs[&pa].clone();
+        // The MSR RDTSCP reads in the guest, recorded under its MSR number (no VMCS field
+        // encoding is that large).
+        let aux = s.msrs.get(&TSC_AUX).copied().unwrap_or(0);
+        snapshot.insert(TSC_AUX, aux);
         s.entries.push(snapshot);
         s.entry_regs.push(*regs);
         s.trace.push("vmlaunch".into());
@@ -261,6 +265,11 @@ fn cpuid(leaf: u32, _sub: u32) -> CpuidResult {
         },
         0x8000_0000 => CpuidResult {
             eax: 0x8000_0008,
+            ..Default::default()
+        },
+        // RDTSCP (so TSC_AUX exists and is switched).
+        0x8000_0001 => CpuidResult {
+            edx: 1 << 27,
             ..Default::default()
         },
         0x8000_0008 => CpuidResult {
@@ -420,7 +429,7 @@ fn cpuid_hlt_and_pio_exits() {
     // CPUID (reason 10), 2 bytes.
     b.hw().push(exit(10, 0, 2));
     assert_eq!(
-        b.run(&vm, &mut v),
+        b.run(&vm, &mut v, &Open),
         Exit::Cpuid {
             leaf: 7,
             subleaf: 1
@@ -456,7 +465,7 @@ fn cpuid_hlt_and_pio_exits() {
     // area is not rewritten when nothing changed, and is when CR3 changed.
     b.hw().0.lock().unwrap().vmcs.get_mut(&v.vmcs_pa()).unwrap().remove(&host::CR3);
     b.hw().push(exit(12, 0, 1)); // HLT
-    assert_eq!(b.run(&vm, &mut v), Exit::Hlt);
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Hlt);
     assert!(!b.hw().trace().iter().any(|x| x.starts_with("invept")));
     assert_eq!(
         b.hw().0.lock().unwrap().entry_regs.last().unwrap().gpr[3],
@@ -469,7 +478,7 @@ fn cpuid_hlt_and_pio_exits() {
     sc.gprs = vec![(0, 0x1234_5641)];
     b.hw().push(sc);
     assert_eq!(
-        b.run(&vm, &mut v),
+        b.run(&vm, &mut v, &Open),
         Exit::Io {
             port: 0x3f8,
             size: 1,
@@ -481,7 +490,7 @@ fn cpuid_hlt_and_pio_exits() {
     assert_eq!(regs(b, &mut v).rip, 0x1004);
     b.hw().push(exit(30, 0x0071_0000 | 0x48, 2));
     assert_eq!(
-        b.run(&vm, &mut v),
+        b.run(&vm, &mut v, &Open),
         Exit::Io {
             port: 0x71,
             size: 1,
@@ -500,13 +509,13 @@ fn cpuid_hlt_and_pio_exits() {
     assert_eq!((r.rip, r.rax), (0x1006, 0x1234_5699));
     // `OUT 0x7e` is past the instruction when userspace sees it (QEMU's vapic ROM).
     b.hw().push(exit(30, 0x007e_0000 | 0x40, 2));
-    assert!(matches!(b.run(&vm, &mut v), Exit::Io { port: 0x7e, .. }));
+    assert!(matches!(b.run(&vm, &mut v, &Open), Exit::Io { port: 0x7e, .. }));
     assert_eq!(regs(b, &mut v).rip, 0x1008);
     b.complete_io(&mut v, IoCompletion::Write);
     assert_eq!(regs(b, &mut v).rip, 0x1008);
     // Userspace moved RIP during an IN exit: the completion is dropped, RAX included.
     b.hw().push(exit(30, 0x0071_0000 | 0x48, 2));
-    b.run(&vm, &mut v);
+    b.run(&vm, &mut v, &Open);
     let mut r = regs(b, &mut v);
     r.rip = 0x2000;
     b.set_regs(&mut v, &r);
@@ -515,7 +524,7 @@ fn cpuid_hlt_and_pio_exits() {
     assert_eq!((r2.rip, r2.rax), (0x2000, r.rax));
     // Unchanged RIP written back by userspace: the completion still applies.
     b.hw().push(exit(30, 0x0071_0000 | 0x48, 2));
-    b.run(&vm, &mut v);
+    b.run(&vm, &mut v, &Open);
     let r = regs(b, &mut v);
     b.set_regs(&mut v, &r);
     b.complete_io(&mut v, IoCompletion::PioIn { size: 1, value: 0x55 });
@@ -527,7 +536,7 @@ fn cpuid_hlt_and_pio_exits() {
     // String I/O leaves RIP for the emulator.
     b.hw().push(exit(30, 0x03f8_0000 | 0x10 | 0x20, 2));
     assert_eq!(
-        b.run(&vm, &mut v),
+        b.run(&vm, &mut v, &Open),
         Exit::IoString {
             port: 0x3f8,
             size: 1,
@@ -557,7 +566,7 @@ fn msr_exits_and_syscall_msrs_switched_around_the_entry() {
     let mut sc = exit(31, 0, 2); // RDMSR of ECX
     sc.gprs = vec![(1, 0xc000_0082)];
     b.hw().push(sc);
-    assert_eq!(b.run(&vm, &mut v), Exit::Rdmsr { index: 0xc000_0082 });
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Rdmsr { index: 0xc000_0082 });
     assert_eq!(
         b.hw().rdmsr(0xc000_0082),
         0xaaaa,
@@ -570,7 +579,7 @@ fn msr_exits_and_syscall_msrs_switched_around_the_entry() {
     sc.gprs = vec![(1, 0x1234), (0, 5), (2, 0)];
     b.hw().push(sc);
     assert_eq!(
-        b.run(&vm, &mut v),
+        b.run(&vm, &mut v, &Open),
         Exit::Wrmsr {
             index: 0x1234,
             data: 5
@@ -579,7 +588,7 @@ fn msr_exits_and_syscall_msrs_switched_around_the_entry() {
     b.complete_wrmsr(&mut v, false);
     assert_eq!(regs(b, &mut v).rip, 0xfff2);
     b.hw().push(exit(12, 0, 1));
-    b.run(&vm, &mut v);
+    b.run(&vm, &mut v, &Open);
     let e = b.hw().last_entry();
     assert_eq!(
         e[&control::VMENTRY_INTERRUPTION_INFO_FIELD],
@@ -587,6 +596,24 @@ fn msr_exits_and_syscall_msrs_switched_around_the_entry() {
         "#GP with error code"
     );
     assert_eq!(e[&control::VMENTRY_EXCEPTION_ERR_CODE], 0);
+}
+
+const TSC_AUX: u32 = 0xc000_0103;
+
+#[test]
+fn tsc_aux_is_the_guests_inside_and_the_hosts_outside() {
+    let (_h, b, vm, mut v) = setup();
+    b.hw().0.lock().unwrap().msrs.insert(TSC_AUX, 3); // the host's CPU number
+    b.set_msr(&mut v, TSC_AUX, 7, true).unwrap();
+    b.hw().push(exit(12, 0, 1));
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Hlt);
+    assert_eq!(b.hw().last_entry()[&TSC_AUX], 7, "RDTSCP in the guest reads its own");
+    assert_eq!(b.hw().rdmsr(TSC_AUX), 3, "the host's value is back after the exit");
+    // Equal values: nothing is written (the snapshot still shows the right value).
+    b.set_msr(&mut v, TSC_AUX, 3, true).unwrap();
+    b.hw().push(exit(12, 0, 1));
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Hlt);
+    assert_eq!(b.hw().last_entry()[&TSC_AUX], 3);
 }
 
 #[test]
@@ -597,7 +624,7 @@ fn ept_violation_reinjects_the_interrupted_event() {
     sc.fields.push((ro::IDT_VECTORING_INFO, 0x8000_0030));
     b.hw().push(sc);
     assert_eq!(
-        b.run(&vm, &mut v),
+        b.run(&vm, &mut v, &Open),
         Exit::PageFault {
             gpa: 0xfee0_0010,
             write: true,
@@ -613,7 +640,7 @@ fn ept_violation_reinjects_the_interrupted_event() {
         "RIP stays at the faulting instruction"
     );
     b.hw().push(exit(12, 0, 1));
-    b.run(&vm, &mut v);
+    b.run(&vm, &mut v, &Open);
     assert_eq!(
         b.hw().last_entry()[&control::VMENTRY_INTERRUPTION_INFO_FIELD],
         0x8000_0030
@@ -621,7 +648,7 @@ fn ept_violation_reinjects_the_interrupted_event() {
     // EPT misconfiguration: internal error.
     b.hw().push(exit(49, 0, 0));
     assert_eq!(
-        b.run(&vm, &mut v),
+        b.run(&vm, &mut v, &Open),
         Exit::Internal {
             suberror: kvm_abi::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON
         }
@@ -635,7 +662,7 @@ fn interrupts_wait_for_the_window() {
     assert!(b.interrupt_queued(&mut v));
     // IF = 0: not injected, interrupt-window exiting on.
     b.hw().push(exit(7, 0, 0));
-    assert_eq!(b.run(&vm, &mut v), Exit::Continue);
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Continue);
     let e = b.hw().last_entry();
     assert_eq!(e[&control::VMENTRY_INTERRUPTION_INFO_FIELD], 0);
     assert_ne!(e[&control::PRIMARY_PROCBASED_EXEC_CONTROLS] & (1 << 2), 0);
@@ -643,7 +670,7 @@ fn interrupts_wait_for_the_window() {
     r.rflags = 0x202;
     b.set_regs(&mut v, &r);
     b.hw().push(exit(12, 0, 1));
-    b.run(&vm, &mut v);
+    b.run(&vm, &mut v, &Open);
     let e = b.hw().last_entry();
     assert_eq!(e[&control::VMENTRY_INTERRUPTION_INFO_FIELD], 0x8000_0020);
     assert_eq!(e[&control::PRIMARY_PROCBASED_EXEC_CONTROLS] & (1 << 2), 0);
@@ -651,13 +678,56 @@ fn interrupts_wait_for_the_window() {
     // Userspace's window request comes back as IrqWindow.
     b.set_irq_window(&mut v, true);
     b.hw().push(exit(7, 0, 0));
-    assert_eq!(b.run(&vm, &mut v), Exit::IrqWindow);
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::IrqWindow);
     // A host NMI exit goes to the host's handler.
     let mut sc = exit(0, 0, 0);
     sc.fields.push((ro::VMEXIT_INTERRUPTION_INFO, 0x8000_0202));
     b.hw().push(sc);
-    assert_eq!(b.run(&vm, &mut v), Exit::Continue);
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Continue);
     assert!(b.hw().trace().contains(&"int2".to_string()));
+}
+
+/// An entry gate that always lets the vCPU in.
+struct Open;
+
+impl EntryGate for Open {
+    fn enter(&self, _cpu: u32) -> bool {
+        false
+    }
+}
+
+/// An entry gate that keeps the vCPU out and records the CPU it was given.
+struct Closed(std::cell::Cell<Option<u32>>);
+
+impl EntryGate for Closed {
+    fn enter(&self, cpu: u32) -> bool {
+        self.0.set(Some(cpu));
+        true
+    }
+}
+
+#[test]
+fn a_closed_entry_gate_keeps_the_vcpu_out_and_the_event_queued() {
+    let (_h, b, vm, mut v) = setup();
+    let mut r = regs(b, &mut v);
+    r.rflags = 0x202;
+    b.set_regs(&mut v, &r);
+    b.queue_interrupt(&mut v, 0x30);
+    let gate = Closed(std::cell::Cell::new(None));
+    let before = b.hw().trace().len();
+    assert_eq!(b.run(&vm, &mut v, &gate), Exit::Continue);
+    assert!(gate.0.get().is_some(), "the gate saw the CPU");
+    assert_eq!(
+        b.hw().trace().len(),
+        before,
+        "no VMPTRLD, no entry: {:?}",
+        b.hw().trace()
+    );
+    // The next open entry injects the interrupt that waited.
+    b.hw().push(exit(12, 0, 1));
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Hlt);
+    let e = b.hw().last_entry();
+    assert_eq!(e[&control::VMENTRY_INTERRUPTION_INFO_FIELD], 0x8000_0030);
 }
 
 #[test]
@@ -672,7 +742,7 @@ fn cr0_write_enters_long_mode() {
     let mut sc = exit(28, 0, 3); // MOV CR0, RAX
     sc.gprs = vec![(0, 0x8000_0011)];
     b.hw().push(sc);
-    assert_eq!(b.run(&vm, &mut v), Exit::Continue);
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Continue);
     b.get_sregs(&mut v, &mut s);
     assert_eq!((s.cr0, s.efer), (0x8000_0011, 0x500));
     assert_ne!(
@@ -682,7 +752,7 @@ fn cr0_write_enters_long_mode() {
     // The emulated MOV to CR0 flushes the guest's translations at the next entry.
     b.hw().trace();
     b.hw().push(exit(12, 0, 1));
-    b.run(&vm, &mut v);
+    b.run(&vm, &mut v, &Open);
     let t = b.hw().trace();
     assert!(t.iter().any(|x| x.starts_with("invvpid SingleContext")), "{t:?}");
     // CR4.VMXE from the guest: #GP, no skip.
@@ -690,7 +760,7 @@ fn cr0_write_enters_long_mode() {
     let mut sc = exit(28, 4, 3); // MOV CR4, RAX
     sc.gprs = vec![(0, 0x2020)];
     b.hw().push(sc);
-    b.run(&vm, &mut v);
+    b.run(&vm, &mut v, &Open);
     assert_eq!(regs(b, &mut v).rip, rip);
     let mut ev = kvm_vcpu_events::new_zeroed();
     b.get_events(&mut v, &mut ev);
@@ -706,7 +776,7 @@ fn entry_failures_report_the_hardware_reason() {
     let (_h, b, vm, mut v) = setup();
     b.hw().push(exit(0x8000_0021, 0, 0));
     assert_eq!(
-        b.run(&vm, &mut v),
+        b.run(&vm, &mut v, &Open),
         Exit::FailEntry {
             reason: 0x8000_0021
         }
@@ -715,9 +785,9 @@ fn entry_failures_report_the_hardware_reason() {
         fail_valid: Some(7),
         ..Default::default()
     });
-    assert_eq!(b.run(&vm, &mut v), Exit::FailEntry { reason: 7 });
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::FailEntry { reason: 7 });
     b.hw().push(exit(2, 0, 0));
-    assert_eq!(b.run(&vm, &mut v), Exit::Shutdown);
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Shutdown);
 }
 
 #[test]
@@ -730,7 +800,7 @@ fn xsetbv_within_the_guest_cpuid() {
     let mut sc = exit(55, 0, 3);
     sc.gprs = vec![(0, 7), (1, 0), (2, 0)];
     b.hw().push(sc);
-    assert_eq!(b.run(&vm, &mut v), Exit::Continue);
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Continue);
     let mut x: kvm_abi::kvm_xcrs = FromZeros::new_zeroed();
     b.get_xcrs(&mut v, &mut x);
     assert_eq!(x.xcrs[0].value, 7);
@@ -739,7 +809,7 @@ fn xsetbv_within_the_guest_cpuid() {
     let mut sc = exit(55, 0, 3);
     sc.gprs = vec![(0, 6)];
     b.hw().push(sc);
-    b.run(&vm, &mut v);
+    b.run(&vm, &mut v, &Open);
     let mut ev = kvm_vcpu_events::new_zeroed();
     b.get_events(&mut v, &mut ev);
     assert_eq!((ev.exception.injected, ev.exception.nr), (1, 13));

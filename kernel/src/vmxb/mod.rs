@@ -50,7 +50,7 @@ use vmx::vmcs::Vmcs;
 use x86::vmx::vmcs::control::PrimaryControls;
 use x86::vmx::vmcs::{control, guest, ro};
 
-use crate::backend::{Backend, CpuidResult, Exit, GuestException, IoCompletion};
+use crate::backend::{Backend, CpuidResult, EntryGate, Exit, GuestException, IoCompletion};
 use crate::errno::{KResult, EINVAL, EIO, ENODEV, ENOMEM};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{Host, LogLevel, Page};
@@ -133,6 +133,8 @@ pub struct VmxBackend<H: Host, W: VmxHw + Sync + 'static> {
     host_xcr0: u64,
     /// Components switched with XSAVE/XRSTOR.
     fpu_mask: u64,
+    /// The CPU has `TSC_AUX` (switched around entries: RDTSCP/RDPID read it directly).
+    tsc_aux: bool,
     msr_bitmap: Page,
     percpu: HSlice<PerCpuCell, H>,
     next_vpid: AtomicU32,
@@ -205,6 +207,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
             phys_bits,
             host_xcr0,
             fpu_mask,
+            tsc_aux: crate::msrs::host_has_tsc_aux(cpuid),
             msr_bitmap,
             percpu,
             next_vpid: AtomicU32::new(0),
@@ -512,7 +515,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 error_code: None,
             });
         }
-        if st.pending_irq.is_some() && st.interrupt_allowed() {
+        if st.inject.is_none() && st.pending_irq.is_some() && st.interrupt_allowed() {
             if let Some(vector) = st.pending_irq.take() {
                 st.inject = Some(Event {
                     vector,
@@ -574,8 +577,9 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
         Ok(())
     }
 
-    /// One entry on this CPU (preemption disabled by the caller).
-    fn enter_once(&self, vm: &VmxVm<H>, v: &mut VmxVcpu<H>) -> Exit {
+    /// One entry on this CPU (preemption disabled by the caller), unless `gate` keeps the
+    /// vCPU out ([`Exit::Continue`] then, with any event still queued in `inject`).
+    fn enter_once<G: EntryGate>(&self, vm: &VmxVm<H>, v: &mut VmxVcpu<H>, gate: &G) -> Exit {
         let fail = Exit::FailEntry { reason: 0 };
         let cpu = self.host.cpu_current();
         let Some(pc) = self.this_cpu(cpu) else {
@@ -589,6 +593,13 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
         let me = st as *const VmxVcpuState as usize;
         let hw = &self.hw;
         let irq = hw.irq_disable();
+        if gate.enter(cpu) {
+            if irq {
+                // SAFETY: interrupts were on when we started; nothing was switched.
+                unsafe { hw.irq_enable() };
+            }
+            return Exit::Continue;
+        }
         // SAFETY: VMX root operation here; the VMCS is this vCPU's and active nowhere else.
         if unsafe { hw.vmptrld(vmcs_pa) }.is_err() {
             if irq {
@@ -639,12 +650,21 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 *h = hw.rdmsr(m);
             }
             let guest_msrs = [st.star, st.lstar, st.cstar, st.sfmask, st.kernel_gs_base];
+            let aux = self.tsc_aux.then(|| {
+                (
+                    hw.rdmsr(msrs::MSR_TSC_AUX),
+                    st.msrs.get(msrs::MSR_TSC_AUX).unwrap_or(0),
+                )
+            });
             // SAFETY: the guest's values were validated on WRMSR / KVM_SET_MSRS; the host's
             // come back before interrupts are enabled again. The XSAVE page is aligned and
             // validated; the guest XCR0 is a subset of the host's.
             unsafe {
                 for (m, g) in SWITCHED_MSRS.iter().zip(guest_msrs) {
                     hw.wrmsr(*m, g);
+                }
+                if let Some((_, g)) = aux.filter(|(h, g)| h != g) {
+                    hw.wrmsr(msrs::MSR_TSC_AUX, g);
                 }
                 if self.host_xcr0 != 0 {
                     hw.xrstor(fpu, self.fpu_mask);
@@ -671,6 +691,9 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 st.kernel_gs_base = hw.rdmsr(msrs::MSR_KERNEL_GS_BASE);
                 for (m, h) in SWITCHED_MSRS.iter().zip(host_msrs) {
                     hw.wrmsr(*m, h);
+                }
+                if let Some((h, _)) = aux.filter(|(h, g)| h != g) {
+                    hw.wrmsr(msrs::MSR_TSC_AUX, h);
                 }
             }
             vm.leave(st.index);
@@ -1382,10 +1405,10 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
         v.st.apic_base
     }
 
-    fn run(&self, vm: &VmxVm<H>, v: &mut VmxVcpu<H>) -> Exit {
+    fn run<G: EntryGate>(&self, vm: &VmxVm<H>, v: &mut VmxVcpu<H>, gate: &G) -> Exit {
         Self::inject_pending(&mut v.st);
         self.host.preempt_disable();
-        let e = self.enter_once(vm, v);
+        let e = self.enter_once(vm, v, gate);
         self.host.preempt_enable();
         e
     }

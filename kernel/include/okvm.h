@@ -235,7 +235,9 @@ void	okvm_host_eventfd_signal(okvm_eventfd_t e);
  * (eventfd: reads the counter to 0; pipe: drains the bytes) and calls fn(arg) from thread
  * context with no okvm lock held (Linux: a workqueue item; OpenBSD: a task(9) on systq).
  * Signals that arrive while a call is pending may coalesce into one call. If e is already
- * signaled when the watch starts, this happens once right away. 0 with *w set, or -ENOMEM.
+ * signaled when the watch starts, this happens once right away (scheduled like any other call:
+ * never from inside okvm_host_eventfd_watch, whose caller may hold an okvm lock).
+ * 0 with *w set, or -ENOMEM.
  */
 int32_t	okvm_host_eventfd_watch(okvm_eventfd_t e, okvm_fn_t fn, void *arg,
 	    okvm_eventfd_watch_t *w);

@@ -620,7 +620,7 @@ static void	kvm_watch_retry(void *);
 const struct filterops kvm_watch_filtops = {
 	.f_flags	= FILTEROP_MPSAFE,
 	.f_attach	= NULL,
-	.f_detach	= NULL,		/* never on a kqueue: unwatch removes it */
+	.f_detach	= NULL,		/* no kqueue: unwatch unhooks it */
 	.f_event	= kvm_watch_event,
 	.f_modify	= NULL,
 	.f_process	= NULL,

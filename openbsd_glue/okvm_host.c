@@ -24,12 +24,19 @@
 
 #include <sys/param.h>
 #include <sys/systm.h>
+#include <sys/atomic.h>
+#include <sys/event.h>
+#include <sys/file.h>
+#include <sys/filedesc.h>
 #include <sys/malloc.h>
+#include <sys/pipe.h>
 #include <sys/proc.h>
+#include <sys/queue.h>
 #include <sys/rwlock.h>
 #include <sys/sched.h>
 #include <sys/signalvar.h>
 #include <sys/specdev.h>
+#include <sys/task.h>
 #include <sys/time.h>
 #include <sys/timeout.h>
 #include <sys/user.h>
@@ -51,7 +58,11 @@ extern uint64_t tsc_frequency;		/* arch/amd64/amd64/tsc.c */
 /*
  * Locks used to protect struct members in this file:
  *	I	immutable after creation
+ *	a	atomic operations
  *	c	owned by the thread running on that CPU
+ *	E	kvm_ev_lock
+ *	p	the notifier pipe's pipe_lock
+ *	s	ke_siglock
  */
 
 /* A one-shot timer. */
@@ -73,10 +84,58 @@ struct kvm_xcall {
 	int32_t		 kx_ret;
 };
 
+/*
+ * Event notifiers (ioeventfd, irqfd): QEMU's are pipes on OpenBSD and it
+ * hands kvm(4) the read end (NOTES.md).  The notifier is the struct pipe
+ * behind that descriptor: the buffer its reads return.  One okvm_eventfd
+ * per pipe, found by the pipe in kvm_ev_list, so that every descriptor of
+ * it gives the same handle; it keeps a reference on the file, which keeps
+ * the pipe.
+ *
+ * Signals and watches run on kvm_evtq, a task queue of kvm(4)'s own: the
+ * pipe calls (pipe_notify(), pipe_notify_drain() in kern/sys_pipe.c, kernel
+ * patch) take the pipe's rwlock and never wait for its I/O lock there (a
+ * process can hold that across a fault on its own memory); they fail with
+ * EBUSY instead, and the task retries a tick later.
+ */
+struct okvm_eventfd {
+	LIST_ENTRY(okvm_eventfd) ke_entry;	/* [E] on kvm_ev_list */
+	struct file	*ke_fp;		/* [I] referenced pipe descriptor */
+	struct pipe	*ke_pipe;	/* [I] its f_data: the notifier */
+	u_int		 ke_refs;	/* [E] gets and watches */
+	struct rwlock	 ke_siglock;	/* delivery of ke_sigpending */
+	volatile u_int	 ke_sigpending;	/* [a] a signal waits for delivery */
+	struct task	 ke_sigtask;	/* delivers it */
+	struct timeout	 ke_sigto;	/* retries ke_sigtask */
+};
+
+/*
+ * A watch: a knote with our own filterops on the pipe's klist.  The pipe
+ * calls its f_event under pipe_lock whenever it has news (pipe_wakeup());
+ * it queues kw_task when the buffer holds data and returns 0, so the knote,
+ * which has no kqueue, is never activated (knote_locked() only touches
+ * kn_kq for an event that returns non-zero).  kw_task drains the pipe and
+ * calls fn(arg).
+ */
+struct okvm_eventfd_watch {
+	struct knote	 kw_kn;		/* [p] on ke_pipe's pipe_klist */
+	struct okvm_eventfd *kw_e;	/* [I] referenced */
+	okvm_fn_t	 kw_fn;		/* [I] */
+	void		*kw_arg;	/* [I] */
+	volatile u_int	 kw_dead;	/* [p] unwatch has begun */
+	struct task	 kw_task;	/* drains the pipe, calls fn */
+	struct timeout	 kw_to;		/* retries kw_task */
+};
+
+struct rwlock	 kvm_ev_lock = RWLOCK_INITIALIZER("kvmev");
+LIST_HEAD(, okvm_eventfd) kvm_ev_list = LIST_HEAD_INITIALIZER(kvm_ev_list);
+struct taskq	*kvm_evtq;		/* [I] signal and watch tasks */
+
 void
 kvm_host_init(void)
 {
 	memset(kvm_pcpu, 0, sizeof(kvm_pcpu));
+	kvm_evtq = taskq_create("kvmev", 1, IPL_SOFTCLOCK, TASKQ_MPSAFE);
 }
 
 static struct cpu_info *
@@ -546,6 +605,253 @@ void
 okvm_host_vmx_disable(void)
 {
 	/* Never called: okvm_host_vmx_enable never asks the core to execute VMXON here. */
+}
+
+/* Event notifiers: pipes (see struct okvm_eventfd). */
+
+static void	kvm_ev_sigtask(void *);
+static void	kvm_ev_sigretry(void *);
+static void	kvm_ev_flush(struct okvm_eventfd *);
+static void	kvm_ev_rele(struct okvm_eventfd *);
+static int	kvm_watch_event(struct knote *, long);
+static void	kvm_watch_task(void *);
+static void	kvm_watch_retry(void *);
+
+const struct filterops kvm_watch_filtops = {
+	.f_flags	= FILTEROP_MPSAFE,
+	.f_attach	= NULL,
+	.f_detach	= NULL,		/* no kqueue: unwatch unhooks it */
+	.f_event	= kvm_watch_event,
+	.f_modify	= NULL,
+	.f_process	= NULL,
+};
+
+int32_t
+okvm_host_eventfd_get(int32_t fd, okvm_eventfd_t *ep)
+{
+	struct proc *p = curproc;
+	struct okvm_eventfd *e, *n;
+	struct file *fp;
+	struct pipe *pipe;
+
+	if ((fp = fd_getfile(p->p_fd, fd)) == NULL)
+		return (-OKVM_EBADF);
+	if (fp->f_type != DTYPE_PIPE) {
+		FRELE(fp, p);
+		return (-OKVM_EINVAL);
+	}
+	pipe = fp->f_data;
+	n = malloc(sizeof(*n), M_DEVBUF, M_WAITOK | M_ZERO | M_CANFAIL);
+
+	rw_enter_write(&kvm_ev_lock);
+	LIST_FOREACH(e, &kvm_ev_list, ke_entry) {
+		if (e->ke_pipe == pipe)
+			break;
+	}
+	if (e != NULL)
+		e->ke_refs++;
+	else if (n != NULL) {
+		n->ke_fp = fp;		/* keeps the reference */
+		n->ke_pipe = pipe;
+		n->ke_refs = 1;
+		rw_init(&n->ke_siglock, "kvmevsig");
+		task_set(&n->ke_sigtask, kvm_ev_sigtask, n);
+		timeout_set(&n->ke_sigto, kvm_ev_sigretry, n);
+		LIST_INSERT_HEAD(&kvm_ev_list, n, ke_entry);
+	}
+	rw_exit_write(&kvm_ev_lock);
+
+	if (e != NULL) {
+		/* The same pipe is the same file: e holds a reference. */
+		free(n, M_DEVBUF, sizeof(*n));
+		FRELE(fp, p);
+		*ep = e;
+		return (0);
+	}
+	if (n == NULL) {
+		FRELE(fp, p);
+		return (-OKVM_ENOMEM);
+	}
+	*ep = n;
+	return (0);
+}
+
+void
+okvm_host_eventfd_put(okvm_eventfd_t e)
+{
+	/* A signal from before the put is in the pipe when the put returns. */
+	kvm_ev_flush(e);
+	kvm_ev_rele(e);
+}
+
+/* From a vCPU thread: task_add(9) only takes the task queue's mutex. */
+void
+okvm_host_eventfd_signal(okvm_eventfd_t e)
+{
+	atomic_swap_uint(&e->ke_sigpending, 1);
+	task_add(kvm_evtq, &e->ke_sigtask);
+}
+
+static void
+kvm_ev_sigtask(void *arg)
+{
+	struct okvm_eventfd *e = arg;
+
+	if (e->ke_sigpending == 0)
+		return;
+	/* kvm_ev_flush() holds it and delivers: retry after it. */
+	if (rw_enter(&e->ke_siglock, RW_WRITE | RW_NOSLEEP) != 0) {
+		timeout_add(&e->ke_sigto, 1);
+		return;
+	}
+	if (atomic_swap_uint(&e->ke_sigpending, 0) != 0 &&
+	    pipe_notify(e->ke_pipe, 0) != 0) {
+		/* A reader or writer holds the pipe's I/O lock. */
+		atomic_swap_uint(&e->ke_sigpending, 1);
+		timeout_add(&e->ke_sigto, 1);
+	}
+	rw_exit_write(&e->ke_siglock);
+}
+
+static void
+kvm_ev_sigretry(void *arg)
+{
+	struct okvm_eventfd *e = arg;
+
+	task_add(kvm_evtq, &e->ke_sigtask);
+}
+
+/*
+ * Deliver a pending signal now, in the caller's thread, waiting for the
+ * pipe if need be; ke_siglock waits for a delivery kvm_ev_sigtask() has
+ * begun.
+ */
+static void
+kvm_ev_flush(struct okvm_eventfd *e)
+{
+	rw_enter_write(&e->ke_siglock);
+	if (atomic_swap_uint(&e->ke_sigpending, 0) != 0)
+		pipe_notify(e->ke_pipe, 1);
+	rw_exit_write(&e->ke_siglock);
+}
+
+static void
+kvm_ev_rele(struct okvm_eventfd *e)
+{
+	rw_enter_write(&kvm_ev_lock);
+	KASSERT(e->ke_refs > 0);
+	if (--e->ke_refs > 0) {
+		rw_exit_write(&kvm_ev_lock);
+		return;
+	}
+	LIST_REMOVE(e, ke_entry);
+	rw_exit_write(&kvm_ev_lock);
+
+	/*
+	 * Nobody signals any more and the last put flushed: the task finds
+	 * nothing pending and does not arm the timeout.
+	 */
+	taskq_del_barrier(kvm_evtq, &e->ke_sigtask);
+	timeout_del_barrier(&e->ke_sigto);
+	taskq_del_barrier(kvm_evtq, &e->ke_sigtask);
+	FRELE(e->ke_fp, curproc);
+	free(e, M_DEVBUF, sizeof(*e));
+}
+
+int32_t
+okvm_host_eventfd_watch(okvm_eventfd_t e, okvm_fn_t fn, void *arg,
+    okvm_eventfd_watch_t *wp)
+{
+	struct okvm_eventfd_watch *w;
+	struct pipe *pipe = e->ke_pipe;
+
+	w = malloc(sizeof(*w), M_DEVBUF, M_WAITOK | M_ZERO | M_CANFAIL);
+	if (w == NULL)
+		return (-OKVM_ENOMEM);
+	w->kw_e = e;
+	w->kw_fn = fn;
+	w->kw_arg = arg;
+	task_set(&w->kw_task, kvm_watch_task, w);
+	timeout_set(&w->kw_to, kvm_watch_retry, w);
+	w->kw_kn.kn_fop = &kvm_watch_filtops;
+	w->kw_kn.kn_hook = w;
+
+	rw_enter_write(&kvm_ev_lock);
+	e->ke_refs++;
+	rw_exit_write(&kvm_ev_lock);
+
+	/* Data from before the watch counts as one signal. */
+	rw_enter_write(pipe->pipe_lock);
+	klist_insert_locked(&pipe->pipe_klist, &w->kw_kn);
+	if (pipe->pipe_buffer.cnt > 0)
+		task_add(kvm_evtq, &w->kw_task);
+	rw_exit_write(pipe->pipe_lock);
+
+	*wp = w;
+	return (0);
+}
+
+/* knote_locked() from pipe_wakeup(): pipe_lock is held. */
+static int
+kvm_watch_event(struct knote *kn, long hint)
+{
+	struct okvm_eventfd_watch *w = kn->kn_hook;
+	struct pipe *pipe = w->kw_e->ke_pipe;
+
+	rw_assert_wrlock(pipe->pipe_lock);
+	if (pipe->pipe_buffer.cnt > 0)
+		task_add(kvm_evtq, &w->kw_task);
+	return (0);
+}
+
+static void
+kvm_watch_task(void *arg)
+{
+	struct okvm_eventfd_watch *w = arg;
+	u_int cnt;
+
+	if (w->kw_dead)
+		return;
+	if (pipe_notify_drain(w->kw_e->ke_pipe, 0, &cnt) != 0) {
+		/* A reader or writer holds the pipe's I/O lock. */
+		timeout_add(&w->kw_to, 1);
+		return;
+	}
+	if (cnt > 0)
+		(*w->kw_fn)(w->kw_arg);
+}
+
+static void
+kvm_watch_retry(void *arg)
+{
+	struct okvm_eventfd_watch *w = arg;
+
+	task_add(kvm_evtq, &w->kw_task);
+}
+
+/*
+ * Unhook the knote (no task is queued from now on but by the timeout),
+ * wait for a task that started before kw_dead was set (it may arm the
+ * timeout or call fn), then stop the timeout and wait for the last task it
+ * may have queued, which sees kw_dead.  Data left in the pipe stays there
+ * for the next reader.
+ */
+void
+okvm_host_eventfd_unwatch(okvm_eventfd_watch_t w)
+{
+	struct pipe *pipe = w->kw_e->ke_pipe;
+
+	rw_enter_write(pipe->pipe_lock);
+	klist_remove_locked(&pipe->pipe_klist, &w->kw_kn);
+	w->kw_dead = 1;
+	rw_exit_write(pipe->pipe_lock);
+
+	taskq_barrier(kvm_evtq);
+	timeout_del_barrier(&w->kw_to);
+	taskq_del_barrier(kvm_evtq, &w->kw_task);
+
+	kvm_ev_rele(w->kw_e);
+	free(w, M_DEVBUF, sizeof(*w));
 }
 
 /* Descriptors, logging. */

@@ -63,8 +63,12 @@ typedef void *okvm_handle_t;		/* a core object behind one descriptor */
 typedef void *okvm_lock_t;		/* a glue lock (sleepable mutex) */
 typedef void *okvm_mm_t;		/* a referenced process address space */
 typedef void *okvm_timer_t;		/* a glue one-shot timer */
-typedef void (*okvm_fn_t)(void *);	/* timer callback */
+typedef void (*okvm_fn_t)(void *);	/* timer / notifier-watch callback */
 typedef int32_t (*okvm_cpu_fn_t)(void *);	/* per-CPU callback, 0 or -errno */
+/* An event notifier of a process (Linux: eventfd; OpenBSD: pipe read end). */
+typedef struct okvm_eventfd *okvm_eventfd_t;
+/* A watch set on a notifier by okvm_host_eventfd_watch. */
+typedef struct okvm_eventfd_watch *okvm_eventfd_watch_t;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Entry points (defined by okvm.o, called by the glue).                                       */
@@ -209,6 +213,39 @@ void	okvm_host_vmx_disable(void);
  * the glue calls okvm_release(h) when the descriptor's last reference goes away.
  */
 int32_t	okvm_host_install_fd(uint32_t kind, okvm_handle_t h);
+
+/*
+ * Event notifiers (KVM_IOEVENTFD, KVM_IRQFD). Take a reference on the notifier behind
+ * descriptor fd of the calling process: 0 with *e set; -EBADF if fd is not an open descriptor;
+ * -EINVAL if it is not a notifier (Linux: not an eventfd; OpenBSD: not a pipe). Two
+ * descriptors of the same notifier (dup'ed, or the same fd twice) give the same *e, so the
+ * core compares handles to find "the same eventfd".
+ */
+int32_t	okvm_host_eventfd_get(int32_t fd, okvm_eventfd_t *e);
+/* Drop a reference from okvm_host_eventfd_get (thread context, may sleep). */
+void	okvm_host_eventfd_put(okvm_eventfd_t e);
+/*
+ * Signal e once (ioeventfd): Linux eventfd_signal (counter += 1); OpenBSD: make the pipe's read
+ * end readable (one byte, dropped if the pipe is full: a notifier only needs "readable").
+ * Called from a vCPU thread, possibly with okvm locks held; must not sleep.
+ */
+void	okvm_host_eventfd_signal(okvm_eventfd_t e);
+/*
+ * Watch e (irqfd): from now on, each time e is signaled by anyone, the glue consumes the signal
+ * (eventfd: reads the counter to 0; pipe: drains the bytes) and calls fn(arg) from thread
+ * context with no okvm lock held (Linux: a workqueue item; OpenBSD: a task(9) on systq).
+ * Signals that arrive while a call is pending may coalesce into one call. If e is already
+ * signaled when the watch starts, this happens once right away (scheduled like any other call:
+ * never from inside okvm_host_eventfd_watch, whose caller may hold an okvm lock).
+ * 0 with *w set, or -ENOMEM.
+ */
+int32_t	okvm_host_eventfd_watch(okvm_eventfd_t e, okvm_fn_t fn, void *arg,
+	    okvm_eventfd_watch_t *w);
+/*
+ * Stop watch w: on return fn(arg) is not running and will not be called again for w (waits for
+ * a running call). Thread context, may sleep; never called from fn itself.
+ */
+void	okvm_host_eventfd_unwatch(okvm_eventfd_watch_t w);
 
 /* Logging: one line of len bytes (no NUL needed) at level OKVM_LOG_*. */
 void	okvm_host_log(uint32_t level, const char *msg, size_t len);

@@ -37,18 +37,34 @@ const KVM_CAP_IMMEDIATE_EXIT: u64 = kvm_abi::KVM_CAP_IMMEDIATE_EXIT as u64;
 const KVM_CAP_GET_MSR_FEATURES: u64 = kvm_abi::KVM_CAP_GET_MSR_FEATURES as u64;
 const KVM_CAP_GET_TSC_KHZ: u64 = kvm_abi::KVM_CAP_GET_TSC_KHZ as u64;
 const KVM_CAP_EXIT_ON_EMULATION_FAILURE: u64 = kvm_abi::KVM_CAP_EXIT_ON_EMULATION_FAILURE as u64;
-/// Nonzero because QEMU's `kvm_irqchip_create` returns early (no in-kernel irqchip at all)
-/// when it is 0, before it looks at split mode. Only the split irqchip exists:
-/// `KVM_CREATE_IRQCHIP` (the full in-kernel PIC/IOAPIC) answers `ENOTTY`.
+/// Both in-kernel irqchips exist: the full one (`KVM_CREATE_IRQCHIP`: PIC, IOAPIC, local
+/// APICs) and the split one (`KVM_CAP_SPLIT_IRQCHIP`: local APICs only).
 const KVM_CAP_IRQCHIP: u64 = kvm_abi::KVM_CAP_IRQCHIP as u64;
+/// `KVM_IRQ_LINE_STATUS` reports Linux's delivery status.
+const KVM_CAP_IRQ_INJECT_STATUS: u64 = kvm_abi::KVM_CAP_IRQ_INJECT_STATUS as u64;
 const KVM_CAP_SPLIT_IRQCHIP: u64 = kvm_abi::KVM_CAP_SPLIT_IRQCHIP as u64;
 /// GSI routing of the split irqchip (MSI routes); also required by QEMU's x86 `kvm_arch_init`.
 const KVM_CAP_IRQ_ROUTING: u64 = kvm_abi::KVM_CAP_IRQ_ROUTING as u64;
 const KVM_CAP_SIGNAL_MSI: u64 = kvm_abi::KVM_CAP_SIGNAL_MSI as u64;
 const KVM_CAP_TSC_DEADLINE_TIMER: u64 = kvm_abi::KVM_CAP_TSC_DEADLINE_TIMER as u64;
+/// Machine-check banks (`KVM_X86_SETUP_MCE`, `KVM_X86_SET_MCE`); answers the bank limit.
+const KVM_CAP_MCE: u64 = kvm_abi::KVM_CAP_MCE as u64;
+/// `KVM_GET_CLOCK` / `KVM_SET_CLOCK`; answers the supported `kvm_clock_data` flags.
+const KVM_CAP_ADJUST_CLOCK: u64 = kvm_abi::KVM_CAP_ADJUST_CLOCK as u64;
+/// Single-stepping over instructions the core or a backend completes raises #DB (`singlestep`).
+const KVM_CAP_X86_ROBUST_SINGLESTEP: u64 = kvm_abi::KVM_CAP_X86_ROBUST_SINGLESTEP as u64;
+/// `KVM_IOEVENTFD` on the MMIO and PIO buses (`eventfd::ioeventfd`).
+const KVM_CAP_IOEVENTFD: u64 = kvm_abi::KVM_CAP_IOEVENTFD as u64;
+/// Length-0 ioeventfds. Linux x86 answers 1; QEMU does not ask, but a VMM may.
+const KVM_CAP_IOEVENTFD_NO_LENGTH: u64 = kvm_abi::KVM_CAP_IOEVENTFD_NO_LENGTH as u64;
+/// Length-0 ("any length") ioeventfds; QEMU >= 8.2 requires it.
+const KVM_CAP_IOEVENTFD_ANY_LENGTH: u64 = kvm_abi::KVM_CAP_IOEVENTFD_ANY_LENGTH as u64;
+/// `KVM_IRQFD` with an in-kernel irqchip (`eventfd::irqfd`). `KVM_CAP_IRQFD_RESAMPLE` is not
+/// offered: resampling needs the full in-kernel irqchip.
+const KVM_CAP_IRQFD: u64 = kvm_abi::KVM_CAP_IRQFD as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 29] = [
+pub const SUPPORTED: [u64; 37] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -74,10 +90,18 @@ pub const SUPPORTED: [u64; 29] = [
     KVM_CAP_GET_TSC_KHZ,
     KVM_CAP_EXIT_ON_EMULATION_FAILURE,
     KVM_CAP_IRQCHIP,
+    KVM_CAP_IRQ_INJECT_STATUS,
     KVM_CAP_SPLIT_IRQCHIP,
     KVM_CAP_IRQ_ROUTING,
     KVM_CAP_SIGNAL_MSI,
     KVM_CAP_TSC_DEADLINE_TIMER,
+    KVM_CAP_MCE,
+    KVM_CAP_ADJUST_CLOCK,
+    KVM_CAP_X86_ROBUST_SINGLESTEP,
+    KVM_CAP_IOEVENTFD,
+    KVM_CAP_IOEVENTFD_NO_LENGTH,
+    KVM_CAP_IOEVENTFD_ANY_LENGTH,
+    KVM_CAP_IRQFD,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.
@@ -91,6 +115,8 @@ pub fn check_extension(cap: u64, online_cpus: u32) -> i64 {
         KVM_CAP_COALESCED_MMIO => KVM_COALESCED_MMIO_PAGE_OFFSET,
         // Linux: the number of GSI routes (QEMU sizes its GSI bitmap from it).
         KVM_CAP_IRQ_ROUTING => i64::from(crate::irqchip::MAX_IRQ_ROUTES),
+        KVM_CAP_MCE => i64::from(crate::msrs::KVM_MAX_MCE_BANKS),
+        KVM_CAP_ADJUST_CLOCK => i64::from(crate::clock::CLOCK_FLAGS),
         c if SUPPORTED.contains(&c) => 1,
         _ => 0,
     }

@@ -10,8 +10,9 @@ pub const KVM_MAX_CPUID_ENTRIES: usize = 256;
 /// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX` (sic, Linux's spelling).
 pub const KVM_CPUID_FLAG_SIGNIFCANT_INDEX: u32 = 1;
 
-/// Leaf 1 EDX bits okvm virtualizes: FPU VME DE PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT
-/// PSE36 CLFSH MMX FXSR SSE SSE2 (no MCE/MCA: no machine-check MSRs; no DS/ACPI/TM/PBE).
+/// Leaf 1 EDX bits okvm virtualizes: FPU VME DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR PGE MCA
+/// CMOV PAT PSE36 CLFSH MMX FXSR SSE SSE2 (MCE/MCA: the core's machine-check banks, `msrs::Mce`;
+/// no DS/ACPI/TM/PBE).
 const L1_EDX: u32 = (1 << 0)
     | (1 << 1)
     | (1 << 2)
@@ -19,11 +20,13 @@ const L1_EDX: u32 = (1 << 0)
     | (1 << 4)
     | (1 << 5)
     | (1 << 6)
+    | (1 << 7)
     | (1 << 8)
     | (1 << 9)
     | (1 << 11)
     | (1 << 12)
     | (1 << 13)
+    | (1 << 14)
     | (1 << 15)
     | (1 << 16)
     | (1 << 17)

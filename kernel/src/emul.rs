@@ -27,10 +27,11 @@
 //!   map), under the VM lock (unpins happen only under it). The word is 8-byte aligned inside
 //!   a wired page of a registered slot; user memory is never dereferenced (SMAP) and nothing
 //!   outside the slots is touched. A successful exchange marks the page dirty.
-//! - MMIO: reads always go to userspace (`KVM_EXIT_MMIO`, at most 8 bytes each); writes go to
-//!   the coalesced MMIO ring when the range lies in a registered zone and the ring has room,
-//!   else to userspace. Port output to a coalesced PIO zone goes to the ring too (every
-//!   element of a batch, or none).
+//! - MMIO: reads always go to userspace (`KVM_EXIT_MMIO`, at most 8 bytes each); a write that
+//!   hits an ioeventfd signals it and completes in the kernel; else it goes to the coalesced
+//!   MMIO ring when the range lies in a registered zone and the ring has room, else to
+//!   userspace. Port output likewise: ioeventfds first (every element of a string batch must
+//!   hit, or the batch goes on), then a coalesced PIO zone (every element of a batch, or none).
 //!
 //! # Outcomes (Linux behaviour)
 //! - Exception: injected with [`Backend::queue_exception`] (CR2 for #PF). If an interrupt or
@@ -431,10 +432,11 @@ impl<H: Host, B: Backend> Cpu for EmuCpu<'_, H, B> {
     }
     fn mmio_read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
         // The in-kernel local APIC's page; every other MMIO read goes to userspace.
-        match self.lapic.as_deref_mut() {
+        let apic = match self.lapic.as_deref_mut() {
             Some(l) => self.vcpu.apic_access(l, gpa, buf, false),
             None => false,
-        }
+        };
+        apic || crate::irqchip::ioapic_mmio(self.vcpu.vm(), gpa, buf, false)
     }
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
         if self.abort.is_some() {
@@ -455,20 +457,43 @@ impl<H: Host, B: Backend> Cpu for EmuCpu<'_, H, B> {
             }
         }
         let vm = self.vcpu.vm();
+        let mut v = [0u8; 8];
+        let n = data.len().min(8);
+        if let (Some(d), Some(s)) = (v.get_mut(..n), data.get(..n)) {
+            d.copy_from_slice(s);
+            if crate::irqchip::ioapic_mmio(vm, gpa, d, true) {
+                return true;
+            }
+        }
+        if vm.ioeventfds.write(false, gpa, data) {
+            return true;
+        }
         let Ok(len) = u8::try_from(data.len()) else {
             return false;
         };
         vm.coalesced(gpa, u32::from(len), false) && self.vcpu.ring_push_n(gpa, data, len, 1, false)
     }
-    fn pio_in(&mut self, _port: u16, _size: u8, _buf: &mut [u8]) -> bool {
-        false
+    fn pio_in(&mut self, port: u16, size: u8, buf: &mut [u8]) -> bool {
+        if self.abort.is_some() {
+            return true;
+        }
+        self.vcpu.pit_pio_in_string(port, size, buf)
     }
     fn pio_out(&mut self, port: u16, size: u8, data: &[u8]) -> bool {
         if self.abort.is_some() {
             return true;
         }
+        if self.vcpu.pit_pio_out_string(port, size, data) {
+            return true;
+        }
         let vm = self.vcpu.vm();
         let count = data.len() / usize::from(size.max(1));
+        if vm
+            .ioeventfds
+            .write_n(true, u64::from(port), data, usize::from(size), count)
+        {
+            return true;
+        }
         vm.coalesced(u64::from(port), u32::from(size), true)
             && self
                 .vcpu

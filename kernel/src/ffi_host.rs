@@ -6,8 +6,10 @@
 use core::ffi::{c_char, c_void};
 use core::ptr::NonNull;
 
-use crate::errno::{from_host, KResult, EFAULT, ENOMEM};
-use crate::host::{FdKind, Host, HostFn, LogLevel, MmRef, Page, RawLock, RawTimer};
+use crate::errno::{from_host, KResult, EFAULT, EINVAL, ENOMEM};
+use crate::host::{
+    FdKind, Host, HostFn, LogLevel, MmRef, Page, RawEventFd, RawEventFdWatch, RawLock, RawTimer,
+};
 
 /// okvm.h `okvm_handle_t`.
 pub type OkvmHandle = *mut c_void;
@@ -19,6 +21,10 @@ pub type OkvmMm = *mut c_void;
 pub type OkvmTimer = *mut c_void;
 /// okvm.h `okvm_fn_t`.
 pub type OkvmFn = Option<unsafe extern "C" fn(*mut c_void)>;
+/// okvm.h `okvm_eventfd_t` (a `struct okvm_eventfd *`).
+pub type OkvmEventFd = *mut c_void;
+/// okvm.h `okvm_eventfd_watch_t` (a `struct okvm_eventfd_watch *`).
+pub type OkvmEventFdWatch = *mut c_void;
 /// okvm.h `okvm_cpu_fn_t`.
 pub type OkvmCpuFn = Option<unsafe extern "C" fn(*mut c_void) -> i32>;
 
@@ -63,6 +69,16 @@ extern "C" {
     pub fn okvm_host_vmx_enable() -> i32;
     pub fn okvm_host_vmx_disable();
     pub fn okvm_host_install_fd(kind: u32, h: OkvmHandle) -> i32;
+    pub fn okvm_host_eventfd_get(fd: i32, e: *mut OkvmEventFd) -> i32;
+    pub fn okvm_host_eventfd_put(e: OkvmEventFd);
+    pub fn okvm_host_eventfd_signal(e: OkvmEventFd);
+    pub fn okvm_host_eventfd_watch(
+        e: OkvmEventFd,
+        f: OkvmFn,
+        arg: *mut c_void,
+        w: *mut OkvmEventFdWatch,
+    ) -> i32;
+    pub fn okvm_host_eventfd_unwatch(w: OkvmEventFdWatch);
     pub fn okvm_host_log(level: u32, msg: *const c_char, len: usize);
     pub fn okvm_host_panic(file: *const c_char, file_len: usize, line: u32) -> !;
 }
@@ -279,5 +295,36 @@ impl Host for CHost {
     fn log(&self, level: LogLevel, msg: &str) {
         // SAFETY: see impl comment; msg is valid for msg.len() bytes.
         unsafe { okvm_host_log(level as u32, msg.as_ptr().cast(), msg.len()) }
+    }
+    fn eventfd_get(&self, fd: i32) -> KResult<RawEventFd> {
+        let mut e = core::ptr::null_mut();
+        // SAFETY: see impl comment; the out-pointer is a valid local.
+        let r = unsafe { okvm_host_eventfd_get(fd, &mut e) };
+        from_host(i64::from(r))?;
+        NonNull::new(e).map(RawEventFd).ok_or(EINVAL)
+    }
+    unsafe fn eventfd_put(&self, e: RawEventFd) {
+        // SAFETY: see impl comment; the caller gives up its reference.
+        unsafe { okvm_host_eventfd_put(e.0.as_ptr()) }
+    }
+    fn eventfd_signal(&self, e: RawEventFd) {
+        // SAFETY: see impl comment; e is a live reference (trait contract).
+        unsafe { okvm_host_eventfd_signal(e.0.as_ptr()) }
+    }
+    unsafe fn eventfd_watch(
+        &self,
+        e: RawEventFd,
+        f: HostFn,
+        arg: *mut c_void,
+    ) -> KResult<RawEventFdWatch> {
+        let mut w = core::ptr::null_mut();
+        // SAFETY: see impl comment; the caller keeps e and arg valid until the unwatch.
+        let r = unsafe { okvm_host_eventfd_watch(e.0.as_ptr(), Some(f), arg, &mut w) };
+        from_host(i64::from(r))?;
+        NonNull::new(w).map(RawEventFdWatch).ok_or(ENOMEM)
+    }
+    unsafe fn eventfd_unwatch(&self, w: RawEventFdWatch) {
+        // SAFETY: see impl comment; the caller gives up the watch.
+        unsafe { okvm_host_eventfd_unwatch(w.0.as_ptr()) }
     }
 }

@@ -33,6 +33,15 @@ pub struct MmRef(pub NonNull<c_void>);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawTimer(pub NonNull<c_void>);
 
+/// An opaque reference to a process's event notifier (okvm.h `okvm_eventfd_t`): Linux an
+/// eventfd, OpenBSD a pipe's read end. Two descriptors of the same notifier give equal values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEventFd(pub NonNull<c_void>);
+
+/// An opaque watch on an event notifier (okvm.h `okvm_eventfd_watch_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEventFdWatch(pub NonNull<c_void>);
+
 /// Kind of descriptor the glue installs for a new object (okvm.h `OKVM_KIND_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -55,7 +64,7 @@ pub enum LogLevel {
     Info = 2,
 }
 
-/// Callback type for timers and cross-CPU calls.
+/// Callback type for timers, notifier watches and cross-CPU calls.
 pub type HostFn = unsafe extern "C" fn(arg: *mut c_void);
 
 /// OS services provided by a glue. Methods mirror okvm.h's `okvm_host_*` one to one.
@@ -184,4 +193,37 @@ pub trait Host: Sync + 'static {
 
     /// Writes a log line.
     fn log(&self, level: LogLevel, msg: &str);
+
+    /// Takes a reference on the event notifier behind descriptor `fd` of the calling process:
+    /// `EBADF` if `fd` is not open, `EINVAL` if it is not a notifier. The same notifier (the
+    /// same fd twice, or a dup) gives the same [`RawEventFd`].
+    fn eventfd_get(&self, fd: i32) -> KResult<RawEventFd>;
+    /// Drops a reference from [`Host::eventfd_get`] (thread context, may sleep).
+    ///
+    /// # Safety
+    /// `e` came from `eventfd_get` and this reference is not used afterwards.
+    unsafe fn eventfd_put(&self, e: RawEventFd);
+    /// Signals `e` once (ioeventfd). Never sleeps: called from a vCPU thread with okvm locks
+    /// held.
+    fn eventfd_signal(&self, e: RawEventFd);
+    /// Watches `e` (irqfd): each time `e` is signaled, the host consumes the signal and calls
+    /// `f(arg)` in thread context with no okvm lock held (calls may coalesce); once soon if
+    /// `e` is already signaled (never from inside this call: the caller may hold an okvm
+    /// lock). `ENOMEM` when short.
+    ///
+    /// # Safety
+    /// `e` is referenced by the caller until after [`Host::eventfd_unwatch`]; `arg` stays valid
+    /// for `f` until then.
+    unsafe fn eventfd_watch(
+        &self,
+        e: RawEventFd,
+        f: HostFn,
+        arg: *mut c_void,
+    ) -> KResult<RawEventFdWatch>;
+    /// Stops `w`: on return its callback is not running and will not run again. Thread
+    /// context, may sleep; never called from the callback itself.
+    ///
+    /// # Safety
+    /// `w` came from `eventfd_watch` and is not used afterwards.
+    unsafe fn eventfd_unwatch(&self, w: RawEventFdWatch);
 }

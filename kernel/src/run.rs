@@ -25,7 +25,7 @@ use crate::cpuid;
 use crate::emul::EmuStep;
 use crate::errno::{KResult, EINTR, EINVAL};
 use crate::host::{Host, PAGE_SIZE};
-use crate::irqchip::ApicEntry;
+use crate::irqchip::{self, ApicEntry};
 use crate::vcpu::{Pending, Vcpu, VcpuState};
 
 /// Entries of the coalesced MMIO ring (Linux `KVM_COALESCED_MMIO_MAX`).
@@ -199,9 +199,17 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         }
         self.set_exit(kvm_abi::KVM_EXIT_UNKNOWN);
         loop {
+            if core::mem::take(&mut st.shutdown_req) {
+                // A machine check the guest could not take (KVM_X86_SET_MCE).
+                self.set_exit(kvm_abi::KVM_EXIT_SHUTDOWN);
+                return Ok(0);
+            }
             // SAFETY: as above.
-            let want_window =
-                unsafe { addr_of!((*run).request_interrupt_window).read_volatile() } != 0;
+            // With the in-kernel PIC, userspace never injects: no window requests (Linux
+            // `dm_request_for_irq_injection`).
+            let want_window = unsafe { addr_of!((*run).request_interrupt_window).read_volatile() }
+                != 0
+                && !self.vm().irq.full();
             let step = if host.signal_pending() {
                 Step::Continue
             } else {
@@ -218,6 +226,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         return Ok(0);
                     }
                 }
+                self.deliver_mc(st);
                 host.fpu_enter();
                 let exit = b.run(&self.vm().bvm, &mut st.b, &Gate(self));
                 host.fpu_leave();
@@ -255,7 +264,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         let if_flag = u8::from(b.if_flag(&mut st.b));
         let cr8 = b.get_cr8(&mut st.b);
         let apic_base = b.get_apic_base(&mut st.b);
-        let ready = u8::from(self.ready_for_injection(st));
+        // Always 1 with the in-kernel PIC (Linux `post_kvm_run_save`).
+        let ready = u8::from(self.vm().irq.full() || self.ready_for_injection(st));
         // SAFETY: live run page of this vCPU; volatile plain-field writes.
         unsafe {
             addr_of_mut!((*run).if_flag).write_volatile(if_flag);
@@ -268,7 +278,6 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
 
     /// Finishes the instruction that exited to userspace (Linux `complete_userspace_io`).
     fn complete_pending(&self, st: &mut VcpuState<H, B>) -> KResult<Step> {
-        let b = &self.vm().sys.backend;
         let c = match core::mem::replace(&mut st.pending, Pending::None) {
             Pending::None => return Ok(Step::Continue),
             Pending::Emulated(exit) => {
@@ -299,7 +308,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 IoCompletion::MmioRead { len, data: m.data }
             }
         };
-        b.complete_io(&mut st.b, c);
+        self.retire(st, |b, v| b.complete_io(v, c))?;
         Ok(Step::Continue)
     }
 
@@ -325,13 +334,29 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     self.set_emulation_failure(None, &[u64::from(port)]);
                     return Ok(Step::ToUser);
                 }
+                if let Some(value) = self
+                    .pit_pio(port, size, out, data)
+                    .or_else(|| irqchip::pio(vm, port, size, out, data))
+                {
+                    let c = if out {
+                        IoCompletion::Write
+                    } else {
+                        IoCompletion::PioIn { size, value }
+                    };
+                    self.retire(st, |b, v| b.complete_io(v, c))?;
+                    return Ok(Step::Continue);
+                }
                 let bytes = data.to_le_bytes();
                 let bytes = bytes.get(..usize::from(size)).unwrap_or(&[]);
+                if out && vm.ioeventfds.write(true, u64::from(port), bytes) {
+                    self.retire(st, |b, v| b.complete_io(v, IoCompletion::Write))?;
+                    return Ok(Step::Continue);
+                }
                 if out
                     && vm.coalesced(u64::from(port), u32::from(size), true)
                     && self.ring_push_n(u64::from(port), bytes, size, 1, true)
                 {
-                    b.complete_io(&mut st.b, IoCompletion::Write);
+                    self.retire(st, |b, v| b.complete_io(v, IoCompletion::Write))?;
                     return Ok(Step::Continue);
                 }
                 if out {
@@ -368,9 +393,24 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         } else {
                             IoCompletion::MmioRead { len, data }
                         };
-                        b.complete_io(&mut st.b, c);
+                        self.retire(st, |b, v| b.complete_io(v, c))?;
                         return Ok(Step::Continue);
                     }
+                }
+                let n = usize::from(len);
+                if irqchip::ioapic_mmio(vm, gpa, data.get_mut(..n).unwrap_or(&mut []), write) {
+                    let c = if write {
+                        IoCompletion::Write
+                    } else {
+                        IoCompletion::MmioRead { len, data }
+                    };
+                    self.retire(st, |b, v| b.complete_io(v, c))?;
+                    return Ok(Step::Continue);
+                }
+                let written = data.get(..n).unwrap_or(&[]);
+                if write && vm.ioeventfds.write(false, gpa, written) {
+                    self.retire(st, |b, v| b.complete_io(v, IoCompletion::Write))?;
+                    return Ok(Step::Continue);
                 }
                 if write
                     && vm.coalesced(gpa, u32::from(len), false)
@@ -382,7 +422,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         false,
                     )
                 {
-                    b.complete_io(&mut st.b, IoCompletion::Write);
+                    self.retire(st, |b, v| b.complete_io(v, IoCompletion::Write))?;
                     return Ok(Step::Continue);
                 }
                 self.exit_mmio(gpa, len, write, data);
@@ -407,6 +447,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 }
             }
             Exit::Hlt => {
+                if st.lapic.is_some() && self.exception_queued(st) {
+                    // An exception (the single-step #DB over this HLT) makes the vCPU runnable
+                    // at once (Linux `kvm_vcpu_has_events`).
+                    return Ok(Step::Continue);
+                }
                 if self.apic_halt(st) {
                     return Ok(Step::Continue);
                 }
@@ -419,23 +464,23 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             }
             Exit::Cpuid { leaf, subleaf } => {
                 let r = cpuid::lookup(st.cpuid.as_deref().unwrap_or(&[]), leaf, subleaf);
-                b.complete_cpuid(&mut st.b, r);
+                self.retire(st, |b, v| b.complete_cpuid(v, r))?;
                 Step::Continue
             }
             Exit::Rdmsr { index } => {
                 let v = match self.apic_rdmsr(st, index) {
                     Some(v) => v,
-                    None => b.get_msr(&mut st.b, index, false).ok(),
+                    None => self.msr_get(st, index, false).ok(),
                 };
-                b.complete_rdmsr(&mut st.b, v);
+                self.retire(st, |b, bv| b.complete_rdmsr(bv, v))?;
                 Step::Continue
             }
             Exit::Wrmsr { index, data } => {
                 let ok = match self.apic_wrmsr(st, index, data) {
                     Some(ok) => ok,
-                    None => b.set_msr(&mut st.b, index, data, false).is_ok(),
+                    None => self.msr_set(st, index, data, false).is_ok(),
                 };
-                b.complete_wrmsr(&mut st.b, ok);
+                self.retire(st, |b, v| b.complete_wrmsr(v, ok))?;
                 Step::Continue
             }
             Exit::Shutdown => {

@@ -17,6 +17,7 @@ use crate::errno::{KResult, EINVAL};
 use crate::hmem::HBox;
 use crate::host::Host;
 use crate::msrs::{MsrStore, MSR_IA32_APICBASE};
+use crate::singlestep;
 
 /// One scripted guest exit and the length of the instruction that caused it.
 #[derive(Clone, Copy, Debug)]
@@ -423,7 +424,14 @@ impl<H: Host> Backend for SoftBackend<H> {
                 }
                 v.pending_len = st.insn_len;
                 if matches!(st.exit, Exit::Hlt) {
+                    // Retired here, as a hardware backend does: with its single-step trap.
                     v.advance();
+                    if v.regs.rflags & singlestep::RFLAGS_TF != 0
+                        && v.events.exception.injected == 0
+                    {
+                        v.dr.dr6 = singlestep::dr6_single_step(v.dr.dr6);
+                        self.queue_exception(v, singlestep::DB);
+                    }
                 }
                 st.exit
             }

@@ -167,8 +167,14 @@ impl<H: Host, B: Backend> System<H, B> {
     /// `h` is a live handle from this system; it is not used again.
     pub unsafe fn release(&'static self, h: *mut c_void) {
         match Self::magic_of(h) {
-            // SAFETY: the descriptor's reference is given up exactly once.
-            Some(Magic::Vm) => unsafe { Vm::<H, B>::put(h.cast()) },
+            // SAFETY: the descriptor's reference keeps the VM alive until `put`, and is given
+            // up exactly once.
+            Some(Magic::Vm) => unsafe {
+                // Linux `kvm_vm_release`: closing the VM descriptor ends every irqfd, even
+                // while vCPU descriptors keep the VM itself alive (no VM ioctl can add one).
+                (*h.cast::<Vm<H, B>>()).irqfds.shutdown();
+                Vm::<H, B>::put(h.cast())
+            },
             // SAFETY: as above; a vCPU descriptor holds one reference on its VM.
             Some(Magic::Vcpu) => unsafe { Vm::<H, B>::put((*h.cast::<Vcpu<H, B>>()).vm_ptr()) },
             _ => {}
@@ -192,8 +198,11 @@ impl<H: Host, B: Backend> System<H, B> {
                 }
                 Ok(3 * PAGE_SIZE as i64)
             }
-            KVM_GET_MSR_INDEX_LIST => self.msr_list(arg, &msrs::MSRS_TO_SAVE),
-            KVM_GET_MSR_FEATURE_INDEX_LIST => self.msr_list(arg, &msrs::FEATURE_MSRS),
+            KVM_GET_MSR_INDEX_LIST => self.msr_list(arg, &msrs::MSRS_TO_SAVE, &msrs::EMULATED_MSRS),
+            KVM_GET_MSR_FEATURE_INDEX_LIST => self.msr_list(arg, &msrs::FEATURE_MSRS, &[]),
+            KVM_X86_GET_MCE_CAP_SUPPORTED => {
+                user::write(self.host, arg, &msrs::KVM_MCE_CAP_SUPPORTED).map(|()| 0)
+            }
             KVM_GET_MSRS => self.feature_msrs(arg),
             KVM_GET_SUPPORTED_CPUID => self.get_cpuid(arg, self.supported_cpuid()),
             KVM_GET_EMULATED_CPUID => self.get_cpuid(arg, &[]),
@@ -202,17 +211,20 @@ impl<H: Host, B: Backend> System<H, B> {
     }
 
     /// Linux's MSR-list handshake: the needed count is always copied back; `E2BIG` if the
-    /// caller's `nmsrs` is smaller; else the indices follow the header.
-    fn msr_list(&self, arg: u64, list: &[u32]) -> KResult<i64> {
+    /// caller's `nmsrs` is smaller; else the indices (`list` then `more`) follow the header.
+    fn msr_list(&self, arg: u64, list: &[u32], more: &[u32]) -> KResult<i64> {
         let mut hdr: kvm_msr_list = user::read(self.host, arg)?;
         let n = hdr.nmsrs;
-        hdr.nmsrs = list.len() as u32;
+        let total = list.len() + more.len();
+        hdr.nmsrs = total as u32;
         user::write(self.host, arg, &hdr)?;
-        if (n as usize) < list.len() {
+        if (n as usize) < total {
             return Err(E2BIG);
         }
-        self.host
-            .copyout(arg.checked_add(4).ok_or(EFAULT)?, list.as_bytes())?;
+        let at = arg.checked_add(4).ok_or(EFAULT)?;
+        self.host.copyout(at, list.as_bytes())?;
+        let at = at.checked_add(4 * list.len() as u64).ok_or(EFAULT)?;
+        self.host.copyout(at, more.as_bytes())?;
         Ok(0)
     }
 

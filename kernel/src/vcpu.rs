@@ -18,6 +18,7 @@ use crate::errno::{KResult, E2BIG, EEXIST, EFAULT, EINVAL, EIO};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::Host;
 use crate::irqchip::{self, lapic::Lapic, ApicShared};
+use crate::msrs::Mce;
 use crate::sync::HMutex;
 use crate::system::{msr_io, Head, Magic};
 use crate::user;
@@ -60,6 +61,12 @@ pub struct VcpuState<H: Host, B: Backend> {
     pub ectx: HBox<EmuRegs, H>,
     /// The in-kernel local APIC (split irqchip), else `None`.
     pub lapic: Option<HBox<Lapic, H>>,
+    /// Machine-check MSRs and banks (heap: about 1 KiB).
+    pub mce: HBox<Mce, H>,
+    /// A #MC raised by `KVM_X86_SET_MCE` waits for the injection slot.
+    pub mc_pending: bool,
+    /// The next `KVM_RUN` returns `KVM_EXIT_SHUTDOWN` (Linux `KVM_REQ_TRIPLE_FAULT`).
+    pub shutdown_req: bool,
 }
 
 /// A vCPU.
@@ -89,6 +96,8 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         let host = vm.sys.host;
         let mut b = vm.sys.backend.vcpu_create(&vm.bvm, id)?;
         let (apic, lapic) = irqchip::vcpu_parts(vm, id, &mut b)?;
+        let mut mce = HBox::<Mce, H>::new_zeroed(host)?;
+        mce.reset();
         let v = Vcpu {
             head: Head {
                 magic: Magic::Vcpu as u32,
@@ -111,6 +120,9 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                     emu: unsafe { HBox::new_copy(host, &EMULATOR_INIT)? },
                     ectx: HBox::new_zeroed(host)?,
                     lapic,
+                    mce,
+                    mc_pending: false,
+                    shutdown_req: false,
                 },
             )?,
         };
@@ -178,20 +190,14 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             KVM_SET_XSAVE => self.set_xsave(st, arg),
             KVM_GET_XCRS => self.get_xcrs(st, arg),
             KVM_SET_XCRS => self.set_xcrs(st, arg),
-            KVM_GET_MSRS => {
-                let b = self.backend();
-                msr_io(host, arg, true, |e| {
-                    b.get_msr(&mut st.b, e.index, true)
-                        .map(|v| e.data = v)
-                        .is_ok()
-                })
-            }
-            KVM_SET_MSRS => {
-                let b = self.backend();
-                msr_io(host, arg, false, |e| {
-                    b.set_msr(&mut st.b, e.index, e.data, true).is_ok()
-                })
-            }
+            KVM_GET_MSRS => msr_io(host, arg, true, |e| {
+                self.msr_get(st, e.index, true).map(|v| e.data = v).is_ok()
+            }),
+            KVM_SET_MSRS => msr_io(host, arg, false, |e| {
+                self.msr_set(st, e.index, e.data, true).is_ok()
+            }),
+            KVM_X86_SETUP_MCE => self.setup_mce(st, arg),
+            KVM_X86_SET_MCE => self.set_mce(st, arg),
             KVM_GET_MP_STATE | KVM_SET_MP_STATE | KVM_GET_LAPIC | KVM_SET_LAPIC
             | KVM_SET_VAPIC_ADDR => self.apic_ioctl(st, cmd, arg),
             KVM_GET_VCPU_EVENTS => self.get_events(st, arg),

@@ -15,7 +15,10 @@ use kvm_abi::kvm_coalesced_mmio_zone;
 
 use crate::backend::Backend;
 use crate::caps::{self, KVM_MAX_VCPUS, KVM_MAX_VCPU_IDS};
+use crate::clock::VmClock;
 use crate::errno::{KResult, EEXIST, EFAULT, EINVAL, EIO, ENOMEM, ENOSPC, ENOTTY};
+use crate::eventfd::ioeventfd::IoEventFds;
+use crate::eventfd::irqfd::IrqFds;
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{FdKind, Host, MmRef};
 use crate::irqchip::{self, IrqChip};
@@ -79,6 +82,15 @@ pub struct Vm<H: Host, B: Backend> {
     exit_on_emulation_failure: AtomicBool,
     /// The in-kernel irqchip (split mode: local APICs, GSI routes).
     pub irq: IrqChip<H>,
+    /// [a] The VM clock (`KVM_GET_CLOCK` / `KVM_SET_CLOCK`).
+    pub clock: VmClock,
+    /// The in-kernel PIT (`KVM_CREATE_PIT2`).
+    pub pit: irqchip::pitdev::PitSlot<H>,
+    /// `KVM_IOEVENTFD` tables (own leaf lock; heap, to keep the VM small on the stack).
+    pub ioeventfds: HBox<IoEventFds<H>, H>,
+    /// `KVM_IRQFD` list (own lock; emptied by the VM descriptor's close and by `put` before
+    /// anything is freed).
+    pub irqfds: HBox<IrqFds<H>, H>,
 }
 
 impl<H: Host, B: Backend> Vm<H, B> {
@@ -136,6 +148,10 @@ impl<H: Host, B: Backend> Vm<H, B> {
             st: HMutex::new(host, st)?,
             exit_on_emulation_failure: AtomicBool::new(false),
             irq: IrqChip::new(host)?,
+            clock: VmClock::new(host.nanotime()),
+            pit: irqchip::pitdev::PitSlot::new(host),
+            ioeventfds: IoEventFds::boxed(host)?,
+            irqfds: IrqFds::boxed(host)?,
         };
         HBox::new(host, vm)
     }
@@ -157,10 +173,15 @@ impl<H: Host, B: Backend> Vm<H, B> {
         }
         let sys = this.sys;
         let host = sys.host;
+        // Irqfd callbacks use the VM through shared references: stop them all (waiting for
+        // running ones) while the VM is still intact, before it is owned mutably and freed.
+        this.irqfds.shutdown();
         // SAFETY: the count reached zero: no descriptor and no vCPU descriptor refers to the VM
         // any more, so we own it; it came from HBox::into_raw.
         let mut b = unsafe { HBox::from_raw(host, NonNull::new_unchecked(vm)) };
         b.head.magic = 0;
+        // The PIT timer's callback looks up vCPU 0: stop it first.
+        b.pit.shutdown();
         let n = b.online.load(Ordering::SeqCst) as usize;
         for slot in b.vcpus.iter().take(n) {
             let p = slot.swap(core::ptr::null_mut(), Ordering::SeqCst);
@@ -259,8 +280,19 @@ impl<H: Host, B: Backend> Vm<H, B> {
                     _ => irqchip::enable_cap(self, &c),
                 }
             }
-            KVM_CREATE_IRQCHIP if self.irq.split() => Err(EEXIST),
-            _ => irqchip::vm_ioctl(self, cmd, arg).unwrap_or(Err(ENOTTY)),
+            KVM_GET_CLOCK => self.clock.get_ioctl(host, arg),
+            KVM_SET_CLOCK => self.clock.set_ioctl(host, arg),
+            KVM_IOEVENTFD => {
+                let a: kvm_ioeventfd = user::read(host, arg)?;
+                self.ioeventfds.ioctl(&a)
+            }
+            KVM_IRQFD => {
+                let a: kvm_irqfd = user::read(host, arg)?;
+                self.irqfds.ioctl(self, &a)
+            }
+            _ => irqchip::pitdev::vm_ioctl(self, cmd, arg)
+                .or_else(|| irqchip::vm_ioctl(self, cmd, arg))
+                .unwrap_or(Err(ENOTTY)),
         }
     }
 

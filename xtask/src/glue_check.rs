@@ -30,6 +30,8 @@ pub const KERNEL_PATCH_FILES: &[&str] = &[
     "sys/dev/vmm/vmm.c",
     "sys/dev/vmm/vmm.h",
     "sys/kern/sys_generic.c",
+    "sys/kern/sys_pipe.c",
+    "sys/sys/pipe.h",
 ];
 
 /// QEMU port patches (name, the one file it touches relative to WRKSRC).

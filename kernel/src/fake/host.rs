@@ -1,4 +1,16 @@
-//! A [`Host`] on std for host tests: simulated user memory, counted pages/heap/pins/locks.
+//! A [`Host`] on std for host tests: simulated user memory, counted pages/heap/pins/locks, and a
+//! table of fake event notifiers ("eventfds").
+//!
+//! # Event notifiers
+//! Tests create notifiers with [`FakeHost::eventfd_create`] (a descriptor number in the same
+//! space as the VM/vCPU descriptors; [`FakeHost::eventfd_dup`] gives a second descriptor of the
+//! same notifier), signal them as userspace would with [`FakeHost::eventfd_write`] and read
+//! (and clear) their counters with [`FakeHost::eventfd_read`]. Watch callbacks (irqfd) never
+//! run inside a host service: a signal, from userspace or from the core, marks every watch of
+//! the notifier pending, and [`FakeHost::eventfd_pump`] (called by the test, on a thread that
+//! holds no okvm lock, like a glue's workqueue) consumes the counter and runs the pending
+//! callbacks. `eventfd_unwatch` waits for a callback that a pump runs on another thread. The
+//! core's references and watches are counted in [`Counts`], so a leak fails `assert_clean`.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::{BTreeMap, HashMap};
@@ -8,8 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::errno::{KResult, EFAULT, EINTR, EMFILE, ETIMEDOUT};
-use crate::host::{FdKind, Host, HostFn, LogLevel, MmRef, Page, RawLock, RawTimer, PAGE_SIZE};
+use crate::errno::{KResult, EBADF, EFAULT, EINTR, EINVAL, EMFILE, ETIMEDOUT};
+use crate::host::{
+    FdKind, Host, HostFn, LogLevel, MmRef, Page, RawEventFd, RawEventFdWatch, RawLock, RawTimer,
+    PAGE_SIZE,
+};
 
 /// Live-object counters; every one must be zero after a test tears everything down.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -26,6 +41,59 @@ pub struct Counts {
     pub mm_refs: i64,
     /// Timers not yet freed.
     pub timers: i64,
+    /// Notifier references from `eventfd_get` not yet put.
+    pub eventfd_refs: i64,
+    /// Notifier watches not yet unwatched.
+    pub eventfd_watches: i64,
+}
+
+/// One fake notifier.
+#[derive(Default)]
+struct FakeEventFd {
+    /// The eventfd counter (signals not yet consumed).
+    counter: u64,
+    /// Open descriptors naming it.
+    fds: u32,
+    /// References held by the core.
+    refs: i64,
+}
+
+/// One watch (irqfd) on a fake notifier.
+struct FakeWatch {
+    efd: usize,
+    f: HostFn,
+    arg: usize,
+    pending: bool,
+    running: bool,
+}
+
+/// The notifier table: descriptors, notifiers and watches by id.
+#[derive(Default)]
+struct FakeEvents {
+    fds: BTreeMap<i32, usize>,
+    objs: BTreeMap<usize, FakeEventFd>,
+    watches: BTreeMap<usize, FakeWatch>,
+    next_id: usize,
+}
+
+impl FakeEvents {
+    fn mark_pending(&mut self, efd: usize) {
+        for w in self.watches.values_mut().filter(|w| w.efd == efd) {
+            w.pending = true;
+        }
+    }
+
+    /// Drops the notifier when no descriptor and no core reference names it any more.
+    fn reap(&mut self, efd: usize) {
+        if self
+            .objs
+            .get(&efd)
+            .is_some_and(|o| o.fds == 0 && o.refs == 0)
+            && !self.watches.values().any(|w| w.efd == efd)
+        {
+            self.objs.remove(&efd);
+        }
+    }
 }
 
 /// Simulated user memory: page aligned (so the core's atomics through `phys_kva` are aligned).
@@ -102,6 +170,14 @@ pub struct FakeHost {
     pub vmx_enables: AtomicU32,
     /// See `vmx_enables`.
     pub vmx_disables: AtomicU32,
+    events: Mutex<FakeEvents>,
+    events_cv: Condvar,
+    eventfd_refs: AtomicI64,
+    eventfd_watches: AtomicI64,
+    /// `eventfd_signal` calls by the core.
+    pub eventfd_signals: AtomicU32,
+    /// Fail `eventfd_watch` with ENOMEM when set.
+    pub fail_watch: AtomicBool,
 }
 
 static MM_TOKEN: u8 = 0;
@@ -133,6 +209,12 @@ impl FakeHost {
             vmx_host_owned: AtomicBool::new(false),
             vmx_enables: AtomicU32::new(0),
             vmx_disables: AtomicU32::new(0),
+            events: Mutex::new(FakeEvents::default()),
+            events_cv: Condvar::new(),
+            eventfd_refs: AtomicI64::new(0),
+            eventfd_watches: AtomicI64::new(0),
+            eventfd_signals: AtomicU32::new(0),
+            fail_watch: AtomicBool::new(false),
         }))
     }
 
@@ -145,7 +227,97 @@ impl FakeHost {
             locks: self.locks.load(Ordering::SeqCst),
             mm_refs: self.mm_refs.load(Ordering::SeqCst),
             timers: self.timers.load(Ordering::SeqCst),
+            eventfd_refs: self.eventfd_refs.load(Ordering::SeqCst),
+            eventfd_watches: self.eventfd_watches.load(Ordering::SeqCst),
         }
+    }
+
+    /// Creates a notifier with one descriptor (like `eventfd(0, 0)`); returns the descriptor.
+    pub fn eventfd_create(&self) -> i32 {
+        let fd = self.next_fd.fetch_add(1, Ordering::SeqCst) as i32;
+        let mut ev = self.events.lock().unwrap();
+        ev.next_id += 1;
+        let id = ev.next_id;
+        ev.objs.insert(
+            id,
+            FakeEventFd {
+                fds: 1,
+                ..Default::default()
+            },
+        );
+        ev.fds.insert(fd, id);
+        fd
+    }
+
+    /// A second descriptor of the notifier behind `fd` (like `dup`).
+    pub fn eventfd_dup(&self, fd: i32) -> i32 {
+        let nfd = self.next_fd.fetch_add(1, Ordering::SeqCst) as i32;
+        let mut ev = self.events.lock().unwrap();
+        let id = *ev.fds.get(&fd).expect("dup of a non-eventfd");
+        ev.fds.insert(nfd, id);
+        ev.objs.get_mut(&id).unwrap().fds += 1;
+        nfd
+    }
+
+    /// Closes descriptor `fd` of a notifier (the core's references keep it alive).
+    pub fn eventfd_close(&self, fd: i32) {
+        let mut ev = self.events.lock().unwrap();
+        let id = ev.fds.remove(&fd).expect("close of a non-eventfd");
+        ev.objs.get_mut(&id).unwrap().fds -= 1;
+        ev.reap(id);
+    }
+
+    /// Userspace writes 1 to the notifier behind `fd` (callbacks run at the next pump).
+    pub fn eventfd_write(&self, fd: i32) {
+        let mut ev = self.events.lock().unwrap();
+        let id = *ev.fds.get(&fd).expect("write to a non-eventfd");
+        ev.objs.get_mut(&id).unwrap().counter += 1;
+        ev.mark_pending(id);
+    }
+
+    /// Userspace reads the notifier behind `fd`: its counter, reset to 0.
+    pub fn eventfd_read(&self, fd: i32) -> u64 {
+        let mut ev = self.events.lock().unwrap();
+        let id = *ev.fds.get(&fd).expect("read of a non-eventfd");
+        std::mem::take(&mut ev.objs.get_mut(&id).unwrap().counter)
+    }
+
+    /// Runs the callbacks of every pending watch (each consumes its notifier's counter), on
+    /// the calling thread with the table unlocked; repeats while callbacks make more pending.
+    /// Returns the number of callbacks run.
+    pub fn eventfd_pump(&self) -> usize {
+        let mut n = 0;
+        loop {
+            let mut ev = self.events.lock().unwrap();
+            let Some((&wid, _)) = ev.watches.iter().find(|(_, w)| w.pending && !w.running) else {
+                return n;
+            };
+            let w = ev.watches.get_mut(&wid).unwrap();
+            w.pending = false;
+            w.running = true;
+            let (efd, f, arg) = (w.efd, w.f, w.arg);
+            if let Some(o) = ev.objs.get_mut(&efd) {
+                o.counter = 0;
+            }
+            drop(ev);
+            // SAFETY: the watch is live (unwatch waits for `running` to clear), so the core
+            // keeps arg valid for f.
+            unsafe { f(arg as *mut c_void) };
+            n += 1;
+            let mut ev = self.events.lock().unwrap();
+            if let Some(w) = ev.watches.get_mut(&wid) {
+                w.running = false;
+            }
+            drop(ev);
+            self.events_cv.notify_all();
+        }
+    }
+
+    /// Number of live watches on the notifier behind `fd`.
+    pub fn eventfd_watchers(&self, fd: i32) -> usize {
+        let ev = self.events.lock().unwrap();
+        let id = *ev.fds.get(&fd).expect("not an eventfd");
+        ev.watches.values().filter(|w| w.efd == id).count()
     }
 
     /// Maps `len` bytes (rounded up to pages) of zeroed user memory; returns its address. A
@@ -472,5 +644,94 @@ impl Host for FakeHost {
     }
     fn log(&self, level: LogLevel, msg: &str) {
         self.log.lock().unwrap().push(format!("{level:?}: {msg}"));
+    }
+    fn eventfd_get(&self, fd: i32) -> KResult<RawEventFd> {
+        let mut ev = self.events.lock().unwrap();
+        let Some(&id) = ev.fds.get(&fd) else {
+            // Another kind of descriptor (a VM or vCPU) is open but not a notifier.
+            return Err(if self.fds.lock().unwrap().contains_key(&fd) {
+                EINVAL
+            } else {
+                EBADF
+            });
+        };
+        ev.objs.get_mut(&id).unwrap().refs += 1;
+        self.eventfd_refs.fetch_add(1, Ordering::SeqCst);
+        Ok(RawEventFd(
+            NonNull::new(std::ptr::without_provenance_mut(id)).unwrap(),
+        ))
+    }
+    unsafe fn eventfd_put(&self, e: RawEventFd) {
+        let id = e.0.as_ptr() as usize;
+        let mut ev = self.events.lock().unwrap();
+        let o = ev
+            .objs
+            .get_mut(&id)
+            .expect("eventfd_put of an unknown notifier");
+        assert!(o.refs > 0, "eventfd_put without a reference");
+        o.refs -= 1;
+        ev.reap(id);
+        self.eventfd_refs.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn eventfd_signal(&self, e: RawEventFd) {
+        let id = e.0.as_ptr() as usize;
+        let mut ev = self.events.lock().unwrap();
+        let o = ev
+            .objs
+            .get_mut(&id)
+            .expect("eventfd_signal of an unknown notifier");
+        assert!(o.refs > 0, "eventfd_signal without a reference");
+        o.counter += 1;
+        ev.mark_pending(id);
+        self.eventfd_signals.fetch_add(1, Ordering::SeqCst);
+    }
+    unsafe fn eventfd_watch(
+        &self,
+        e: RawEventFd,
+        f: HostFn,
+        arg: *mut c_void,
+    ) -> KResult<RawEventFdWatch> {
+        if self.fail_watch.load(Ordering::SeqCst) {
+            return Err(crate::errno::ENOMEM);
+        }
+        let efd = e.0.as_ptr() as usize;
+        let mut ev = self.events.lock().unwrap();
+        let o = ev
+            .objs
+            .get(&efd)
+            .expect("eventfd_watch of an unknown notifier");
+        assert!(o.refs > 0, "eventfd_watch without a reference");
+        let pending = o.counter > 0;
+        ev.next_id += 1;
+        let wid = ev.next_id;
+        ev.watches.insert(
+            wid,
+            FakeWatch {
+                efd,
+                f,
+                arg: arg as usize,
+                pending,
+                running: false,
+            },
+        );
+        self.eventfd_watches.fetch_add(1, Ordering::SeqCst);
+        Ok(RawEventFdWatch(
+            NonNull::new(std::ptr::without_provenance_mut(wid)).unwrap(),
+        ))
+    }
+    unsafe fn eventfd_unwatch(&self, w: RawEventFdWatch) {
+        let wid = w.0.as_ptr() as usize;
+        let mut ev = self.events.lock().unwrap();
+        while ev
+            .watches
+            .get(&wid)
+            .expect("unwatch of an unknown watch")
+            .running
+        {
+            ev = self.events_cv.wait(ev).unwrap();
+        }
+        let efd = ev.watches.remove(&wid).unwrap().efd;
+        ev.reap(efd);
+        self.eventfd_watches.fetch_sub(1, Ordering::SeqCst);
     }
 }

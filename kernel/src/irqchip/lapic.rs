@@ -287,6 +287,11 @@ impl Lapic {
         ] {
             self.set(off, LVT_MASKED);
         }
+        // Linux's default KVM_X86_QUIRK_LINT0_REENABLED: the BSP's LINT0 takes PIC (ExtINT)
+        // interrupts after reset and INIT.
+        if self.base & BASE_BSP != 0 {
+            self.set(reg::LVT0, u32::from(dm::EXTINT) << 8);
+        }
         self.set(reg::DFR, 0xffff_ffff);
         self.set(reg::SPIV, 0xff);
         self.timer.deadline = 0;
@@ -821,7 +826,8 @@ impl Lapic {
 
 /// Mirror flag of an x2APIC-mode APIC (always present). Bit 63: x2APIC LDRs of vCPU ids below
 /// 256 use at most bits 0-19 (cluster 0-15 in bits 16-19, member bit 0-15), so mirror bits
-/// 62-63 are free in both formats (62: software-enabled, added by the owner vCPU).
+/// 61-63 are free in both formats (62: software-enabled, 61: takes PIC interrupts, added by the
+/// owner vCPU).
 pub const MIRROR_X2APIC: u64 = 1 << 63;
 
 /// Whether an APIC with mirror `m` (see [`Lapic::mirror`]) is a target of `irq` sent by
@@ -852,7 +858,8 @@ pub fn match_dest(m: u64, irq: &Irq, is_source: bool, ipi: bool) -> bool {
         if !irq.logical {
             return mda == id;
         }
-        let ldr = ((m >> 32) as u32) & 0x3fff_ffff;
+        // Mirror bits 61-63 are flags (see `MIRROR_X2APIC`), not LDR bits.
+        let ldr = ((m >> 32) as u32) & 0x1fff_ffff;
         return ldr >> 16 == mda >> 16 && ldr & mda & 0xffff != 0;
     }
     let dest = irq.dest;

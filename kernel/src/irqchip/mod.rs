@@ -1,6 +1,8 @@
-//! The split irqchip (`KVM_CAP_SPLIT_IRQCHIP`): local APICs in the kernel, IOAPIC/PIC/PIT in
-//! userspace, as QEMU's `-machine kernel-irqchip=split` expects (Linux `arch/x86/kvm/lapic.c`,
-//! `irq_comm.c`, `x86.c`).
+//! The in-kernel irqchip, in Linux's two modes (`arch/x86/kvm/lapic.c`, `irq_comm.c`, `x86.c`):
+//! - split (`KVM_CAP_SPLIT_IRQCHIP`, QEMU `kernel-irqchip=split`): local APICs in the kernel,
+//!   IOAPIC/PIC/PIT in userspace;
+//! - full (`KVM_CREATE_IRQCHIP`, QEMU's default `kernel-irqchip=on`): the same local APICs plus
+//!   the 8259 pair ([`pic`]) and the IOAPIC ([`ioapic`]) in the kernel (`full.rs`).
 //!
 //! - [`lapic`]: the register model of one local APIC (pure, owned by its vCPU).
 //! - [`ApicShared`]: the part other threads touch: posted interrupt requests (a 256-bit
@@ -8,7 +10,9 @@
 //!   snapshot, the wait lock a halted vCPU sleeps on, and the host timer.
 //! - [`IrqChip`]: per-VM mode and the GSI routing table (MSI routes; in split mode the first
 //!   `args[0]` GSIs of `KVM_ENABLE_CAP` are the userspace IOAPIC's pins, whose level-triggered
-//!   routes make a guest EOI exit with `KVM_EXIT_IOAPIC_EOI`).
+//!   routes make a guest EOI exit with `KVM_EXIT_IOAPIC_EOI`; in full mode IRQCHIP routes to
+//!   PIC and IOAPIC pins). [`set_gsi`] is the one place where a GSI changes level.
+//! - [`ack`]: ack notifiers (the guest acknowledged a GSI's interrupt at the PIC or IOAPIC).
 //! - `run.rs` (this directory): the vCPU side: the run-loop hook, MMIO/MSR/HLT handling, the
 //!   vCPU ioctls.
 //!
@@ -18,7 +22,13 @@
 //! next entry. The host timer callback runs in soft-interrupt context and only sets a bit,
 //! wakes and kicks (no lock); a halted vCPU also sleeps no longer than its timer's deadline.
 
+pub mod ack;
+mod full;
+pub mod ioapic;
 pub mod lapic;
+pub mod pic;
+pub mod pit;
+pub mod pitdev;
 mod run;
 
 use core::ffi::c_void;
@@ -37,6 +47,7 @@ use crate::vm::Vm;
 
 use lapic::{decode_msi, dm, match_dest, Irq};
 
+pub use full::{ioapic_mmio, pio};
 pub use run::ApicEntry;
 
 /// Linux `KVM_MAX_IRQ_ROUTES`: GSIs are below this; also the most IOAPIC pins of split mode.
@@ -46,8 +57,26 @@ const EV_NMI: u32 = 1;
 const EV_INIT: u32 = 2;
 const EV_SIPI: u32 = 4;
 const EV_TIMER: u32 = 8;
+/// The in-kernel PIC's output rose (full irqchip): look at ExtINT before the next entry.
+const EV_EXTINT: u32 = 16;
+/// The in-kernel PIT's host timer fired (BSP only; see `pitdev.rs`).
+const EV_PIT: u32 = 32;
 /// Mirror bit: software-enabled (SVR) — fixed interrupts are accepted.
 const MIRROR_SW_ENABLED: u64 = 1 << 62;
+/// Mirror bit: the APIC takes PIC interrupts (Linux `kvm_apic_accept_pic_intr`).
+const MIRROR_PIC: u64 = 1 << 61;
+
+/// Irq source ids of [`set_gsi_from`] (Linux `KVM_USERSPACE_IRQ_SOURCE_ID` = 0,
+/// `KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID` = 1; further ids for in-kernel devices): a pin's line is
+/// the OR of the levels its sources drive.
+pub mod source {
+    /// `KVM_IRQ_LINE` and plain irqfds.
+    pub const USERSPACE: u32 = 0;
+    /// Resampling irqfds.
+    pub const IRQFD_RESAMPLE: u32 = 1;
+    /// The in-kernel PIT.
+    pub const PIT: u32 = 2;
+}
 
 /// The cross-thread part of one vCPU's local APIC.
 pub struct ApicShared<H: Host> {
@@ -141,12 +170,14 @@ impl<H: Host> Drop for ApicShared<H> {
     }
 }
 
-/// One GSI route (split mode has only MSI routes).
+/// One GSI's routes: an MSI (`valid`), or up to one pin of each in-kernel irqchip (full mode;
+/// `chip[id]` = pin + 1 for `KVM_IRQCHIP_PIC_MASTER/SLAVE/IOAPIC`, 0 = none).
 #[derive(Clone, Copy, Debug, Default, zerocopy::FromZeros)]
 struct Route {
     valid: u32,
     address_lo: u32,
     data: u32,
+    chip: [u8; 3],
 }
 
 /// The per-VM irqchip state.
@@ -159,6 +190,24 @@ pub struct IrqChip<H: Host> {
     level_vectors: [AtomicU64; 4],
     /// The routing table, indexed by GSI.
     routes: HMutex<Option<HSlice<Route, H>>, H>,
+    /// [m] written before any vCPU exists (after the devices), [a] read: full irqchip.
+    full: AtomicBool,
+    /// The in-kernel PICs (full mode).
+    pic: HMutex<Option<HBox<pic::Pic, H>>, H>,
+    /// The in-kernel IOAPIC (full mode).
+    ioapic: HMutex<Option<HBox<ioapic::Ioapic, H>>, H>,
+    /// [a] The PIC's INTR output (full mode), published under the PIC lock.
+    pic_output: AtomicBool,
+    /// [a] The IOAPIC's MMIO base (full mode; `u64::MAX` = none), published under the IOAPIC
+    /// lock: MMIO exits elsewhere skip that lock.
+    ioapic_base: AtomicU64,
+    /// [a] The vectors of the IOAPIC's pins, published under the IOAPIC lock (a filter for
+    /// edge-triggered EOIs, which matter only to ack notifiers).
+    ioapic_vectors: [AtomicU64; 4],
+    /// Ack notifiers (full mode; allocated by `KVM_CREATE_IRQCHIP`).
+    acks: HMutex<Option<HSlice<ack::AckEntry, H>>, H>,
+    /// [a] Number of registered ack notifiers.
+    nr_acks: AtomicU32,
 }
 
 impl<H: Host> IrqChip<H> {
@@ -169,12 +218,50 @@ impl<H: Host> IrqChip<H> {
             ioapic_pins: AtomicU32::new(0),
             level_vectors: Default::default(),
             routes: HMutex::new(host, None)?,
+            full: AtomicBool::new(false),
+            pic: HMutex::new(host, None)?,
+            ioapic: HMutex::new(host, None)?,
+            pic_output: AtomicBool::new(false),
+            ioapic_base: AtomicU64::new(u64::MAX),
+            ioapic_vectors: Default::default(),
+            acks: HMutex::new(host, None)?,
+            nr_acks: AtomicU32::new(0),
         })
     }
 
-    /// Whether the split irqchip is enabled (local APICs in the kernel).
+    /// Whether the split irqchip is enabled (local APICs in the kernel, the rest in userspace).
     pub fn split(&self) -> bool {
         self.split.load(Ordering::Acquire)
+    }
+
+    /// Whether the full irqchip exists (`KVM_CREATE_IRQCHIP`: PIC and IOAPIC in the kernel).
+    pub fn full(&self) -> bool {
+        self.full.load(Ordering::Acquire)
+    }
+
+    /// Whether the local APICs are in the kernel (split or full mode; Linux
+    /// `irqchip_in_kernel`).
+    pub fn lapic_in_kernel(&self) -> bool {
+        self.split() || self.full()
+    }
+
+    /// Whether the in-kernel PIC requests an interrupt (always false outside full mode).
+    pub fn pic_output(&self) -> bool {
+        self.pic_output.load(Ordering::SeqCst)
+    }
+
+    /// Whether some IOAPIC pin uses `vector`.
+    fn ioapic_vector(&self, vector: u8) -> bool {
+        self.ioapic_vectors
+            .get(usize::from(vector >> 6))
+            .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (vector & 63)) != 0)
+    }
+
+    fn publish_ioapic(&self, io: &ioapic::Ioapic) {
+        self.ioapic_base.store(io.base_address, Ordering::SeqCst);
+        for (a, v) in self.ioapic_vectors.iter().zip(io.vectors()) {
+            a.store(v, Ordering::SeqCst);
+        }
     }
 
     /// Whether a guest EOI of `vector` on an APIC with mirror `m` must exit to the userspace
@@ -212,7 +299,7 @@ pub fn enable_cap<H: Host, B: Backend>(vm: &Vm<H, B>, c: &kvm_enable_cap) -> KRe
         return Err(EINVAL);
     }
     let st = vm.st.lock();
-    if vm.irq.split() || st.created_vcpus != 0 {
+    if vm.irq.lapic_in_kernel() || st.created_vcpus != 0 {
         return Err(EEXIST);
     }
     vm.irq
@@ -224,11 +311,18 @@ pub fn enable_cap<H: Host, B: Backend>(vm: &Vm<H, B>, c: &kvm_enable_cap) -> KRe
 
 /// The irqchip VM ioctls; `None` for other commands.
 pub fn vm_ioctl<H: Host, B: Backend>(vm: &Vm<H, B>, cmd: u32, arg: u64) -> Option<KResult<i64>> {
-    use kvm_abi::{KVM_IRQ_LINE, KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI};
+    use kvm_abi::{
+        KVM_CREATE_IRQCHIP, KVM_GET_IRQCHIP, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS,
+        KVM_SET_GSI_ROUTING, KVM_SET_IRQCHIP, KVM_SIGNAL_MSI,
+    };
     Some(match cmd {
         KVM_SIGNAL_MSI => signal_msi(vm, arg),
         KVM_SET_GSI_ROUTING => set_gsi_routing(vm, arg),
-        KVM_IRQ_LINE => irq_line(vm, arg),
+        KVM_IRQ_LINE => irq_line(vm, arg, false),
+        KVM_IRQ_LINE_STATUS => irq_line(vm, arg, true),
+        KVM_CREATE_IRQCHIP => full::create(vm),
+        KVM_GET_IRQCHIP => full::get_set(vm, arg, false),
+        KVM_SET_IRQCHIP => full::get_set(vm, arg, true),
         _ => return None,
     })
 }
@@ -236,7 +330,7 @@ pub fn vm_ioctl<H: Host, B: Backend>(vm: &Vm<H, B>, cmd: u32, arg: u64) -> Optio
 /// `KVM_SIGNAL_MSI`: the number of APICs that accepted it, `EPERM` (Linux's -1) if none matched.
 fn signal_msi<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64> {
     let m: kvm_msi = user::read(vm.sys.host, arg)?;
-    if !vm.irq.split() || m.flags & !kvm_abi::KVM_MSI_VALID_DEVID != 0 {
+    if !vm.irq.lapic_in_kernel() || m.flags & !kvm_abi::KVM_MSI_VALID_DEVID != 0 {
         return Err(EINVAL);
     }
     let r = deliver(vm, &decode_msi(m.address_lo, m.data), core::ptr::null());
@@ -247,40 +341,84 @@ fn signal_msi<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64> {
     }
 }
 
-/// `KVM_IRQ_LINE`: GSI `irq` to `level`; a route to an MSI fires on assertion (Linux
-/// `kvm_set_msi`). Always 0, like Linux (the delivery status is not reported).
-fn irq_line<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64> {
-    let l: kvm_irq_level = user::read(vm.sys.host, arg)?;
-    if !vm.irq.split() {
+/// `KVM_IRQ_LINE` / `KVM_IRQ_LINE_STATUS` (Linux `kvm_vm_ioctl_irq_line`): GSI `irq` to
+/// `level` from the userspace source. `ENXIO` without an in-kernel irqchip; the status
+/// ([`set_gsi_from`]) is written back into `irq` only for `KVM_IRQ_LINE_STATUS`.
+fn irq_line<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64, status: bool) -> KResult<i64> {
+    let mut l: kvm_irq_level = user::read(vm.sys.host, arg)?;
+    if !vm.irq.lapic_in_kernel() {
         return Err(ENXIO);
     }
-    if l.level == 0 {
-        return Ok(0);
-    }
-    let route = {
-        let routes = vm.irq.routes.lock();
-        routes
-            .as_ref()
-            .and_then(|t| t.get(l.irq as usize).copied())
-            .filter(|r| r.valid != 0)
-    };
-    if let Some(r) = route {
-        deliver(vm, &decode_msi(r.address_lo, r.data), core::ptr::null());
+    let r = set_gsi_from(vm, source::USERSPACE, l.irq, l.level != 0);
+    if status {
+        l.set_status(r as i32);
+        user::write(vm.sys.host, arg, &l)?;
     }
     Ok(0)
 }
 
+/// Whether `KVM_IRQFD` may assign an irqfd (Linux x86 `kvm_arch_irqfd_allowed`): any
+/// in-kernel irqchip. Linux also takes `resample` with the full irqchip; okvm's irqfds do not
+/// implement resampling (no `KVM_CAP_IRQFD_RESAMPLE`), so it is refused in every mode.
+pub fn irqfd_allowed<H: Host, B: Backend>(vm: &Vm<H, B>, resample: bool) -> bool {
+    !resample && vm.irq.lapic_in_kernel()
+}
+
+/// GSI `gsi` changes to `level`, driven by the userspace source (`KVM_IRQ_LINE`, irqfd). See
+/// [`set_gsi_from`].
+pub fn set_gsi<H: Host, B: Backend>(vm: &Vm<H, B>, gsi: u32, level: bool) -> i64 {
+    set_gsi_from(vm, source::USERSPACE, gsi, level)
+}
+
+/// GSI `gsi` driven to `level` by irq source `src` (Linux `kvm_set_irq`): every route of the
+/// GSI gets it: an MSI fires on assertion (deassertion: -1), PIC and IOAPIC pins follow the
+/// OR of their sources. Returns Linux's status: -1 if no route took it (no route, masked, no
+/// destination), else the sum of the routes' non-negative results (0: coalesced).
+pub fn set_gsi_from<H: Host, B: Backend>(vm: &Vm<H, B>, src: u32, gsi: u32, level: bool) -> i64 {
+    let route = {
+        let routes = vm.irq.routes.lock();
+        routes.as_ref().and_then(|t| t.get(gsi as usize).copied())
+    };
+    let Some(r) = route else { return -1 };
+    let mut ret = -1i64;
+    let mut add = |x: i64| {
+        if x >= 0 {
+            ret = x + ret.max(0);
+        }
+    };
+    if r.valid != 0 {
+        add(if level {
+            deliver(vm, &decode_msi(r.address_lo, r.data), core::ptr::null())
+        } else {
+            -1
+        });
+    }
+    for (id, &p) in r.chip.iter().enumerate() {
+        let Some(pin) = u32::from(p).checked_sub(1) else {
+            continue;
+        };
+        add(match id as u32 {
+            kvm_abi::KVM_IRQCHIP_PIC_MASTER => full::pic_set(vm, pin, src, level),
+            kvm_abi::KVM_IRQCHIP_PIC_SLAVE => full::pic_set(vm, pin + 8, src, level),
+            _ => full::ioapic_set(vm, pin, src, level),
+        });
+    }
+    ret
+}
+
 /// `KVM_SET_GSI_ROUTING` (Linux `kvm_set_irq_routing` + x86 `kvm_set_routing_entry`): at most
-/// `KVM_MAX_IRQ_ROUTES` entries, no flags; entries: GSI below the maximum, only MSI routes
-/// (IRQCHIP routes are refused in split mode), one route per GSI, `KVM_MSI_VALID_DEVID` the
-/// only entry flag and only on MSI routes. Any error leaves the old table in place.
+/// `KVM_MAX_IRQ_ROUTES` entries, no flags; entries: GSI below the maximum, MSI routes, and in
+/// full mode IRQCHIP routes (PIC pins 0-7, IOAPIC pins 0-23; refused in split mode); a GSI has
+/// either one MSI route or at most one pin per irqchip; `KVM_MSI_VALID_DEVID` is the only entry
+/// flag and only on MSI routes. Any error leaves the old table in place.
 #[inline(never)]
 fn set_gsi_routing<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64> {
     use kvm_abi::{KVM_IRQ_ROUTING_MSI, KVM_MSI_VALID_DEVID};
     let host = vm.sys.host;
-    if !vm.irq.split() {
+    if !vm.irq.lapic_in_kernel() {
         return Err(EINVAL);
     }
+    let full = vm.irq.full();
     let hdr: kvm_irq_routing = user::read(host, arg)?;
     if hdr.nr > MAX_IRQ_ROUTES || hdr.flags != 0 {
         return Err(EINVAL);
@@ -301,20 +439,37 @@ fn set_gsi_routing<H: Host, B: Backend>(vm: &Vm<H, B>, arg: u64) -> KResult<i64>
         let mut t = HSlice::<Route, H>::new_zeroed(host, max as usize + 1)?;
         let pins = vm.irq.ioapic_pins.load(Ordering::Acquire);
         for e in ents.iter() {
-            // Only MSI routes exist in split mode (IRQCHIP routes are EINVAL there, as are
+            let slot = t.get_mut(e.gsi as usize).ok_or(EINVAL)?;
+            if e.r#type == kvm_abi::KVM_IRQ_ROUTING_IRQCHIP && full && e.flags == 0 {
+                let c = e.u.irqchip();
+                let pins = if c.irqchip == kvm_abi::KVM_IRQCHIP_IOAPIC {
+                    ioapic::NUM_PINS as u32
+                } else {
+                    8
+                };
+                let (Some(s), true) = (slot.chip.get_mut(c.irqchip as usize), c.pin < pins) else {
+                    return Err(EINVAL);
+                };
+                if *s != 0 || slot.valid != 0 {
+                    return Err(EINVAL);
+                }
+                *s = c.pin as u8 + 1;
+                continue;
+            }
+            // Otherwise only MSI routes (IRQCHIP routes are EINVAL in split mode, as are
             // unknown types); KVM_MSI_VALID_DEVID is the only entry flag.
             if e.flags & !KVM_MSI_VALID_DEVID != 0 || e.r#type != KVM_IRQ_ROUTING_MSI {
                 return Err(EINVAL);
             }
             let msi = e.u.msi();
-            let slot = t.get_mut(e.gsi as usize).ok_or(EINVAL)?;
-            if slot.valid != 0 {
+            if slot.valid != 0 || slot.chip != [0; 3] {
                 return Err(EINVAL);
             }
             *slot = Route {
                 valid: 1,
                 address_lo: msi.address_lo,
                 data: msi.data,
+                chip: [0; 3],
             };
             let irq = decode_msi(msi.address_lo, msi.data);
             if e.gsi < pins && irq.trig_level {
@@ -392,13 +547,14 @@ unsafe extern "C" fn timer_fired<H: Host, B: Backend>(arg: *mut c_void) {
 pub type VcpuParts<H> = (Option<ApicShared<H>>, Option<HBox<lapic::Lapic, H>>);
 
 /// The irqchip parts of a new vCPU (`None`s without an in-kernel irqchip). Called with the
-/// VM lock held, which orders it after `KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)`.
+/// VM lock held, which orders it after `KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)` and
+/// `KVM_CREATE_IRQCHIP`.
 pub fn vcpu_parts<H: Host, B: Backend>(
     vm: &Vm<H, B>,
     id: u32,
     b: &mut B::Vcpu,
 ) -> KResult<VcpuParts<H>> {
-    if !vm.irq.split() {
+    if !vm.irq.lapic_in_kernel() {
         return Ok((None, None));
     }
     let host = vm.sys.host;
@@ -423,5 +579,7 @@ pub fn attach_timer<H: Host, B: Backend>(v: &mut HBox<Vcpu<H, B>, H>) -> KResult
 }
 
 fn mirror_of(l: &lapic::Lapic) -> u64 {
-    l.mirror() | if l.sw_enabled() { MIRROR_SW_ENABLED } else { 0 }
+    l.mirror()
+        | if l.sw_enabled() { MIRROR_SW_ENABLED } else { 0 }
+        | if l.accept_pic_intr() { MIRROR_PIC } else { 0 }
 }

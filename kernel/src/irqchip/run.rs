@@ -19,7 +19,7 @@ use super::lapic::{
 use super::{deliver, mirror_of, ApicShared, EV_INIT, EV_NMI, EV_SIPI, EV_TIMER};
 use crate::backend::Backend;
 use crate::cpuid;
-use crate::errno::{KResult, EEXIST, EINVAL};
+use crate::errno::{KResult, EEXIST, EINVAL, ENXIO};
 use crate::hmem::HBox;
 use crate::host::Host;
 use crate::msrs::{MSR_IA32_APICBASE, MSR_IA32_TSC};
@@ -52,6 +52,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
     /// marked as running on this CPU, so later senders kick it.
     pub(crate) fn apic_before_entry(&self, st: &mut VcpuState<H, B>) -> ApicEntry {
         let (Some(a), Some(l)) = (self.apic.as_ref(), st.lapic.as_mut()) else {
+            self.pit_service();
             return ApicEntry::Enter;
         };
         let b = &self.vm().sys.backend;
@@ -73,6 +74,7 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         }
         l.set_base(b.get_apic_base(vb));
         loop {
+            self.pit_service();
             self.apic_process(a, l, vb);
             if l.mp_state == KVM_MP_STATE_HALTED && self.wake_event(l, vb) {
                 l.mp_state = KVM_MP_STATE_RUNNABLE;
@@ -84,7 +86,11 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                         return ApicEntry::Signal;
                     }
                     let now = host.nanotime();
-                    let timeout = match l.timer.deadline {
+                    let deadline = match (l.timer.deadline, self.pit_deadline()) {
+                        (0, d) | (d, 0) => d,
+                        (a, b) => a.min(b),
+                    };
+                    let timeout = match deadline {
                         0 => 0,
                         d => d.saturating_sub(now).max(1),
                     };
@@ -154,8 +160,14 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
         if ev.nmi.pending != 0 || b.interrupt_queued(vb) {
             return true;
         }
-        b.interrupt_allowed(vb)
-            && (l.pending().is_some() || (l.extint().is_some() && l.accept_pic_intr()))
+        b.interrupt_allowed(vb) && (l.pending().is_some() || self.extint_pending(l))
+    }
+
+    /// Whether an ExtINT waits for this vCPU (Linux `kvm_cpu_has_extint`): LINT0 takes PIC
+    /// interrupts and the userspace PIC's `KVM_INTERRUPT` vector (split mode) or the in-kernel
+    /// PIC's output (full mode) is there.
+    fn extint_pending(&self, l: &Lapic) -> bool {
+        l.accept_pic_intr() && (l.extint().is_some() || self.vm().irq.pic_output())
     }
 
     /// Injects the highest-priority deliverable interrupt or asks for an interrupt window.
@@ -165,20 +177,30 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             return;
         }
         l.sync_cr8(b.get_cr8(vb));
-        let want = match l.extint() {
-            Some(v) if l.accept_pic_intr() => Some((v, true)),
-            _ => l.pending().map(|v| (v, false)),
+        let want = if self.extint_pending(l) {
+            Some((0, true))
+        } else {
+            l.pending().map(|v| (v, false))
         };
         let Some((v, ext)) = want else { return };
         if !b.interrupt_allowed(vb) {
             b.set_irq_window(vb, true);
             return;
         }
-        if ext {
-            l.extint = 0;
-        } else {
+        let v = if !ext {
             l.ack(v);
-        }
+            v
+        } else if let Some(x) = l.extint() {
+            l.extint = 0;
+            x
+        } else {
+            // The in-kernel PIC's interrupt acknowledge (its spurious IRQ 7 if the request
+            // vanished meanwhile, as on hardware).
+            match super::full::pic_inta(self.vm()) {
+                Some(x) => x,
+                None => return,
+            }
+        };
         b.queue_interrupt(vb, v);
     }
 
@@ -306,7 +328,15 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
                 deliver(vm, &irq, self);
             }
             Effect::Eoi(v) => {
-                if vm.irq.eoi_exit(m, v) {
+                if vm.irq.full() {
+                    // EOI broadcast of a level-triggered vector to the in-kernel IOAPIC; an
+                    // edge-triggered one of an IOAPIC pin's vector goes there only for the
+                    // ack notifiers (Linux `kvm_ioapic_handles_vector`).
+                    let level = l.level_triggered(v);
+                    if level || (super::ack::any(vm) && vm.irq.ioapic_vector(v)) {
+                        super::full::ioapic_eoi(vm, v, level);
+                    }
+                } else if vm.irq.eoi_exit(m, v) {
                     l.eoi_exit = 0x100 | u32::from(v);
                 }
             }
@@ -392,6 +422,10 @@ impl<H: Host, B: Backend> Vcpu<H, B> {
             let irq: kvm_interrupt = user::read(self.vm().sys.host, arg)?;
             if irq.irq >= 256 {
                 return Err(EINVAL);
+            }
+            // With the in-kernel PIC, userspace never injects (Linux).
+            if self.vm().irq.full() {
+                return Err(ENXIO);
             }
             if l.extint().is_some() {
                 return Err(EEXIST);

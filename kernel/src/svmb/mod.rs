@@ -34,6 +34,7 @@ use crate::backend::{Backend, CpuidResult, EntryGate, Exit, GuestException, IoCo
 use crate::errno::{KResult, EINVAL, ENODEV, ENOMEM};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{Host, LogLevel, Page};
+use crate::singlestep;
 
 pub use npt::SvmVm;
 pub use state::SvmVcpuState;
@@ -433,7 +434,19 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
     /// Sets RIP past the instruction that exited: the reported next RIP, or `len` bytes on.
     fn skip(vmcb: &mut Vmcb, d: &DecodedExit, len: u64) {
         let next = d.next_rip.unwrap_or(vmcb.save.rip.wrapping_add(len));
+        Self::skip_to(vmcb, next);
+    }
+
+    /// Sets RIP past an instruction the backend completes itself (interrupt shadow ended);
+    /// under RFLAGS.TF raises the single-step #DB the CPU did not
+    /// (`KVM_CAP_X86_ROBUST_SINGLESTEP`, see `singlestep.rs`).
+    fn skip_to(vmcb: &mut Vmcb, next: u64) {
         sv::skip_instruction(vmcb, next);
+        if vmcb.save.rflags & singlestep::RFLAGS_TF != 0 && !sv::injection_pending(vmcb) {
+            vmcb.save.dr6 = singlestep::dr6_single_step(vmcb.save.dr6);
+            sv::mark_dirty(vmcb, CleanBits::DRX);
+            sv::inject(vmcb, exception(1, None));
+        }
     }
 
     /// Runs the guest once on this CPU unless `gate` keeps it out. `None` when SVM cannot be
@@ -609,7 +622,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> SvmBackend<H, W> {
                     // KVM_X86_QUIRK_OUT_7E_INC_RIP: QEMU's vapic ROM relies on RIP already
                     // being past `OUT 0x7e` when the exit reaches userspace.
                     if let Some(n) = d.next_rip {
-                        sv::skip_instruction(vmcb, n);
+                        Self::skip_to(vmcb, n);
                     }
                     s.pending_rip = None;
                 }

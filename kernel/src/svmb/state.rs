@@ -263,23 +263,13 @@ const MSR_GS_BASE: u32 = 0xc000_0101;
 const EFER_VALID: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11 | 1 << 14;
 const EFER_LMA: u64 = 1 << 10;
 
-const MSR_MCG_CAP: u32 = 0x179;
-const MSR_MTRRCAP: u32 = 0xfe;
-
-/// Machine-check MSRs. okvm has no machine-check architecture: MCG_CAP reads 0 (no banks), and
-/// MCG_STATUS, MCG_CTL and the bank MSRs read 0 and ignore writes. They are accepted because
-/// QEMU writes them at every reset when the CPU model has MCE+MCA (it adds both to any KVM
-/// CPUID) even without `KVM_CAP_MCE`, and a Linux guest reads MCG_CAP at boot.
-pub fn is_mca(index: u32) -> bool {
-    matches!(index, MSR_MCG_CAP | 0x17a | 0x17b | 0x400..=0x47f)
-}
-
 fn canonical(a: u64) -> bool {
     ((a as i64) << 16 >> 16) as u64 == a
 }
 
 /// Reads an MSR: VMCB-held ones from the VMCB, the TSC from `tsc` + TSC_OFFSET, the rest from
-/// the in-memory store.
+/// the in-memory store (MTRRs included). Machine-check MSRs never get here: the core answers
+/// them (`msrs::Mce`).
 pub fn get_msr(vmcb: &Vmcb, s: &SvmVcpuState, index: u32, tsc: u64) -> KResult<u64> {
     let v = &vmcb.save;
     Ok(match index {
@@ -296,10 +286,6 @@ pub fn get_msr(vmcb: &Vmcb, s: &SvmVcpuState, index: u32, tsc: u64) -> KResult<u
         msrs::MSR_IA32_SYSENTER_EIP => v.sysenter_eip,
         msrs::MSR_IA32_CR_PAT => v.g_pat,
         msrs::MSR_IA32_TSC => tsc.wrapping_add(vmcb.control.tsc_offset),
-        i if is_mca(i) => 0,
-        // MTRRcap: 8 variable ranges, fixed ranges, write-combining (what KVM reports; the
-        // MTRRs themselves live in the in-memory store).
-        MSR_MTRRCAP => 0x508,
         _ => return s.msrs.get(index),
     })
 }
@@ -364,9 +350,6 @@ pub fn set_msr(
             vmcb.control.tsc_offset = data.wrapping_sub(tsc);
             sv::mark_dirty(vmcb, CleanBits::I);
         }
-        // MCG_CAP and MTRRcap are read-only.
-        MSR_MCG_CAP | MSR_MTRRCAP => return Err(EINVAL),
-        i if is_mca(i) => {}
         _ => {
             s.msrs.set(index, data, host)?;
             if index == msrs::MSR_IA32_APICBASE {

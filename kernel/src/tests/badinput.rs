@@ -151,7 +151,7 @@ fn bad_input_table() {
             e(EINVAL),
         ),
         ("dirty log fault", m, KVM_GET_DIRTY_LOG, bad, e(EFAULT)),
-        ("irqchip", m, KVM_CREATE_IRQCHIP, 0, e(ENOTTY)),
+        ("irqchip after vCPUs", m, KVM_CREATE_IRQCHIP, 0, e(EINVAL)),
         ("vcpu unknown", c, 0xae_ff, 0, e(EINVAL)),
         ("vcpu foreign type", c, 0x5401, 0, e(EINVAL)),
         ("vcpu: create vm", c, KVM_CREATE_VM, 0, e(EINVAL)),
@@ -288,6 +288,15 @@ fn fuzz_dispatcher_bounded() {
         .map(|i| i.value)
         .collect();
     let buf = v.buf(3 * 4096);
+    // Notifiers for KVM_IOEVENTFD / KVM_IRQFD (their descriptor fields are often set to one).
+    let efds = [v.host.eventfd_create(), v.host.eventfd_create()];
+    // A second VM with the split irqchip, so KVM_IRQFD can succeed.
+    let vm2 = v.create_vm();
+    let mut ec: kvm_enable_cap = zeroed();
+    ec.cap = KVM_CAP_SPLIT_IRQCHIP;
+    ec.args[0] = 24;
+    let a = v.put(&ec);
+    assert_eq!(v.ioctl_fd(vm2, KVM_ENABLE_CAP, a), 0);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let start = std::time::Instant::now();
     let mut calls = 0u64;
@@ -307,6 +316,28 @@ fn fuzz_dispatcher_bounded() {
         if rng.next().is_multiple_of(2) {
             bytes[0..4].copy_from_slice(&((rng.next() % 40) as u32).to_le_bytes());
         }
+        if !rng.next().is_multiple_of(3) {
+            let efd = efds[(rng.next() % 2) as usize].to_le_bytes();
+            match cmd {
+                KVM_IOEVENTFD => {
+                    bytes[20..24].copy_from_slice(&efd);
+                    bytes[16..20].copy_from_slice(
+                        &[0u32, 1, 2, 4, 8][(rng.next() % 5) as usize].to_le_bytes(),
+                    );
+                    bytes[24..28].copy_from_slice(&((rng.next() % 16) as u32).to_le_bytes());
+                }
+                KVM_IRQFD => {
+                    bytes[0..4].copy_from_slice(&efd);
+                    bytes[4..8].copy_from_slice(&((rng.next() % 32) as u32).to_le_bytes());
+                    bytes[8..12].copy_from_slice(&((rng.next() % 4) as u32).to_le_bytes());
+                }
+                _ => {}
+            }
+        }
+        if rng.next().is_multiple_of(64) {
+            v.host.eventfd_write(efds[(rng.next() % 2) as usize]);
+            v.host.eventfd_pump();
+        }
         v.host.user_write(buf, &bytes);
         let arg = match rng.next() % 4 {
             0 => 0,
@@ -324,14 +355,18 @@ fn fuzz_dispatcher_bounded() {
                 (*run).cr8 = 0;
             }
         }
-        let h = match rng.next() % 3 {
+        let h = match rng.next() % 4 {
             0 => v.kvm,
             1 => v.h(vm),
+            2 if cmd == KVM_IOEVENTFD || cmd == KVM_IRQFD => v.h(vm2),
             _ => v.h(cpu),
         };
         let r = v.ioctl(h, cmd, arg);
         assert!(r >= -4095, "bogus return {r}");
     }
+    // The new ioctls reached their success paths, and what they hold goes at teardown.
+    let c = v.host.counts();
+    assert!(c.eventfd_refs > 0 && c.eventfd_watches > 0, "{c:?}");
     // Close every descriptor the fuzz created (VMs and vCPUs), then ours.
     let fds: Vec<i32> = v.host.fds.lock().unwrap().keys().copied().collect();
     for fd in fds {
@@ -339,6 +374,9 @@ fn fuzz_dispatcher_bounded() {
     }
     assert_eq!(v.sys.nr_vms.load(std::sync::atomic::Ordering::SeqCst), 0);
     v.assert_clean();
+    for fd in efds {
+        v.host.eventfd_close(fd);
+    }
     eprintln!("fuzz: {calls} calls in {:?}", start.elapsed());
     let _ = zeroed::<kvm_regs>().as_bytes().len();
 }

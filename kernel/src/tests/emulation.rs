@@ -914,3 +914,148 @@ fn split_irqchip_apic_page_accesses_stay_in_the_kernel() {
     assert_eq!(f.v.host.user_read(la + 0xf0, 4), vec![0xff, 0x01, 0, 0]);
     f.done();
 }
+
+#[test]
+fn full_irqchip_ioapic_accesses_stay_in_the_kernel() {
+    // A VM with the full in-kernel irqchip: emulated MOVs to the IOAPIC window (a second-level
+    // fault outside memslots) reach the in-kernel IOAPIC without an MMIO exit.
+    let v = Vmm::new();
+    let vm = v.create_vm();
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+    let cpu = v.create_vcpu(vm, 0);
+    let run = v.run_page(cpu);
+    let ram = v.add_slot(vm, 0, 0, RAM, KVM_MEM_LOG_DIRTY_PAGES);
+    let f = Fix {
+        v,
+        vm,
+        cpu,
+        run,
+        ram,
+    };
+    // mov dword [0x200000], 1 ; mov eax, [0x200010]   (linear 0x200000 → 0xfec00000)
+    f.long_mode(
+        &[
+            0xc7, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, 0x01, 0x00, 0x00, 0x00, 0x8b, 0x04, 0x25,
+            0x10, 0x00, 0x20, 0x00,
+        ],
+        false,
+    );
+    const IOAPIC: u64 = 0xfec0_0000;
+    f.poke(0x14000, &(IOAPIC | 3).to_le_bytes());
+    f.script(&[
+        f.fault(IOAPIC, true),
+        f.fault(IOAPIC + 0x10, false),
+        Exit::Io {
+            port: 0x80,
+            size: 1,
+            out: true,
+            data: 0,
+        },
+    ]);
+    assert_eq!(f.kvm_run(), 0);
+    assert_eq!(f.r().exit_reason, KVM_EXIT_IO);
+    let r = f.v.regs(f.cpu);
+    assert_eq!((r.rax, r.rip), (0x0017_0011, CODE + 18), "IOAPIC version");
+    f.done();
+}
+
+fn ioeventfd(f: &Fix, fd: i32, addr: u64, len: u32, flags: u32, datamatch: u64) -> i64 {
+    let a = f.v.put(&kvm_ioeventfd {
+        datamatch,
+        addr,
+        len,
+        fd,
+        flags,
+        ..crate::fake::vmm::zeroed()
+    });
+    f.v.ioctl_fd(f.vm, KVM_IOEVENTFD, a)
+}
+
+#[test]
+fn emulated_mmio_write_that_hits_an_ioeventfd_completes_in_the_kernel() {
+    let f = Fix::new();
+    let n = f.v.host.eventfd_create();
+    assert_eq!(
+        ioeventfd(
+            &f,
+            n,
+            MMIO16 + 0x10,
+            2,
+            KVM_IOEVENTFD_FLAG_DATAMATCH,
+            0x1234
+        ),
+        0
+    );
+    // mov [0x10], ax (hit) ; mov [0x10], cx (datamatch miss: MMIO exit)   (DS = 0xd000)
+    f.real_mode(0xd000, &[0x89, 0x06, 0x10, 0x00, 0x89, 0x0e, 0x10, 0x00]);
+    let mut r = f.v.regs(f.cpu);
+    r.rax = 0x1234;
+    r.rcx = 0x5678;
+    f.v.set_regs(f.cpu, &r);
+    f.script(&[f.fault(MMIO16 + 0x10, true), f.fault(MMIO16 + 0x10, true)]);
+    assert_eq!(f.kvm_run(), 0);
+    f.expect_mmio(MMIO16 + 0x10, 2, Some(&[0x78, 0x56]));
+    // The first store completed without an exit; the second is the posted MMIO write that
+    // exits (RIP already past it, as with any emulated MMIO write).
+    assert_eq!(f.v.regs(f.cpu).rip, CODE + 8);
+    assert_eq!(f.v.host.eventfd_read(n), 1);
+    let host = f.v.host;
+    f.done();
+    host.eventfd_close(n);
+}
+
+#[test]
+fn rep_outsw_signals_only_when_every_element_hits() {
+    let f = Fix::new();
+    let host = f.v.host;
+    let (n, m) = (host.eventfd_create(), host.eventfd_create());
+    // Wildcard 2-byte ioeventfd on port 0xc050: REP OUTSW of 3 words completes in the kernel.
+    assert_eq!(ioeventfd(&f, n, 0xc050, 2, KVM_IOEVENTFD_FLAG_PIO, 0), 0);
+    f.real_mode(0, &[0xf3, 0x6f]);
+    f.poke(0x3000, &[1, 0, 2, 0, 9, 0]);
+    let rep = |f: &Fix| {
+        let mut r = f.v.regs(f.cpu);
+        r.rip = CODE;
+        r.rsi = 0x3000;
+        r.rcx = 3;
+        r.rdx = 0xc050;
+        f.v.set_regs(f.cpu, &r);
+    };
+    rep(&f);
+    let outs = Exit::IoString {
+        port: 0xc050,
+        size: 2,
+        out: true,
+    };
+    f.script(&[outs, Exit::Hlt]);
+    f.expect_hlt();
+    assert_eq!(host.eventfd_read(n), 3, "three words, three signals");
+    let r = f.v.regs(f.cpu);
+    assert_eq!((r.rcx, r.rip), (0, CODE + 2));
+    // Datamatch 1 and 2 only: the third word (9) misses, so the whole batch goes to
+    // userspace and nothing is signaled.
+    let pio_dm = KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DATAMATCH;
+    assert_eq!(
+        ioeventfd(
+            &f,
+            n,
+            0xc050,
+            2,
+            KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DEASSIGN,
+            0
+        ),
+        0
+    );
+    assert_eq!(ioeventfd(&f, n, 0xc050, 2, pio_dm, 1), 0);
+    assert_eq!(ioeventfd(&f, m, 0xc050, 2, pio_dm, 2), 0);
+    rep(&f);
+    f.script(&[outs]);
+    assert_eq!(f.kvm_run(), 0);
+    assert_eq!(f.r().exit_reason, KVM_EXIT_IO);
+    let io = *f.r().u.io();
+    assert_eq!((io.port, io.size, io.count), (0xc050, 2, 3));
+    assert_eq!((host.eventfd_read(n), host.eventfd_read(m)), (0, 0));
+    f.done();
+    host.eventfd_close(n);
+    host.eventfd_close(m);
+}

@@ -29,6 +29,10 @@ fn c_type(rust: &str) -> String {
         ("OkvmTimer", "okvm_timer_t"),
         ("OkvmFn", "okvm_fn_t"),
         ("OkvmCpuFn", "okvm_cpu_fn_t"),
+        ("OkvmEventFd", "okvm_eventfd_t"),
+        ("*mut OkvmEventFd", "okvm_eventfd_t *"),
+        ("OkvmEventFdWatch", "okvm_eventfd_watch_t"),
+        ("*mut OkvmEventFdWatch", "okvm_eventfd_watch_t *"),
         ("!", "void"),
         ("", "void"),
     ];

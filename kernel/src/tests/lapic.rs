@@ -23,20 +23,17 @@ fn reset_values_follow_linux() {
     assert_eq!(l.reg(reg::LVR), APIC_VERSION);
     assert_eq!(l.reg(reg::DFR), 0xffff_ffff);
     assert_eq!(l.reg(reg::SPIV), 0xff);
-    for o in [
-        reg::LVTT,
-        reg::LVTTHMR,
-        reg::LVTPC,
-        reg::LVT0,
-        reg::LVT1,
-        reg::LVTERR,
-    ] {
+    for o in [reg::LVTT, reg::LVTTHMR, reg::LVTPC, reg::LVT1, reg::LVTERR] {
         assert_eq!(l.reg(o), LVT_MASKED, "LVT {o:#x}");
     }
+    // KVM_X86_QUIRK_LINT0_REENABLED: the BSP's LINT0 is ExtINT, an AP's is masked.
+    assert_eq!(l.reg(reg::LVT0), 0x700);
+    assert!(l.accept_pic_intr());
     assert!(!l.sw_enabled());
     assert_eq!(l.mp_state, kvm_abi::KVM_MP_STATE_RUNNABLE, "BSP runs");
     let mut ap = Lapic::boxed();
     ap.new_state(1, 0xfee0_0000 | BASE_ENABLE);
+    assert_eq!(ap.reg(reg::LVT0), LVT_MASKED);
     assert_eq!(ap.mp_state, kvm_abi::KVM_MP_STATE_UNINITIALIZED, "AP waits");
     // Software-disabled: fixed interrupts are dropped.
     assert!(!l.accept_fixed(0x40, false));

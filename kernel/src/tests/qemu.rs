@@ -1,5 +1,6 @@
 //! QEMU start-up replay: the ioctl sequence of QEMU 7.2 (`-machine kernel-irqchip=off`) and
-//! QEMU 10 (`-machine kernel-irqchip=split`) from `kvm_init` to the first `KVM_RUN`, each reply
+//! QEMU 7.2/10 (`-machine kernel-irqchip=split`, and the default `kernel-irqchip=on`, the full
+//! in-kernel irqchip, up to the PIT) from `kvm_init` to the first `KVM_RUN`, each reply
 //! checked the way QEMU checks it (accel/kvm/kvm-all.c, target/i386/kvm/kvm.c,
 //! hw/i386/kvm/apic.c, hw/intc/ioapic.c).
 //!
@@ -13,17 +14,16 @@ use zerocopy::IntoBytes;
 use crate::backend::Exit;
 use crate::errno::E2BIG;
 use crate::fake::vmm::{zeroed, Vmm};
+use crate::msrs::{self, Mce};
+
+/// QEMU's `MCE_BANKS_DEF`.
+const QEMU_MCE_BANKS: u64 = 10;
 
 /// Capabilities QEMU ≥ 8.2 requires that okvm does not offer yet: `kvm_init` stops with "kvm
 /// does not support KVM_CAP_..." (the generic and x86 required lists), and
-/// `kvm_irqchip_create` with "kvm: irqfd not implemented". Must shrink to nothing.
-pub const QEMU10_MISSING: [u32; 6] = [
-    KVM_CAP_IOEVENTFD,
-    KVM_CAP_IOEVENTFD_ANY_LENGTH,
-    KVM_CAP_X86_ROBUST_SINGLESTEP,
-    KVM_CAP_MCE,
-    KVM_CAP_ADJUST_CLOCK,
-    KVM_CAP_IRQFD,
+/// `kvm_irqchip_create` with "kvm: irqfd not implemented". Empty now: IOEVENTFD,
+/// IOEVENTFD_ANY_LENGTH, IRQFD, X86_ROBUST_SINGLESTEP, MCE and ADJUST_CLOCK are all offered.
+pub const QEMU10_MISSING: [u32; 0] = [
 ];
 
 fn cap(v: &Vmm, h: *mut std::ffi::c_void, c: u32) -> i64 {
@@ -98,8 +98,41 @@ fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
         1,
         "QEMU then uses immediate_exit, not SET_SIGNAL_MASK"
     );
-    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD), 0);
-    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD), 0);
+    // kvm_init: kvm_eventfds_allowed / kvm_irqfds_allowed / ioeventfd_any_length; no
+    // resampling (VFIO INTx then stays in userspace).
+    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_IOEVENTFD_ANY_LENGTH), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD), 1);
+    assert_eq!(cap(v, vmh, KVM_CAP_IRQFD_RESAMPLE), 0);
+    if !qemu10 {
+        // QEMU < 8.2 kvm_check_many_ioeventfds: 7 PIO ioeventfds at port 0, 2 bytes,
+        // datamatch 0..6, all must be accepted; then deassigned and closed.
+        let fds: Vec<i32> = (0..7).map(|_| v.host.eventfd_create()).collect();
+        let pio = |fd: i32, i: u64, deassign: bool| {
+            let a = v.put(&kvm_ioeventfd {
+                datamatch: i,
+                addr: 0,
+                len: 2,
+                fd,
+                flags: KVM_IOEVENTFD_FLAG_PIO
+                    | KVM_IOEVENTFD_FLAG_DATAMATCH
+                    | if deassign {
+                        KVM_IOEVENTFD_FLAG_DEASSIGN
+                    } else {
+                        0
+                    },
+                ..zeroed()
+            });
+            v.ioctl(vmh, KVM_IOEVENTFD, a)
+        };
+        for (i, &fd) in fds.iter().enumerate() {
+            assert_eq!(pio(fd, i as u64, false), 0, "many ioeventfds");
+        }
+        for (i, &fd) in fds.iter().enumerate().rev() {
+            assert_eq!(pio(fd, i as u64, true), 0);
+            v.host.eventfd_close(fd);
+        }
+    }
     assert_eq!(cap(v, vmh, KVM_CAP_PIT_STATE2), 0);
     assert_eq!(cap(v, vmh, KVM_CAP_SET_GUEST_DEBUG), 0);
     assert_eq!(
@@ -217,11 +250,28 @@ fn init_vcpu(
     let c = v.buf(bytes.len());
     v.host.user_write(c, &bytes);
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_CPUID2, c), 0);
-    assert_eq!(
-        cap(v, v.h(vm), KVM_CAP_MCE),
-        0,
-        "no MCE banks: mcg_cap stays 0"
-    );
+    // kvm_arch_init_vcpu: machine checks when the model has MCE and MCA and family >= 6 (QEMU
+    // adds both bits to every KVM CPUID). QEMU 7.2 also wants KVM_CAP_MCE > 0 here, QEMU 10
+    // already required it in kvm_init.
+    let l1 = *table
+        .iter()
+        .find(|e| e.function == 1 && e.index == 0)
+        .unwrap();
+    const MCE_MCA: u32 = (1 << 7) | (1 << 14);
+    assert!((l1.eax >> 8) & 0xf >= 6 && l1.edx & MCE_MCA == MCE_MCA);
+    // kvm_get_mce_cap_supported: banks from KVM_CHECK_EXTENSION on /dev/kvm, then the bits.
+    let banks = cap(v, v.kvm, KVM_CAP_MCE);
+    assert!(banks >= QEMU_MCE_BANKS as i64, "Unsupported MCE bank count");
+    let sa = v.put(&0u64);
+    assert_eq!(v.ioctl(v.kvm, KVM_X86_GET_MCE_CAP_SUPPORTED, sa), 0);
+    let supported: u64 = v.get(sa);
+    // MCE_CAP_DEF | MCE_BANKS_DEF: QEMU warns about unsupported bits (fails only for LMCE) and
+    // masks them off.
+    let want = msrs::MCG_CTL_P | msrs::MCG_SER_P | QEMU_MCE_BANKS;
+    assert_eq!(want & !(supported | 0xff), 0, "Unsupported MCG_CAP bits");
+    let mcg_cap = want & (supported | 0xff);
+    let ca = v.put(&mcg_cap);
+    assert_eq!(v.ioctl_fd(cpu, KVM_X86_SETUP_MCE, ca), 0);
     assert_eq!(cap(v, v.h(vm), KVM_CAP_GET_TSC_KHZ), 1);
     assert!(v.ioctl_fd(cpu, KVM_GET_TSC_KHZ, 0) > 0);
     assert_eq!(cap(v, v.h(vm), KVM_CAP_NESTED_STATE), 0);
@@ -273,6 +323,11 @@ fn init_vcpu(
     msrs.extend([0x250u32, 0x258, 0x259].iter().map(|&i| (i, 0)));
     msrs.extend((0x268u32..=0x26f).map(|i| (i, 0)));
     msrs.extend((0x200u32..=0x20f).map(|i| (i, 0)));
+    // env->mcg_cap != 0: MCG_STATUS, MCG_CTL and every bank (CTL all ones from mce_init).
+    msrs.extend([(0x17a, 0), (0x17b, !0)]);
+    msrs.extend(
+        (0..4 * QEMU_MCE_BANKS as u32).map(|i| (0x400 + i, if i % 4 == 0 { !0 } else { 0 })),
+    );
     let mut mb = (msrs.len() as u32).to_le_bytes().to_vec();
     mb.extend([0u8; 4]);
     for (i, d) in &msrs {
@@ -283,8 +338,18 @@ fn init_vcpu(
     let ma = v.buf(mb.len());
     v.host.user_write(ma, &mb);
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_MSRS, ma), msrs.len() as i64);
-    // ... and read back by kvm_get_msrs (same count).
+    // ... and read back by kvm_get_msrs (same count, the values set).
     assert_eq!(v.ioctl_fd(cpu, KVM_GET_MSRS, ma), msrs.len() as i64);
+    let back = v.host.user_read(ma + 8, 16 * msrs.len());
+    for ((i, d), e) in msrs.iter().zip(back.chunks(16)) {
+        if Mce::handles(*i) {
+            assert_eq!(
+                u64::from_le_bytes(e[8..].try_into().unwrap()),
+                *d,
+                "MSR {i:#x}"
+            );
+        }
+    }
     let mut ev: kvm_vcpu_events = zeroed();
     ev.flags = KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW;
     let ea = v.put(&ev);
@@ -417,7 +482,7 @@ fn split_irqchip_startup(qemu10: bool) {
     let vm = kvm_init(&v, qemu10);
     let vmh = v.h(vm);
     // kvm_irqchip_create: KVM_CAP_IRQCHIP gates every in-kernel irqchip; then (QEMU >= 8.2)
-    // KVM_CAP_IRQFD, missing (QEMU10_MISSING); x86 kvm_arch_irqchip_create enables split mode
+    // KVM_CAP_IRQFD, offered; x86 kvm_arch_irqchip_create enables split mode
     // with 24 IOAPIC pins.
     assert_eq!(cap(&v, vmh, KVM_CAP_IRQCHIP), 1);
     assert_eq!(cap(&v, vmh, KVM_CAP_SPLIT_IRQCHIP), 1);
@@ -440,8 +505,8 @@ fn split_irqchip_startup(qemu10: bool) {
     assert_eq!(cap(&v, vmh, KVM_CAP_TSC_DEADLINE_TIMER), 1);
     assert_eq!(
         cap(&v, vmh, KVM_CAP_IRQ_INJECT_STATUS),
-        0,
-        "QEMU then uses KVM_IRQ_LINE"
+        1,
+        "QEMU then uses KVM_IRQ_LINE_STATUS"
     );
     v.add_slot(vm, 0, 0, 0xa0000, 0);
     v.add_slot(vm, 2, 0x10_0000, 0x80_0000, 0);
@@ -587,10 +652,56 @@ fn split_irqchip_startup(qemu10: bool) {
         1 << 1,
         "MSI vector 0x49 requested at APIC 0"
     );
+    // virtio-pci with ioeventfd/irqfd (7.2 and 10 alike now that the capabilities exist): the
+    // queue-notify register becomes an MMIO ioeventfd of length 0 (kvm_mem_ioeventfd_add, any
+    // length), each MSI-X vector an MSI route plus an irqfd (kvm_irqchip_add_msi_route,
+    // kvm_irqchip_commit_routes, kvm_irqchip_assign_irqfd).
+    let notify = v.host.eventfd_create();
+    let a = v.put(&kvm_ioeventfd {
+        addr: 0xfe00_3000,
+        len: 0,
+        fd: notify,
+        ..zeroed()
+    });
+    assert_eq!(v.ioctl_fd(vm, KVM_IOEVENTFD, a), 0);
+    let vector = v.host.eventfd_create();
+    table.push((24, 0xfee0_0000, 0x0061));
+    assert_eq!(routes(&v, vm, &table), 0);
+    let a = v.put(&kvm_irqfd {
+        fd: vector as u32,
+        gsi: 24,
+        ..zeroed()
+    });
+    assert_eq!(v.ioctl_fd(vm, KVM_IRQFD, a), 0);
+    // The guest kicks the queue (a 2-byte MMIO write): no exit, the notifier is signaled; the
+    // next exit is the fw_cfg OUT after it.
+    let kick = (
+        Exit::Mmio {
+            gpa: 0xfe00_3000,
+            len: 2,
+            write: true,
+            data: [0; 8],
+        },
+        6,
+    );
+    v.script(0, &[kick, fw_cfg]);
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    assert_eq!(r.exit_reason, KVM_EXIT_IO);
+    assert_eq!(v.host.eventfd_read(notify), 1);
+    // QEMU's iothread completes the request and signals the vector's irqfd.
+    v.host.eventfd_write(vector);
+    assert_eq!(v.host.eventfd_pump(), 1);
+    assert_eq!(v.ioctl_fd(bsp, KVM_GET_LAPIC, la), 0);
+    let page = v.host.user_read(la, 1024);
+    assert_ne!(page[0x230] & 2, 0, "irqfd vector 0x61 requested at APIC 0");
+    // Teardown with the ioeventfd and the irqfd still assigned (QEMU exits without
+    // deassigning): every notifier reference and watch is released.
     v.close(bsp);
     v.close(ap);
     v.close(vm);
     v.assert_clean();
+    v.host.eventfd_close(notify);
+    v.host.eventfd_close(vector);
 }
 
 #[test]
@@ -613,7 +724,11 @@ fn supported_cpuid_is_filtered() {
         "x2APIC, emulated by the in-kernel LAPIC"
     );
     assert_eq!(l1.ecx & (1 << 27), 0, "OSXSAVE is the guest's");
-    assert_eq!(l1.edx & ((1 << 7) | (1 << 14)), 0, "no MCE/MCA");
+    assert_eq!(
+        l1.edx & ((1 << 7) | (1 << 14)),
+        (1 << 7) | (1 << 14),
+        "MCE/MCA (machine-check banks)"
+    );
     assert_ne!(l1.ecx & (1 << 26), 0, "XSAVE");
     assert_eq!(l1.ebx >> 24, 0, "APIC id is set per vCPU by userspace");
     let e1 = leaf(0x8000_0001, 0);
@@ -632,17 +747,189 @@ fn supported_cpuid_is_filtered() {
 }
 
 #[test]
-fn default_kernel_irqchip_is_refused_clearly() {
-    // QEMU's default for pc machines is kernel-irqchip=on (no fallback to split): it creates
-    // the full in-kernel PIC/IOAPIC, which okvm does not have. QEMU then exits with "Create
-    // kernel irqchip failed"; users pass -machine kernel-irqchip=split (or =off up to 7.2).
+fn qemu_10_full_irqchip_startup_to_first_run() {
+    full_irqchip_startup(true);
+}
+
+#[test]
+fn qemu_7_2_full_irqchip_startup_to_first_run() {
+    full_irqchip_startup(false);
+}
+
+/// One IRQCHIP route of `KVM_SET_GSI_ROUTING`.
+fn chip_route(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
+    let mut e: kvm_irq_routing_entry = zeroed();
+    e.gsi = gsi;
+    e.r#type = KVM_IRQ_ROUTING_IRQCHIP;
+    e.u.irqchip_mut().irqchip = chip;
+    e.u.irqchip_mut().pin = pin;
+    e
+}
+
+/// QEMU's default `-machine kernel-irqchip=on` start-up (`-smp 1`, pc machine) through the
+/// first `KVM_RUN`: `kvm_irqchip_create` creates the full irqchip, `kvm_pc_setup_irq_routing`
+/// commits the PC's IRQCHIP routes, kvm-i8259 and kvm-ioapic put their reset states
+/// (hw/i386/kvm/i8259.c, ioapic.c), the vCPU is set up as in split mode; SeaBIOS then programs
+/// the PIC in the kernel and takes the keyboard's IRQ1 as an ExtINT vector.
+fn full_irqchip_startup(qemu10: bool) {
     let v = Vmm::new();
-    let vm = v.create_vm();
-    assert_eq!(cap(&v, v.h(vm), KVM_CAP_IRQCHIP), 1);
+    let vm = kvm_init(&v, qemu10);
+    let vmh = v.h(vm);
+    // kvm_irqchip_create: KVM_CAP_IRQCHIP, then (QEMU >= 8.2) KVM_CAP_IRQFD (QEMU10_MISSING);
+    // x86 kvm_arch_irqchip_create returns 0 when not split: KVM_CREATE_IRQCHIP, whose failure
+    // is fatal ("Create kernel irqchip failed").
+    assert_eq!(cap(&v, vmh, KVM_CAP_IRQCHIP), 1);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+    // kvm_init_irq_routing + x86 kvm_arch_init_irq_routing (GSI routing available).
+    let gsi_count = cap(&v, vmh, KVM_CAP_IRQ_ROUTING) - 1;
+    assert!(gsi_count >= 24);
     assert_eq!(
-        v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0),
-        -i64::from(crate::errno::ENOTTY.0)
+        cap(&v, vmh, KVM_CAP_IRQ_INJECT_STATUS),
+        1,
+        "KVM_IRQ_LINE_STATUS then"
     );
+    // kvm_pc_setup_irq_routing(pci_enabled): kvm_irqchip_commit_routes asserts 0.
+    let mut t = Vec::new();
+    for i in (0..8).filter(|&i| i != 2) {
+        t.push(chip_route(i, KVM_IRQCHIP_PIC_MASTER, i));
+    }
+    for i in 8..16 {
+        t.push(chip_route(i, KVM_IRQCHIP_PIC_SLAVE, i - 8));
+    }
+    t.push(chip_route(0, KVM_IRQCHIP_IOAPIC, 2));
+    for i in (1..24).filter(|&i| i != 2) {
+        t.push(chip_route(i, KVM_IRQCHIP_IOAPIC, i));
+    }
+    let mut b = (t.len() as u32).to_le_bytes().to_vec();
+    b.extend([0u8; 4]);
+    for e in &t {
+        b.extend(e.as_bytes());
+    }
+    let a = v.buf(b.len());
+    v.host.user_write(a, &b);
+    assert_eq!(v.ioctl_fd(vm, KVM_SET_GSI_ROUTING, a), 0);
+    // kvm_pic_reset → pic_reset_common + kvm_pic_put: KVM_SET_IRQCHIP (QEMU aborts on error)
+    // with the reset state and the ELCR masks of the i8259 properties.
+    for (id, mask) in [
+        (KVM_IRQCHIP_PIC_MASTER, 0xf8),
+        (KVM_IRQCHIP_PIC_SLAVE, 0xde),
+    ] {
+        let mut c: kvm_irqchip = zeroed();
+        c.chip_id = id;
+        c.chip.pic_mut().elcr_mask = mask;
+        let a = v.put(&c);
+        assert_eq!(v.ioctl_fd(vm, KVM_SET_IRQCHIP, a), 0);
+    }
+    // kvm_ioapic_reset → ioapic_reset_common + kvm_ioapic_put: all pins masked, base from the
+    // sysbus mapping.
+    let mut c: kvm_irqchip = zeroed();
+    c.chip_id = KVM_IRQCHIP_IOAPIC;
+    c.chip.ioapic_mut().base_address = 0xfec0_0000;
+    for e in c.chip.ioapic_mut().redirtbl.iter_mut() {
+        e.raw = 1 << 16;
+    }
+    let a = v.put(&c);
+    assert_eq!(v.ioctl_fd(vm, KVM_SET_IRQCHIP, a), 0);
+    // kvm_ioapic_get (migration, `info pic`): the same state back.
+    let g = v.put(&kvm_irqchip {
+        chip_id: KVM_IRQCHIP_IOAPIC,
+        ..zeroed()
+    });
+    assert_eq!(v.ioctl_fd(vm, KVM_GET_IRQCHIP, g), 0);
+    assert_eq!(v.get::<kvm_irqchip>(g), c);
+    // Next: the in-kernel PIT (hw/i386/kvm/i8254.c, KVM_CREATE_PIT2), built separately.
+    v.add_slot(vm, 0, 0, 0xa0000, 0);
+    v.add_slot(vm, 2, 0x10_0000, 0x80_0000, 0);
+    v.add_slot(vm, 3, 0xfffc_0000, 0x4_0000, KVM_MEM_READONLY);
+    let sup = supported_cpuid(&v);
+    let bsp = init_vcpu(&v, vm, 0, &sup, 0xfee0_0900, KVM_MP_STATE_RUNNABLE, |c| {
+        kvm_apic_put(&v, c, 0, 0xfee0_0900, true)
+    });
+    // SeaBIOS pic_setup (vectors 0x08/0x70, everything masked but the cascade), then it
+    // unmasks the keyboard's IRQ1 and reads the mask back, and talks to fw_cfg.
+    let outb = |port: u16, val: u8| {
+        (
+            Exit::Io {
+                port,
+                size: 1,
+                out: true,
+                data: u32::from(val),
+            },
+            2,
+        )
+    };
+    let fw_cfg = (
+        Exit::Io {
+            port: 0x510,
+            size: 2,
+            out: true,
+            data: 0,
+        },
+        3,
+    );
+    v.script(
+        0,
+        &[
+            outb(0x20, 0x11),
+            outb(0x21, 0x08),
+            outb(0x21, 0x04),
+            outb(0x21, 0x01),
+            outb(0xa0, 0x11),
+            outb(0xa1, 0x70),
+            outb(0xa1, 0x02),
+            outb(0xa1, 0x01),
+            outb(0x21, 0xfb),
+            outb(0xa1, 0xff),
+            outb(0x21, 0xf9),
+            (
+                Exit::Io {
+                    port: 0x21,
+                    size: 1,
+                    out: false,
+                    data: 0,
+                },
+                2,
+            ),
+            fw_cfg,
+        ],
+    );
+    let run = v.run_page(bsp);
+    // SAFETY: the run page lives as long as the vCPU.
+    unsafe { (*run).cr8 = 0 };
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    // SAFETY: as above.
+    let r = unsafe { &*run };
+    assert_eq!(r.exit_reason, KVM_EXIT_IO, "only fw_cfg reaches QEMU");
+    assert_eq!(r.u.io().port, 0x510);
+    assert_eq!(v.regs(bsp).rax & 0xff, 0xf9);
+    assert_eq!(r.ready_for_interrupt_injection, 1);
+    // A key press: kvm_pc_gsi_handler raises GSI 1 through kvm-i8259 and kvm-ioapic, each a
+    // kvm_set_irq (KVM_IRQ_LINE_STATUS): PIC 1 + masked IOAPIC pin (-1), then the PIC's pin is
+    // already high (1) and the IOAPIC's edge coalesces (0).
+    let line = |gsi: u32, level: u32| {
+        let a = v.put(&kvm_irq_level { irq: gsi, level });
+        assert_eq!(v.ioctl_fd(vm, KVM_IRQ_LINE_STATUS, a), 0);
+        v.get::<kvm_irq_level>(a).status()
+    };
+    assert_eq!(line(1, 1), 1);
+    assert_eq!(line(1, 1), 1);
+    // The guest runs with IF=1: vector 0x09 arrives through LINT0 (ExtINT).
+    let mut regs = v.regs(bsp);
+    regs.rflags |= 0x200;
+    v.set_regs(bsp, &regs);
+    v.script(0, &[outb(0x20, 0x20), fw_cfg]);
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    assert_eq!(r.exit_reason, KVM_EXIT_IO);
+    let h = v.h(bsp)
+        as *const crate::vcpu::Vcpu<
+            crate::fake::host::FakeHost,
+            crate::soft::SoftBackend<crate::fake::host::FakeHost>,
+        >;
+    // SAFETY: live vCPU handle, idle.
+    let st = unsafe { &*h }.st.lock();
+    assert_eq!(&st.b.delivered[..st.b.ndelivered as usize], &[0x09]);
+    drop(st);
+    v.close(bsp);
     v.close(vm);
     v.assert_clean();
 }

@@ -634,3 +634,38 @@ fn svm_enabled_lazily_and_off_at_detach_unless_another_hypervisor_owns_it() {
     assert_eq!(f.hw().rdmsr(0xc001_0117), 0x7700_0000);
     f.done();
 }
+
+#[test]
+fn single_step_over_backend_skips_and_core_completions() {
+    let f = Fix::new();
+    let mut r = f.v.regs(f.cpu);
+    r.rip = 0x1000;
+    r.rflags |= 1 << 8; // TF
+    f.v.set_regs(f.cpu, &r);
+    f.step(|v, _| {
+        v.control.exit_code = 0x89; // WBINVD, skipped by the backend
+    });
+    f.step(|v, _| {
+        // The skip raised the single-step #DB: RIP past WBINVD, DR6.BS, #DB in EVENTINJ.
+        assert_eq!(v.save.rip, 0x1002);
+        assert_eq!(v.control.event_inj, 0x8000_0301);
+        assert_eq!(v.save.dr6, 0xffff_4ff0);
+        v.save.dr6 = 0xffff_0ff0;
+        v.control.event_inj = 0;
+        v.save.rax = 0x41;
+        v.control.exit_code = IOIO; // OUT, completed by the core at the next KVM_RUN
+        v.control.exit_info1 = 0x3f8 << 16 | SZ8;
+        v.control.exit_info2 = 0x1003;
+    });
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.r().exit_reason, KVM_EXIT_IO);
+    f.step(|v, _| {
+        assert_eq!(v.save.rip, 0x1003);
+        assert_eq!(v.control.event_inj, 0x8000_0301, "#DB after the OUT");
+        assert_eq!(v.save.dr6, 0xffff_4ff0);
+        v.control.exit_code = 0x7f; // shutdown
+    });
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.r().exit_reason, KVM_EXIT_SHUTDOWN);
+    f.done();
+}

@@ -558,9 +558,10 @@ fn msr_exits_and_syscall_msrs_switched_around_the_entry() {
     b.set_msr(&mut v, 0x174, 0x10, true).unwrap(); // SYSENTER_CS into the VMCS
     assert_eq!(b.hw().field(v.vmcs_pa(), guest::IA32_SYSENTER_CS), 0x10);
     assert_eq!(b.get_msr(&mut v, 0x174, true), Ok(0x10));
-    // QEMU saves/restores MCG_STATUS at every reset: no banks, reads 0, writes ignored.
-    assert_eq!(b.set_msr(&mut v, 0x17a, 0, true), Ok(()));
-    assert_eq!(b.get_msr(&mut v, 0x17a, true), Ok(0));
+    // Machine-check MSRs are the core's (msrs::Mce), never the backend's; MTRRcap comes from
+    // the shared in-memory store.
+    assert!(b.get_msr(&mut v, 0x17a, true).is_err());
+    assert_eq!(b.get_msr(&mut v, 0xfe, false), Ok(0x508));
     assert!(b.set_msr(&mut v, 0xfe, 0, false).is_err(), "MTRRcap is read-only");
     b.hw().0.lock().unwrap().msrs.insert(0xc000_0082, 0xaaaa);
     let mut sc = exit(31, 0, 2); // RDMSR of ECX
@@ -821,4 +822,52 @@ fn guest_cpuid_offers_only_the_host_xcr0_components() {
     // The fake host runs with XCR0 = 7 (x87, SSE, AVX) on a CPU that supports 0xe7.
     assert_eq!(b.host_cpuid(0xd, 0).eax, 7);
     assert_ne!(b.host_cpuid(1, 0).ecx & (1 << 26), 0, "XSAVE stays");
+}
+
+#[test]
+fn single_step_over_instructions_the_backend_skips() {
+    let (_h, b, vm, mut v) = setup();
+    let mut r = regs(b, &mut v);
+    r.rflags |= 1 << 8; // TF
+    b.set_regs(&mut v, &r);
+    b.hw().push(exit(54, 0, 2)); // WBINVD, skipped by the backend
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Continue);
+    assert_eq!(regs(b, &mut v).rip, 0xfff2);
+    let mut ev = kvm_vcpu_events::new_zeroed();
+    b.get_events(&mut v, &mut ev);
+    assert_eq!(
+        (
+            ev.exception.injected,
+            ev.exception.nr,
+            ev.exception.has_error_code
+        ),
+        (1, 1, 0),
+        "single-step #DB"
+    );
+    let mut d = kvm_abi::kvm_debugregs::new_zeroed();
+    b.get_debugregs(&mut v, &mut d);
+    assert_eq!(d.dr6, 0xffff_4ff0, "DR6.BS");
+    // HLT: the #DB rides along with the HLT exit; it goes in at the next entry.
+    b.hw().push(exit(12, 0, 1));
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Hlt);
+    assert_eq!(
+        b.hw().last_entry()[&control::VMENTRY_INTERRUPTION_INFO_FIELD],
+        0x8000_0301,
+        "the WBINVD's #DB injected as a hardware exception"
+    );
+    b.get_events(&mut v, &mut ev);
+    assert_eq!(
+        (ev.exception.injected, ev.exception.nr),
+        (1, 1),
+        "HLT's #DB"
+    );
+    // Without TF nothing is added.
+    let mut r = regs(b, &mut v);
+    r.rflags &= !(1 << 8);
+    b.set_regs(&mut v, &r);
+    b.hw().push(exit(54, 0, 2));
+    assert_eq!(b.run(&vm, &mut v, &Open), Exit::Continue);
+    let mut ev = kvm_vcpu_events::new_zeroed();
+    b.get_events(&mut v, &mut ev);
+    assert_eq!(ev.exception.injected, 0);
 }

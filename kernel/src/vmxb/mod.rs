@@ -55,6 +55,7 @@ use crate::errno::{KResult, EINVAL, EIO, ENODEV, ENOMEM};
 use crate::hmem::{HBox, HPage, HSlice};
 use crate::host::{Host, LogLevel, Page};
 use crate::msrs;
+use crate::singlestep;
 // XSAVE-page conversions and the machine-check MSR set are the SVM adapter's (shared).
 use crate::svmb::state as fpu;
 
@@ -69,8 +70,6 @@ const MSR_FEATURE_CONTROL: u32 = 0x3a;
 const MSR_EFER: u32 = 0xc000_0080;
 const MSR_FS_BASE: u32 = 0xc000_0100;
 const MSR_GS_BASE: u32 = 0xc000_0101;
-const MSR_MCG_CAP: u32 = 0x179;
-const MSR_MTRRCAP: u32 = 0xfe;
 /// EFER bits a guest may set: SCE, LME, LMA, NXE.
 const EFER_VALID: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11;
 const CR0_PE: u64 = 1;
@@ -399,6 +398,18 @@ impl<H: Host> VmxVcpu<H> {
     /// Physical address of the VMCS (tests).
     pub fn vmcs_pa(&self) -> u64 {
         self.vmcs.pa()
+    }
+}
+
+/// Sets RIP past an instruction the backend completes itself and ends an STI/MOV SS shadow
+/// (Linux `skip_emulated_instruction`); under RFLAGS.TF raises the single-step #DB the CPU
+/// did not (`KVM_CAP_X86_ROBUST_SINGLESTEP`, see `singlestep.rs`).
+fn skip_to(st: &mut VmxVcpuState, next: u64) {
+    st.rip = next;
+    st.intr &= !(interruptibility::STI | interruptibility::MOV_SS);
+    if st.rflags & singlestep::RFLAGS_TF != 0 && st.inject.is_none() {
+        st.extra.dr6 = singlestep::dr6_single_step(st.extra.dr6);
+        st.inject = Some(exception(1, None));
     }
 }
 
@@ -775,8 +786,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 }
             }
             VmxExit::Hlt => {
-                st.rip = next;
-                st.intr &= !(interruptibility::STI | interruptibility::MOV_SS);
+                skip_to(st, next);
                 Exit::Hlt
             }
             VmxExit::Io(io) => {
@@ -791,7 +801,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 if !io.input && io.port == 0x7e {
                     // KVM_X86_QUIRK_OUT_7E_INC_RIP: QEMU's vapic ROM relies on RIP already
                     // being past `OUT 0x7e` when the exit reaches userspace.
-                    st.rip = next;
+                    skip_to(st, next);
                     st.pending_rip = None;
                 }
                 let mask = match io.size {
@@ -822,7 +832,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                 let cpl = (c.read(guest::SS_ACCESS_RIGHTS).unwrap_or(0) >> 5) & 3;
                 if cpl == 0 && rcx as u32 == 0 && self.xcr0_valid(st, value) {
                     st.xcr0 = value;
-                    st.rip = next;
+                    skip_to(st, next);
                 } else {
                     let mut line = crate::ffi::LineBuf::new();
                     let _ = core::fmt::Write::write_fmt(
@@ -840,7 +850,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
             }
             VmxExit::Cr(access) => match self.cr_access(c, st, caps, access) {
                 Ok(true) => {
-                    st.rip = next;
+                    skip_to(st, next);
                     Exit::Continue
                 }
                 Ok(false) => {
@@ -871,7 +881,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
                     };
                     set_gpr(st, r, val);
                 }
-                st.rip = next;
+                skip_to(st, next);
                 Exit::Continue
             }
             VmxExit::EptViolation(e) => {
@@ -888,7 +898,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> VmxBackend<H, W> {
             VmxExit::Instruction { reason } => {
                 use vx::reason as r;
                 match reason {
-                    r::INVD | r::WBINVD | r::PAUSE => st.rip = next,
+                    r::INVD | r::WBINVD | r::PAUSE => skip_to(st, next),
                     _ if st.inject.is_none() => {
                         // VMX instructions, MONITOR/MWAIT, RDPMC, GETSEC, INVPCID, ...:
                         // not offered to the guest.
@@ -1229,9 +1239,6 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
             msrs::MSR_IA32_SYSENTER_ESP => guest::IA32_SYSENTER_ESP,
             msrs::MSR_IA32_SYSENTER_EIP => guest::IA32_SYSENTER_EIP,
             msrs::MSR_IA32_CR_PAT => guest::IA32_PAT_FULL,
-            // No machine-check banks; MTRRcap as KVM reports it (the same answers as svmb).
-            i if fpu::is_mca(i) => return Ok(0),
-            MSR_MTRRCAP => return Ok(0x508),
             _ => return s.msrs.get(index),
         };
         self.with_vmcs(v, |c, _| c.read(vmcs_field))?
@@ -1301,8 +1308,6 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
                     .with_vmcs(v, |c, _| c.write(field, val))?
                     .map_err(|_| EIO);
             }
-            MSR_MCG_CAP | MSR_MTRRCAP => return Err(EINVAL),
-            i if fpu::is_mca(i) => {}
             _ => {
                 v.st.msrs.set(index, data, host)?;
                 if index == msrs::MSR_IA32_APICBASE {

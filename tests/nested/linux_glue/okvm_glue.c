@@ -10,6 +10,7 @@
  * Only one of Linux KVM and okvm can be loaded at a time (both claim the kvm misc minor).
  */
 #include <linux/anon_inodes.h>
+#include <linux/eventfd.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/hrtimer.h>
@@ -17,12 +18,14 @@
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/poll.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/uaccess.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 #include <linux/io.h>
 #include <asm/fpu/api.h>
 #include <asm/processor-flags.h>
@@ -529,6 +532,198 @@ void
 okvm_host_vmx_disable(void)
 {
 	cr4_clear_bits(X86_CR4_VMXE);
+}
+
+/* ---- event notifiers (ioeventfd, irqfd) ---- */
+
+/*
+ * A notifier is an eventfd. Its handle is one glue object per eventfd, found by its context in
+ * a list, so that every descriptor of the same eventfd gives the same handle; the object holds
+ * a reference on the eventfd's file (vfs_poll needs the file) and on its context.
+ */
+struct okvm_eventfd {
+	struct list_head node;		/* [lglue_ev_lock] lglue_ev_list */
+	struct file *file;		/* [I] the eventfd */
+	struct eventfd_ctx *ctx;	/* [I] its context */
+	unsigned int refs;		/* [lglue_ev_lock] gets + watches */
+};
+
+static DEFINE_MUTEX(lglue_ev_lock);
+static LIST_HEAD(lglue_ev_list);
+
+/*
+ * A watch: a wait-queue entry on the eventfd's wait queue, hooked through vfs_poll with our own
+ * poll_table as Linux KVM's irqfd does. The wakeup runs under the wait queue's lock: it takes
+ * the count (eventfd_ctx_do_read needs that lock) and queues the work, which calls fn(arg).
+ */
+struct okvm_eventfd_watch {
+	wait_queue_entry_t wait;	/* on *wqh while watching */
+	wait_queue_head_t *wqh;		/* [I] the eventfd's wait queue */
+	poll_table pt;			/* vfs_poll hook: sets wqh, adds wait */
+	struct work_struct work;	/* calls fn(arg) */
+	struct okvm_eventfd *e;		/* [I] referenced */
+	okvm_fn_t fn;			/* [I] */
+	void *arg;			/* [I] */
+};
+
+static void
+lglue_ev_rele(struct okvm_eventfd *e)
+{
+	mutex_lock(&lglue_ev_lock);
+	if (--e->refs > 0) {
+		mutex_unlock(&lglue_ev_lock);
+		return;
+	}
+	list_del(&e->node);
+	mutex_unlock(&lglue_ev_lock);
+	eventfd_ctx_put(e->ctx);
+	fput(e->file);
+	kfree(e);
+}
+
+int32_t
+okvm_host_eventfd_get(int32_t fd, okvm_eventfd_t *ep)
+{
+	struct okvm_eventfd *e, *n;
+	struct eventfd_ctx *ctx;
+	struct file *file;
+
+	file = eventfd_fget(fd);	/* -EBADF: no such fd; -EINVAL: not an eventfd */
+	if (IS_ERR(file))
+		return PTR_ERR(file);
+	ctx = eventfd_ctx_fileget(file);
+	if (IS_ERR(ctx)) {
+		fput(file);
+		return PTR_ERR(ctx);
+	}
+	n = kzalloc(sizeof *n, GFP_KERNEL_ACCOUNT);
+	mutex_lock(&lglue_ev_lock);
+	list_for_each_entry(e, &lglue_ev_list, node) {
+		if (e->ctx == ctx) {
+			e->refs++;
+			mutex_unlock(&lglue_ev_lock);
+			kfree(n);
+			eventfd_ctx_put(ctx);
+			fput(file);
+			*ep = e;
+			return 0;
+		}
+	}
+	if (n == NULL) {
+		mutex_unlock(&lglue_ev_lock);
+		eventfd_ctx_put(ctx);
+		fput(file);
+		return -ENOMEM;
+	}
+	n->file = file;
+	n->ctx = ctx;
+	n->refs = 1;
+	list_add(&n->node, &lglue_ev_list);
+	mutex_unlock(&lglue_ev_lock);
+	*ep = n;
+	return 0;
+}
+
+void
+okvm_host_eventfd_put(okvm_eventfd_t e)
+{
+	lglue_ev_rele(e);
+}
+
+/* eventfd_signal takes the wait queue's spinlock and runs the wakeups; it never sleeps. */
+void
+okvm_host_eventfd_signal(okvm_eventfd_t e)
+{
+	eventfd_signal(e->ctx, 1);
+}
+
+static void
+lglue_watch_work(struct work_struct *work)
+{
+	struct okvm_eventfd_watch *w = container_of(work, struct okvm_eventfd_watch, work);
+
+	w->fn(w->arg);
+}
+
+/* Runs with w->wqh->lock held (eventfd_signal: wake_up_locked_poll), interrupts off. */
+static int
+lglue_watch_wake(wait_queue_entry_t *wait, unsigned int mode, int sync, void *key)
+{
+	struct okvm_eventfd_watch *w = container_of(wait, struct okvm_eventfd_watch, wait);
+	__u64 cnt;
+
+	if (key_to_poll(key) & EPOLLIN) {
+		eventfd_ctx_do_read(w->e->ctx, &cnt);
+		if (cnt != 0)
+			queue_work(system_wq, &w->work);
+	}
+	/* Not exclusive: other pollers of the eventfd are woken too (and find it drained). */
+	return 0;
+}
+
+static void
+lglue_watch_ptable(struct file *file, wait_queue_head_t *wqh, poll_table *pt)
+{
+	struct okvm_eventfd_watch *w = container_of(pt, struct okvm_eventfd_watch, pt);
+
+	w->wqh = wqh;
+	add_wait_queue(wqh, &w->wait);
+}
+
+int32_t
+okvm_host_eventfd_watch(okvm_eventfd_t e, okvm_fn_t fn, void *arg, okvm_eventfd_watch_t *wp)
+{
+	struct okvm_eventfd_watch *w;
+	unsigned long flags;
+	__u64 cnt;
+
+	w = kzalloc(sizeof *w, GFP_KERNEL_ACCOUNT);
+	if (w == NULL)
+		return -ENOMEM;
+	w->e = e;
+	w->fn = fn;
+	w->arg = arg;
+	INIT_WORK(&w->work, lglue_watch_work);
+	init_waitqueue_func_entry(&w->wait, lglue_watch_wake);
+	init_poll_funcptr(&w->pt, lglue_watch_ptable);
+	mutex_lock(&lglue_ev_lock);
+	e->refs++;
+	mutex_unlock(&lglue_ev_lock);
+
+	vfs_poll(e->file, &w->pt);	/* eventfd_poll: poll_wait -> lglue_watch_ptable */
+	if (w->wqh == NULL) {		/* cannot happen for an eventfd */
+		lglue_ev_rele(e);
+		kfree(w);
+		return -EINVAL;
+	}
+	/*
+	 * Signals from before the watch: take them under the wait queue's lock, as the wakeup
+	 * does, so that each count is taken once, here or there.
+	 */
+	spin_lock_irqsave(&w->wqh->lock, flags);
+	eventfd_ctx_do_read(e->ctx, &cnt);
+	spin_unlock_irqrestore(&w->wqh->lock, flags);
+	if (cnt != 0)
+		queue_work(system_wq, &w->work);
+	*wp = w;
+	return 0;
+}
+
+/*
+ * Unhook the wait entry (remove_wait_queue takes the queue's lock, so a running wakeup has
+ * finished and none can start), then wait for the work: a queued one runs (its count was
+ * taken), a running one finishes, and nothing queues it any more. Unlike
+ * eventfd_ctx_remove_wait_queue this leaves a signal that arrives after the unhook in the
+ * counter, for whoever reads the eventfd next (QEMU reads it once when it takes the notifier
+ * back).
+ */
+void
+okvm_host_eventfd_unwatch(okvm_eventfd_watch_t w)
+{
+	remove_wait_queue(w->wqh, &w->wait);
+	flush_work(&w->work);
+	lglue_ev_rele(w->e);
+	kfree(w);
 }
 
 /* ---- logging ---- */

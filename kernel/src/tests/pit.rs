@@ -10,6 +10,7 @@ use crate::backend::Exit;
 use crate::errno::{EEXIST, EFAULT, ENOENT, ENXIO};
 use crate::fake::host::FakeHost;
 use crate::fake::vmm::{zeroed, Vmm};
+use crate::irqchip::ack::{register_ack_notifier, unregister_ack_notifier, MAX_ACK_NOTIFIERS};
 use crate::irqchip::pit::{ns_to_ticks, ticks_to_ns, Pit8254, PIT_FREQ};
 use crate::irqchip::pitdev;
 use crate::soft::SoftBackend;
@@ -258,16 +259,24 @@ fn hpet_legacy_and_mode5_stop_irq0() {
 struct Fix {
     v: Vmm,
     vm: i64,
+    /// Rising edges of GSI 0 seen at the PIC so far (see [`Fix::edges`]).
+    seen: std::cell::Cell<u32>,
 }
 
 impl Fix {
+    /// A VM with the full in-kernel irqchip (`chip`) or none.
     fn new(chip: bool) -> Self {
         let v = Vmm::new();
         v.host.clock.store(T0, Ordering::SeqCst);
         let vm = v.create_vm();
-        let f = Fix { v, vm };
-        f.vmref().pit.stub.on.store(chip, Ordering::SeqCst);
-        f
+        if chip {
+            assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+        }
+        Fix {
+            v,
+            vm,
+            seen: std::cell::Cell::new(0),
+        }
     }
     fn vmref(&self) -> &TVm {
         // SAFETY: the VM handle stays live until `done`.
@@ -298,13 +307,44 @@ impl Fix {
     fn clock(&self, ns: u64) {
         self.v.host.clock.store(ns, Ordering::SeqCst);
     }
+    /// IRQ0 work as the BSP does it, then a look at the PIC ([`Fix::edges`]).
+    fn service(&self) {
+        pitdev::service_now(self.vmref());
+        self.edges();
+    }
+    /// Rising edges of GSI 0 so far, as the real master PIC latched them: IRR bit 0 (pin 0 is
+    /// edge-triggered and unmasked after creation) is counted and cleared, as an interrupt
+    /// acknowledge would, so the next pulse latches again. Call it after every pulse.
     fn edges(&self) -> u32 {
-        self.vmref().pit.stub.edges.load(Ordering::SeqCst)
+        let mut c: kvm_irqchip = zeroed();
+        c.chip_id = KVM_IRQCHIP_PIC_MASTER;
+        let a = self.v.put(&c);
+        assert_eq!(self.ioctl(KVM_GET_IRQCHIP, a), 0);
+        let mut c: kvm_irqchip = self.v.get(a);
+        if c.chip.pic().irr & 1 != 0 {
+            self.seen.set(self.seen.get() + 1);
+            c.chip.pic_mut().irr &= !1;
+            let a = self.v.put(&c);
+            assert_eq!(self.ioctl(KVM_SET_IRQCHIP, a), 0);
+        }
+        self.seen.get()
     }
     fn done(self) {
         self.v.close(self.vm);
         self.v.assert_clean();
     }
+}
+
+/// The guest's marker: an OUT to port 0x80, which exits to userspace.
+const MARK: u16 = 0x80;
+
+/// `KVM_GET_IRQCHIP` of the master PIC.
+fn pic_master(v: &Vmm, vm: i64) -> kvm_pic_state {
+    let mut c: kvm_irqchip = zeroed();
+    c.chip_id = KVM_IRQCHIP_PIC_MASTER;
+    let a = v.put(&c);
+    assert_eq!(v.ioctl_fd(vm, KVM_GET_IRQCHIP, a), 0);
+    *v.get::<kvm_irqchip>(a).chip.pic()
 }
 
 fn err(e: crate::errno::Errno) -> i64 {
@@ -334,8 +374,18 @@ fn ioctl_errno_table() {
     assert_eq!(f.ioctl(KVM_SET_PIT, bad), err(EFAULT));
     assert_eq!(f.ioctl(KVM_REINJECT_CONTROL, bad), err(EFAULT));
     assert_eq!(f.ioctl(KVM_GET_PIT2, bad), err(ENXIO));
-    // With the chip: created once, then EEXIST (for both creation ioctls).
-    f.vmref().pit.stub.on.store(true, Ordering::SeqCst);
+    // The split irqchip has no PIC: still ENOENT.
+    let split = f.v.create_vm();
+    let ec = f.v.put(&kvm_enable_cap {
+        cap: KVM_CAP_SPLIT_IRQCHIP,
+        args: [24, 0, 0, 0],
+        ..zeroed()
+    });
+    assert_eq!(f.v.ioctl_fd(split, KVM_ENABLE_CAP, ec), 0);
+    assert_eq!(f.v.ioctl_fd(split, KVM_CREATE_PIT2, cfg), err(ENOENT));
+    f.v.close(split);
+    // With the full irqchip: created once, then EEXIST (for both creation ioctls).
+    assert_eq!(f.ioctl(KVM_CREATE_IRQCHIP, 0), 0);
     assert_eq!(f.ioctl(KVM_CREATE_PIT2, cfg), 0);
     assert_eq!(f.ioctl(KVM_CREATE_PIT2, cfg), err(EEXIST));
     assert_eq!(f.ioctl(KVM_CREATE_PIT, 0), err(EEXIST));
@@ -433,12 +483,12 @@ fn irq0_periodic_with_reinjection() {
     assert_eq!(vm.pit.get().unwrap().debug_irq(), (0, true, T0 + period));
     // Nothing due before the deadline.
     f.clock(T0 + period - 1);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 0);
     // One period, the host timer fires: one pulse, timer re-armed for the next period.
     f.clock(T0 + period);
     pitdev::fire_timer(vm);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 1);
     assert_eq!(
         vm.pit.get().unwrap().debug_irq(),
@@ -448,7 +498,7 @@ fn irq0_periodic_with_reinjection() {
     // The BSP did not run for 4 more periods: 4 ticks pending, none injected before the
     // guest acknowledges the last one.
     f.clock(T0 + 5 * period + 10);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 1);
     assert_eq!(
         vm.pit.get().unwrap().debug_irq(),
@@ -457,20 +507,34 @@ fn irq0_periodic_with_reinjection() {
     // Each acknowledgement lets exactly one more through: all 5 ticks arrive.
     for n in 2..=5 {
         pitdev::irq0_acked(vm);
-        pitdev::service_now(vm);
-        pitdev::service_now(vm);
+        f.service();
+        f.service();
         assert_eq!(f.edges(), n);
     }
     pitdev::irq0_acked(vm);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 5);
     // A backlog is forgotten when the guest unmasks IRQ0.
     f.clock(T0 + 9 * period + 10);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 6);
     pitdev::irq0_mask_changed(vm, false);
     assert_eq!(vm.pit.get().unwrap().debug_irq().0, 0);
     f.done();
+}
+
+fn no_ack(_arg: usize, _gsi: u32) {}
+
+/// Free slots of the VM's ack notifier registry (filled, then emptied again).
+fn free_ack_slots(vm: &TVm) -> usize {
+    let mut h = Vec::new();
+    while let Ok(x) = register_ack_notifier(vm, 7, no_ack, 0) {
+        h.push(x);
+    }
+    for x in &h {
+        unregister_ack_notifier(vm, *x);
+    }
+    h.len()
 }
 
 #[test]
@@ -483,17 +547,26 @@ fn irq0_periodic_without_reinjection_coalesces() {
     // One pulse per service while on time (no acknowledgement needed).
     for k in 1..=3 {
         f.clock(T0 + k * period);
-        pitdev::service_now(vm);
+        f.service();
         assert_eq!(f.edges(), k as u32);
     }
     // Five periods late: one pulse, the rest are dropped.
     f.clock(T0 + 8 * period);
-    pitdev::service_now(vm);
-    pitdev::service_now(vm);
+    f.service();
+    f.service();
     assert_eq!(f.edges(), 4);
-    // Reinjection back on: starts from an empty backlog.
+    // Without reinjection the PIT holds no ack notifier (Linux unregisters it).
+    assert_eq!(free_ack_slots(vm), MAX_ACK_NOTIFIERS);
+    // Reinjection back on: starts from an empty backlog, the notifier listens again.
     f.reinject(true);
     assert_eq!(vm.pit.get().unwrap().debug_irq().0, 0);
+    assert_eq!(free_ack_slots(vm), MAX_ACK_NOTIFIERS - 1);
+    f.reinject(true);
+    assert_eq!(
+        free_ack_slots(vm),
+        MAX_ACK_NOTIFIERS - 1,
+        "switching on twice: one"
+    );
     f.done();
 }
 
@@ -507,9 +580,9 @@ fn irq0_one_shot_fires_once() {
     s.channels[0].count = 1193; // ~1 ms
     f.set2(&s);
     f.clock(T0 + 50_000_000);
-    pitdev::service_now(vm);
+    f.service();
     pitdev::irq0_acked(vm);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 1);
     assert_eq!(vm.pit.get().unwrap().debug_irq().2, 0);
     f.done();
@@ -522,7 +595,7 @@ fn guest_port_io_programs_the_pit_without_exits() {
     let vm = v.create_vm();
     // SAFETY: the VM handle stays live until it is closed below.
     let vmr = unsafe { &*(v.h(vm) as *const TVm) };
-    vmr.pit.stub.on.store(true, Ordering::SeqCst);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
     let cfg = v.put(&kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..zeroed()
@@ -549,12 +622,15 @@ fn guest_port_io_programs_the_pit_without_exits() {
             io(0x40, true, 0x2e), // 11932: 10 ms
             io(0x61, true, 0x01), // gate 2 up (speaker port in the kernel)
             io(0x40, false, 0),   // counter LSB
-            (Exit::Hlt, 1),
+            io(MARK, true, 0),
         ],
     );
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     // SAFETY: live run page.
-    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
+    assert_eq!(
+        unsafe { ((*run).exit_reason, (*run).u.io().port) },
+        (KVM_EXIT_IO, MARK)
+    );
     assert_eq!(v.regs(cpu).rax & 0xff, 0x9c);
     let m = vmr.pit.get().unwrap().model();
     assert_eq!((m.ch[0].mode, m.ch[0].count, m.ch[2].gate), (2, 11932, 1));
@@ -571,9 +647,16 @@ fn guest_port_io_programs_the_pit_without_exits() {
     v.host
         .clock
         .store(T0 + ticks_to_ns(11932), Ordering::SeqCst);
-    v.script(0, &[(Exit::Hlt, 1)]);
+    // The guest runs with IF=0: the tick waits in the PIC's IRR.
+    assert_eq!(pic_master(&v, vm).irr & 1, 0);
+    v.script(0, &[io(MARK, true, 1)]);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
-    assert_eq!(vmr.pit.stub.edges.load(Ordering::SeqCst), 1);
+    assert_eq!(pic_master(&v, vm).irr & 1, 1);
+    assert_eq!(
+        vmr.pit.get().unwrap().debug_irq().0,
+        0,
+        "nothing left pending"
+    );
     v.close(cpu);
     v.close(vm);
     v.assert_clean();
@@ -585,7 +668,7 @@ fn speaker_port_stays_in_userspace_without_speaker_dummy() {
     let vm = v.create_vm();
     // SAFETY: the VM handle stays live until it is closed below.
     let vmr = unsafe { &*(v.h(vm) as *const TVm) };
-    vmr.pit.stub.on.store(true, Ordering::SeqCst);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
     let cfg = v.put(&zeroed::<kvm_pit_config>()); // what QEMU's kvm-pit passes
     assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT2, cfg), 0);
     let cpu = v.create_vcpu(vm, 0);
@@ -638,13 +721,15 @@ fn rep_outsb_and_insb_reach_the_pit_through_the_emulator() {
     let vm = v.create_vm();
     // SAFETY: the VM handle stays live until it is closed below.
     let vmr = unsafe { &*(v.h(vm) as *const TVm) };
-    vmr.pit.stub.on.store(true, Ordering::SeqCst);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
     assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT, 0), 0);
     let cpu = v.create_vcpu(vm, 0);
     let run = v.run_page(cpu);
     let ram = v.add_slot(vm, 0, 0, 0x10000, 0);
-    // Real mode, CS = DS = ES = 0. At 0x1000: mov dx, 0x43; rep outsb (SI = 0x2000, CX = 1);
-    // mov dx, 0x42; mov cx, 2; rep outsb (the count bytes); mov cx, 2; rep insb (DI = 0x3000).
+    // Real mode, CS = DS = ES = 0. At 0x1000: rep outsb to 0x43 (SI = 0x2000, CX = 1); out
+    // 0x80 (the marker); rep outsb to 0x42 (the count bytes); out 0x80; rep insb from 0x42 (DI
+    // = 0x3000); out 0x80. The test sets DX and CX at each marker (the marker's OUT completes,
+    // and RIP moves past it, at the next KVM_RUN).
     let a = v.buf(size_of::<kvm_sregs>());
     assert_eq!(v.ioctl_fd(cpu, KVM_GET_SREGS, a), 0);
     let mut s: kvm_sregs = v.get(a);
@@ -655,35 +740,52 @@ fn rep_outsb_and_insb_reach_the_pit_through_the_emulator() {
     let a = v.put(&s);
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_SREGS, a), 0);
     v.host.user_write(ram + 0x2000, &[0xb4, 0x34, 0x12]); // ch 2, word, mode 2; 0x1234
-    v.host.user_write(ram + 0x1000, &[0xf3, 0x6e]); // rep outsb
+    v.host.user_write(
+        ram + 0x1000,
+        &[
+            0xf3, 0x6e, 0xe6, 0x80, 0xf3, 0x6e, 0xe6, 0x80, 0xf3, 0x6c, 0xe6, 0x80,
+        ],
+    );
     let mut r = v.regs(cpu);
     (r.rip, r.rsi, r.rcx, r.rdx, r.rdi) = (0x1000, 0x2000, 1, 0x43, 0x3000);
     v.set_regs(cpu, &r);
+    let mark = || Exit::Io {
+        port: MARK,
+        size: 1,
+        out: true,
+        data: 0,
+    };
     let outs = |port| Exit::IoString {
         port,
         size: 1,
         out: true,
     };
-    v.script(0, &[(outs(0x43), 0), (Exit::Hlt, 1)]);
+    v.script(0, &[(outs(0x43), 0), (mark(), 2)]);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     // SAFETY: live run page.
-    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
-    assert_eq!(v.regs(cpu).rip, 0x1002 + 1);
+    assert_eq!(
+        unsafe { ((*run).exit_reason, (*run).u.io().port) },
+        (KVM_EXIT_IO, MARK)
+    );
+    assert_eq!(v.regs(cpu).rip, 0x1002, "REP OUTSB done, at the marker");
     // The two count bytes in one REP OUTSB.
     let mut r = v.regs(cpu);
-    (r.rip, r.rcx, r.rdx) = (0x1000, 2, 0x42);
+    (r.rcx, r.rdx) = (2, 0x42);
     v.set_regs(cpu, &r);
-    v.script(0, &[(outs(0x42), 0), (Exit::Hlt, 1)]);
+    v.script(0, &[(outs(0x42), 0), (mark(), 2)]);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     // SAFETY: live run page.
-    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
+    assert_eq!(
+        unsafe { ((*run).exit_reason, (*run).u.io().port) },
+        (KVM_EXIT_IO, MARK)
+    );
     let m = vmr.pit.get().unwrap().model();
     assert_eq!((m.ch[2].mode, m.ch[2].count), (2, 0x1234));
     // REP INSB of the live counter, 0x10 ticks later: LSB then MSB.
     v.host.clock.store(at(0x10), Ordering::SeqCst);
-    v.host.user_write(ram + 0x1000, &[0xf3, 0x6c]); // rep insb
     let mut r = v.regs(cpu);
-    (r.rip, r.rcx, r.rdx, r.rdi) = (0x1000, 2, 0x42, 0x3000);
+    assert_eq!(r.rip, 0x1006);
+    (r.rcx, r.rdx) = (2, 0x42);
     v.set_regs(cpu, &r);
     v.script(
         0,
@@ -696,12 +798,15 @@ fn rep_outsb_and_insb_reach_the_pit_through_the_emulator() {
                 },
                 0,
             ),
-            (Exit::Hlt, 1),
+            (mark(), 2),
         ],
     );
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     // SAFETY: live run page.
-    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
+    assert_eq!(
+        unsafe { ((*run).exit_reason, (*run).u.io().port) },
+        (KVM_EXIT_IO, MARK)
+    );
     assert_eq!(
         v.host.user_read(ram + 0x3000, 2),
         (0x1234u16 - 0x10).to_le_bytes()
@@ -713,14 +818,8 @@ fn rep_outsb_and_insb_reach_the_pit_through_the_emulator() {
 
 #[test]
 fn timer_callback_wakes_only_the_bsp_which_owns_irq0() {
+    // The full irqchip puts the local APICs in the kernel: the vCPUs have an event word.
     let f = Fix::new(true);
-    // Local APICs in the kernel (split mode) so the vCPUs have an event word to post to.
-    let cap = f.v.put(&kvm_enable_cap {
-        cap: KVM_CAP_SPLIT_IRQCHIP,
-        args: [24, 0, 0, 0],
-        ..zeroed()
-    });
-    assert_eq!(f.ioctl(KVM_ENABLE_CAP, cap), 0);
     f.create();
     let c0 = f.v.create_vcpu(f.vm, 0);
     let c1 = f.v.create_vcpu(f.vm, 1);
@@ -744,6 +843,7 @@ fn timer_callback_wakes_only_the_bsp_which_owns_irq0() {
     assert_eq!(f.edges(), 0);
     v0.pit_service();
     assert_eq!(f.edges(), 1);
+    assert_eq!(f.edges(), 1, "one pulse, one edge");
     f.v.close(c0);
     f.v.close(c1);
     f.done();

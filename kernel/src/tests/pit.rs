@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use kvm_abi::*;
 
+use super::fullchip::{chip_route, delivered, enable_apic, mmio_w, out, routing, MARK};
 use crate::backend::Exit;
 use crate::errno::{EEXIST, EFAULT, ENOENT, ENXIO};
 use crate::fake::host::FakeHost;
@@ -334,9 +335,6 @@ impl Fix {
         self.v.assert_clean();
     }
 }
-
-/// The guest's marker: an OUT to port 0x80, which exits to userspace.
-const MARK: u16 = 0x80;
 
 /// `KVM_GET_IRQCHIP` of the master PIC.
 fn pic_master(v: &Vmm, vm: i64) -> kvm_pic_state {
@@ -847,4 +845,194 @@ fn timer_callback_wakes_only_the_bsp_which_owns_irq0() {
     f.v.close(c0);
     f.v.close(c1);
     f.done();
+}
+
+// ----- end to end: a guest takes the ticks through the real PIC and IOAPIC -----
+
+/// A VM with the full irqchip, the PIT (QEMU's flags: 0) and vCPU 0 with its local APIC
+/// software-enabled, LINT0 = `lvt0`, IF = 1; the fake clock at `T0`. Returns (VM, vCPU).
+fn guest_vm(v: &Vmm, lvt0: u32) -> (i64, i64) {
+    v.host.clock.store(T0, Ordering::SeqCst);
+    let vm = v.create_vm();
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+    let cfg = v.put(&zeroed::<kvm_pit_config>());
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT2, cfg), 0);
+    let cpu = v.create_vcpu(vm, 0);
+    enable_apic(v, cpu, lvt0);
+    (vm, cpu)
+}
+
+/// Runs the guest through `steps` up to its marker OUT `m` (asserted); returns the vectors
+/// delivered so far.
+fn run_to(v: &Vmm, cpu: i64, steps: &[(Exit, u64)], m: u8) -> Vec<u8> {
+    let mut s = steps.to_vec();
+    s.push(out(MARK, m));
+    v.script(0, &s);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    // SAFETY: the run page lives as long as the vCPU.
+    let r = unsafe { &*v.run_page(cpu) };
+    assert_eq!((r.exit_reason, r.u.io().port), (KVM_EXIT_IO, MARK));
+    delivered(v, cpu)
+}
+
+/// The guest's PIT programming: channel 0, LSB+MSB, mode 2, 11932 (10 ms).
+const PIT_10MS: [(u16, u8); 3] = [(0x43, 0x34), (0x40, 0x9c), (0x40, 0x2e)];
+
+#[test]
+fn guest_takes_pit_ticks_through_the_pic_one_per_eoi() {
+    let v = Vmm::new();
+    let (vm, cpu) = guest_vm(&v, 0x700); // LINT0: ExtINT
+    let vmr = {
+        // SAFETY: the VM handle stays live until it is closed below.
+        unsafe { &*(v.h(vm) as *const TVm) }
+    };
+    let p = ticks_to_ns(11932);
+    let eoi = out(0x20, 0x20);
+    // The guest programs the PIC as Linux's init_8259A does (vectors 0x20/0x28, normal EOI),
+    // unmasks only IRQ0, and starts the PIT: all in the kernel.
+    let init: Vec<_> = [
+        (0x20, 0x11),
+        (0x21, 0x20),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0xa0, 0x11),
+        (0xa1, 0x28),
+        (0xa1, 0x02),
+        (0xa1, 0x01),
+        (0x21, 0xfe),
+        (0xa1, 0xff),
+    ]
+    .iter()
+    .chain(PIT_10MS.iter())
+    .map(|&(port, val)| out(port, val))
+    .collect();
+    assert_eq!(run_to(&v, cpu, &init, 0), vec![]);
+    // On time: the first tick arrives as the PIC's vector 0x20 through LINT0.
+    v.host.clock.store(T0 + p, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 1), vec![0x20]);
+    // The guest falls 4 periods behind before it EOIs: nothing more until it does ...
+    v.host.clock.store(T0 + 5 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 2), vec![0x20]);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 4);
+    // ... then each EOI (the PIC's ack notifier on GSI 0) lets exactly one late tick through.
+    for n in 2..=5 {
+        assert_eq!(run_to(&v, cpu, &[eoi], n as u8 + 1).len(), n);
+        assert_eq!(run_to(&v, cpu, &[], 9).len(), n, "only one per EOI");
+    }
+    assert_eq!(run_to(&v, cpu, &[eoi], 10).len(), 5, "backlog empty");
+    // 7 periods late: one tick now, 6 pending. The guest masks IRQ0 (OCW1), EOIs (the next
+    // tick latches in the masked PIC), unmasks (the mask notifier drops the backlog; the
+    // latched tick arrives) and EOIs: nothing follows.
+    v.host.clock.store(T0 + 12 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 11).len(), 6);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 6);
+    let d = run_to(&v, cpu, &[out(0x21, 0xff), eoi, out(0x21, 0xfe), eoi], 12);
+    assert_eq!(d.len(), 7);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 0);
+    assert_eq!(run_to(&v, cpu, &[eoi], 13).len(), 7);
+    // The next period's tick comes on time again.
+    v.host.clock.store(T0 + 13 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 14), vec![0x20; 8]);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}
+
+#[test]
+fn guest_takes_pit_ticks_through_the_ioapic_one_per_lapic_eoi() {
+    let v = Vmm::new();
+    let (vm, cpu) = guest_vm(&v, 0x10700); // LINT0 masked: the PIC is not used
+    let vmr = {
+        // SAFETY: the VM handle stays live until it is closed below.
+        unsafe { &*(v.h(vm) as *const TVm) }
+    };
+    // QEMU's routes: GSI 0 to PIC pin 0 and IOAPIC pin 2.
+    let mut t: Vec<_> = (0..8)
+        .filter(|&i| i != 2)
+        .map(|i| chip_route(i, KVM_IRQCHIP_PIC_MASTER, i))
+        .collect();
+    t.extend((8..16).map(|i| chip_route(i, KVM_IRQCHIP_PIC_SLAVE, i - 8)));
+    t.push(chip_route(0, KVM_IRQCHIP_IOAPIC, 2));
+    t.extend(
+        (1..24)
+            .filter(|&i| i != 2)
+            .map(|i| chip_route(i, KVM_IRQCHIP_IOAPIC, i)),
+    );
+    assert_eq!(routing(&v, vm, &t), 0);
+    let p = ticks_to_ns(11932);
+    let io = 0xfec0_0000u64;
+    let lapic_eoi = mmio_w(0xfee0_00b0, 0);
+    // IOAPIC pin 2: low dword (vector 0x30, fixed, edge, `mask` bit 16) by IOREGSEL 0x14.
+    let pin2 = |low: u32| [mmio_w(io, 0x14), mmio_w(io + 0x10, low)];
+    // The guest masks the PICs, points pin 2 at APIC 0 (high dword 0) with vector 0x30,
+    // unmasked, and starts the PIT.
+    let mut init = vec![
+        out(0x21, 0xff),
+        out(0xa1, 0xff),
+        mmio_w(io, 0x15),
+        mmio_w(io + 0x10, 0),
+    ];
+    init.extend(pin2(0x30));
+    init.extend(PIT_10MS.iter().map(|&(port, val)| out(port, val)));
+    assert_eq!(run_to(&v, cpu, &init, 0), vec![]);
+    v.host.clock.store(T0 + p, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 1), vec![0x30]);
+    // Four periods late: one more tick per local APIC EOI of vector 0x30 (edge-triggered: it
+    // reaches the IOAPIC for the ack notifier).
+    v.host.clock.store(T0 + 5 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 2).len(), 1);
+    for n in 2..=5 {
+        assert_eq!(run_to(&v, cpu, &[lapic_eoi], n as u8 + 1).len(), n);
+        assert_eq!(run_to(&v, cpu, &[], 9).len(), n, "only one per EOI");
+    }
+    assert_eq!(run_to(&v, cpu, &[lapic_eoi], 10).len(), 5, "backlog empty");
+    assert_eq!(vmr.pit.get().unwrap().debug_irq(), (0, true, T0 + 6 * p));
+    // 7 periods late: one tick, 6 pending. The guest masks pin 2, EOIs (the next tick hits
+    // the masked pin: an edge there is lost, and nobody will acknowledge it), then unmasks:
+    // the mask notifier drops the backlog and re-arms the acknowledgement, so the next
+    // period's tick arrives (without it the PIT would wait for an ack forever).
+    v.host.clock.store(T0 + 12 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 11).len(), 6);
+    let mut s = pin2(0x1_0030).to_vec();
+    s.push(lapic_eoi);
+    assert_eq!(run_to(&v, cpu, &s, 12).len(), 6);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 5);
+    assert_eq!(run_to(&v, cpu, &pin2(0x30), 13).len(), 6);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 0);
+    v.host.clock.store(T0 + 13 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 14), vec![0x30; 7]);
+    assert_eq!(run_to(&v, cpu, &[lapic_eoi], 15).len(), 7);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}
+
+#[test]
+fn auto_eoi_acknowledges_each_tick_at_inta() {
+    let v = Vmm::new();
+    let (vm, cpu) = guest_vm(&v, 0x700);
+    let p = ticks_to_ns(11932);
+    // ICW4 0x03: 8086 mode with auto-EOI; only IRQ0 unmasked.
+    let init: Vec<_> = [
+        (0x20, 0x11),
+        (0x21, 0x20),
+        (0x21, 0x04),
+        (0x21, 0x03),
+        (0x21, 0xfe),
+    ]
+    .iter()
+    .chain(PIT_10MS.iter())
+    .map(|&(port, val)| out(port, val))
+    .collect();
+    assert_eq!(run_to(&v, cpu, &init, 0), vec![]);
+    v.host.clock.store(T0 + p, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 1), vec![0x20]);
+    // Four periods late: the interrupt acknowledge itself ends each tick, so the backlog
+    // drains one tick per guest entry with no EOI from the guest.
+    v.host.clock.store(T0 + 5 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[(Exit::Continue, 0); 4], 2), vec![0x20; 5]);
+    assert_eq!(run_to(&v, cpu, &[(Exit::Continue, 0); 2], 3).len(), 5);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
 }

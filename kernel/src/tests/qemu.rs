@@ -1037,3 +1037,31 @@ fn full_irqchip_startup(qemu10: bool) {
     v.close(vm);
     v.assert_clean();
 }
+
+/// kvm-pit with `-global kvm-pit.lost_tick_policy=discard` (`kvm_pit_realizefn`): after
+/// KVM_CREATE_PIT2, KVM_CAP_REINJECT_CONTROL, then KVM_REINJECT_CONTROL with `pit_reinject`
+/// 0, whose failure stops QEMU ("Can't disable in-kernel PIT reinjection"). Without
+/// KVM_CAP_PIT2 QEMU would fall back to KVM_CREATE_PIT, which works too.
+#[test]
+fn qemu_kvm_pit_discard_policy() {
+    let v = Vmm::new();
+    let vm = v.create_vm();
+    let vmh = v.h(vm);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+    assert_eq!(cap(&v, vmh, KVM_CAP_PIT), 1);
+    assert_eq!(cap(&v, vmh, KVM_CAP_PIT2), 1);
+    let cfg = v.put(&zeroed::<kvm_pit_config>());
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT2, cfg), 0);
+    assert_eq!(cap(&v, vmh, KVM_CAP_REINJECT_CONTROL), 1);
+    let rc = v.put(&zeroed::<kvm_reinject_control>());
+    assert_eq!(v.ioctl_fd(vm, KVM_REINJECT_CONTROL, rc), 0);
+    // The device reset that follows: KVM_SET_PIT2 as in the default policy.
+    let mut s: kvm_pit_state2 = zeroed();
+    for (i, c) in s.channels.iter_mut().enumerate() {
+        (c.mode, c.gate, c.count) = (3, u8::from(i != 2), 0x10000);
+    }
+    set_pit2(&v, vm, &s);
+    assert_eq!(get_pit2(&v, vm).channels[0].mode, 3);
+    v.close(vm);
+    v.assert_clean();
+}

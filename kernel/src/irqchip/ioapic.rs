@@ -356,6 +356,27 @@ mod tests {
     }
 
     #[test]
+    fn mask_flips_are_reported() {
+        let mut a = ioapic();
+        let mut log = Vec::new();
+        assert_eq!(a.take_mask_changed(), (0, 0x00ff_ffff));
+        // Pin 2 unmasked (vector 0x30), its high half, then the same low value again.
+        wr(&mut a, 0x14, 0x30, &mut log);
+        wr(&mut a, 0x15, 0, &mut log);
+        assert_eq!(a.take_mask_changed(), (1 << 2, 0x00ff_fffb));
+        wr(&mut a, 0x14, 0x30, &mut log);
+        assert_eq!(a.take_mask_changed().0, 0);
+        wr(&mut a, 0x14, 0x1_0030, &mut log);
+        assert_eq!(a.take_mask_changed(), (1 << 2, 0x00ff_ffff));
+        let mut st = kvm_ioapic_state::new_zeroed();
+        a.get_state(&mut st);
+        st.redirtbl[2].raw = 0x30;
+        a.set_state(&st, &mut |_: &Irq| 0);
+        assert_eq!(a.take_mask_changed().0, 0, "KVM_SET_IRQCHIP does not count");
+        assert!(log.is_empty());
+    }
+
+    #[test]
     fn registers() {
         let mut a = ioapic();
         let mut log = Vec::new();

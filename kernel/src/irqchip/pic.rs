@@ -440,6 +440,28 @@ mod tests {
     }
 
     #[test]
+    fn ocw1_reports_mask_changes() {
+        let mut p = pic();
+        program(&mut p, 0x20, 0x28, 0x01);
+        assert_eq!(
+            p.take_mask_changed(),
+            (0, 0),
+            "ICW1 clearing the IMR does not count"
+        );
+        p.write(0x21, 0xfe, true);
+        p.write(0xa1, 0x01, true);
+        assert_eq!(p.take_mask_changed(), (0x01fe, 0x01fe));
+        assert_eq!(p.take_mask_changed().0, 0);
+        // Unmasking IRQ0 of an all-masked master: only pin 0 flips.
+        p.write(0x21, 0xff, true);
+        p.write(0x21, 0xfe, true);
+        assert_eq!(p.take_mask_changed(), (0x0001, 0x01fe));
+        let st = p.get_state(false);
+        p.set_state(false, &kvm_pic_state { imr: 0, ..st });
+        assert_eq!(p.take_mask_changed().0, 0, "KVM_SET_IRQCHIP does not count");
+    }
+
+    #[test]
     fn init_and_ports() {
         let mut p = pic();
         assert_eq!(p.master.elcr_mask, 0xf8);

@@ -22,7 +22,7 @@ fn full_vm(v: &Vmm) -> i64 {
     vm
 }
 
-fn get_chip(v: &Vmm, vm: i64, id: u32) -> (i64, kvm_irqchip) {
+pub(super) fn get_chip(v: &Vmm, vm: i64, id: u32) -> (i64, kvm_irqchip) {
     let mut c: kvm_irqchip = zeroed();
     c.chip_id = id;
     let a = v.put(&c);

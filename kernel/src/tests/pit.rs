@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use kvm_abi::*;
 
-use super::fullchip::{chip_route, delivered, enable_apic, mmio_w, out, routing, MARK};
+use super::fullchip::{chip_route, delivered, enable_apic, get_chip, mmio_w, out, routing, MARK};
 use crate::backend::Exit;
 use crate::errno::{EEXIST, EFAULT, ENOENT, ENXIO};
 use crate::fake::host::FakeHost;
@@ -939,7 +939,19 @@ fn guest_takes_pit_ticks_through_the_pic_one_per_eoi() {
 }
 
 #[test]
-fn guest_takes_pit_ticks_through_the_ioapic_one_per_lapic_eoi() {
+fn guest_takes_pit_ticks_through_an_edge_ioapic_pin_one_per_lapic_eoi() {
+    ioapic_ticks(false);
+}
+
+#[test]
+fn guest_takes_pit_ticks_through_a_level_ioapic_pin_one_per_lapic_eoi() {
+    ioapic_ticks(true);
+}
+
+/// QEMU's routes (GSI 0 → IOAPIC pin 2), the PIC masked: the ticks arrive as pin 2's vector,
+/// one per local APIC EOI (which reaches the IOAPIC: level-triggered for remote IRR, edge
+/// only for the ack notifier); masking and unmasking the pin drops the backlog.
+fn ioapic_ticks(level: bool) {
     let v = Vmm::new();
     let (vm, cpu) = guest_vm(&v, 0x10700); // LINT0 masked: the PIC is not used
     let vmr = {
@@ -963,7 +975,8 @@ fn guest_takes_pit_ticks_through_the_ioapic_one_per_lapic_eoi() {
     let io = 0xfec0_0000u64;
     let lapic_eoi = mmio_w(0xfee0_00b0, 0);
     // IOAPIC pin 2: low dword (vector 0x30, fixed, edge, `mask` bit 16) by IOREGSEL 0x14.
-    let pin2 = |low: u32| [mmio_w(io, 0x14), mmio_w(io + 0x10, low)];
+    let trig = if level { 1 << 15 } else { 0 };
+    let pin2 = |low: u32| [mmio_w(io, 0x14), mmio_w(io + 0x10, low | trig)];
     // The guest masks the PICs, points pin 2 at APIC 0 (high dword 0) with vector 0x30,
     // unmasked, and starts the PIT.
     let mut init = vec![
@@ -977,8 +990,18 @@ fn guest_takes_pit_ticks_through_the_ioapic_one_per_lapic_eoi() {
     assert_eq!(run_to(&v, cpu, &init, 0), vec![]);
     v.host.clock.store(T0 + p, Ordering::SeqCst);
     assert_eq!(run_to(&v, cpu, &[], 1), vec![0x30]);
-    // Four periods late: one more tick per local APIC EOI of vector 0x30 (edge-triggered: it
-    // reaches the IOAPIC for the ack notifier).
+    let remote_irr = || {
+        *get_chip(&v, vm, KVM_IRQCHIP_IOAPIC)
+            .1
+            .chip
+            .ioapic()
+            .redirtbl[2]
+            .bits()
+            & (1 << 14)
+            != 0
+    };
+    assert_eq!(remote_irr(), level, "level pin: waiting for the EOI");
+    // Four periods late: one more tick per local APIC EOI of vector 0x30.
     v.host.clock.store(T0 + 5 * p + 10, Ordering::SeqCst);
     assert_eq!(run_to(&v, cpu, &[], 2).len(), 1);
     for n in 2..=5 {
@@ -986,9 +1009,10 @@ fn guest_takes_pit_ticks_through_the_ioapic_one_per_lapic_eoi() {
         assert_eq!(run_to(&v, cpu, &[], 9).len(), n, "only one per EOI");
     }
     assert_eq!(run_to(&v, cpu, &[lapic_eoi], 10).len(), 5, "backlog empty");
+    assert!(!remote_irr());
     assert_eq!(vmr.pit.get().unwrap().debug_irq(), (0, true, T0 + 6 * p));
     // 7 periods late: one tick, 6 pending. The guest masks pin 2, EOIs (the next tick hits
-    // the masked pin: an edge there is lost, and nobody will acknowledge it), then unmasks:
+    // the masked pin: lost, and nobody will acknowledge it), then unmasks:
     // the mask notifier drops the backlog and re-arms the acknowledgement, so the next
     // period's tick arrives (without it the PIT would wait for an ack forever).
     v.host.clock.store(T0 + 12 * p + 10, Ordering::SeqCst);

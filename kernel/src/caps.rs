@@ -62,9 +62,16 @@ const KVM_CAP_IOEVENTFD_ANY_LENGTH: u64 = kvm_abi::KVM_CAP_IOEVENTFD_ANY_LENGTH 
 /// `KVM_IRQFD` with an in-kernel irqchip (`eventfd::irqfd`). `KVM_CAP_IRQFD_RESAMPLE` is not
 /// offered: resampling needs the full in-kernel irqchip.
 const KVM_CAP_IRQFD: u64 = kvm_abi::KVM_CAP_IRQFD as u64;
+/// The in-kernel 8254 PIT (`irqchip::pitdev`, needs the full irqchip): `KVM_CREATE_PIT`,
+/// `KVM_CREATE_PIT2`, `KVM_GET/SET_PIT`, `KVM_GET/SET_PIT2` (flags: HPET legacy mode) and
+/// `KVM_REINJECT_CONTROL`, as Linux x86 answers them.
+const KVM_CAP_PIT: u64 = kvm_abi::KVM_CAP_PIT as u64;
+const KVM_CAP_PIT2: u64 = kvm_abi::KVM_CAP_PIT2 as u64;
+const KVM_CAP_PIT_STATE2: u64 = kvm_abi::KVM_CAP_PIT_STATE2 as u64;
+const KVM_CAP_REINJECT_CONTROL: u64 = kvm_abi::KVM_CAP_REINJECT_CONTROL as u64;
 
 /// Every capability answered nonzero, for tests and documentation.
-pub const SUPPORTED: [u64; 37] = [
+pub const SUPPORTED: [u64; 41] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_EXT_CPUID,
@@ -102,6 +109,10 @@ pub const SUPPORTED: [u64; 37] = [
     KVM_CAP_IOEVENTFD_NO_LENGTH,
     KVM_CAP_IOEVENTFD_ANY_LENGTH,
     KVM_CAP_IRQFD,
+    KVM_CAP_PIT,
+    KVM_CAP_PIT2,
+    KVM_CAP_PIT_STATE2,
+    KVM_CAP_REINJECT_CONTROL,
 ];
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.

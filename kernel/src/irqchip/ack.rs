@@ -7,6 +7,9 @@
 //! (with several, the lowest such GSI; Linux keeps the last one configured). Notifiers run in
 //! the acknowledging vCPU's thread with the registry lock held and no irqchip lock: they may
 //! raise GSIs ([`super::set_gsi_from`]) but must not (un)register notifiers.
+//!
+//! The same GSI lookup serves the mask notifier ([`notify_mask`]): the guest masked or
+//! unmasked a PIC or IOAPIC pin.
 
 use core::sync::atomic::Ordering;
 
@@ -74,6 +77,22 @@ pub(super) fn any<H: Host, B: Backend>(vm: &Vm<H, B>) -> bool {
     vm.irq.nr_acks.load(Ordering::SeqCst) != 0
 }
 
+/// The GSI whose IRQCHIP route targets pin `pin` of irqchip `chip` (`KVM_IRQCHIP_*`; PIC pins
+/// 0-15 with the slave's as 8-15), the lowest if several (Linux `kvm_irq_map_chip_pin`).
+fn gsi_of<H: Host, B: Backend>(vm: &Vm<H, B>, chip: u32, pin: u32) -> Option<u32> {
+    let (id, p) = match chip {
+        kvm_abi::KVM_IRQCHIP_IOAPIC => (chip, pin),
+        _ if pin >= 8 => (kvm_abi::KVM_IRQCHIP_PIC_SLAVE, pin - 8),
+        _ => (kvm_abi::KVM_IRQCHIP_PIC_MASTER, pin),
+    };
+    let routes = vm.irq.routes.lock();
+    routes.as_ref().and_then(|t| {
+        t.iter()
+            .position(|r: &Route| r.chip.get(id as usize) == Some(&(p as u8 + 1)))
+            .map(|g| g as u32)
+    })
+}
+
 /// The guest acknowledged pins `pins` (bit n = pin n) of irqchip `chip` (`KVM_IRQCHIP_*`;
 /// PIC pins 0-15 with the slave's as 8-15, as Linux numbers them). Called with no irqchip
 /// lock held.
@@ -82,24 +101,35 @@ pub(super) fn notify<H: Host, B: Backend>(vm: &Vm<H, B>, chip: u32, pins: u32) {
         return;
     }
     for pin in (0..32u32).filter(|p| pins & (1 << p) != 0) {
-        let (id, p) = match chip {
-            kvm_abi::KVM_IRQCHIP_IOAPIC => (chip, pin),
-            _ if pin >= 8 => (kvm_abi::KVM_IRQCHIP_PIC_SLAVE, pin - 8),
-            _ => (kvm_abi::KVM_IRQCHIP_PIC_MASTER, pin),
+        let Some(gsi) = gsi_of(vm, chip, pin) else {
+            continue;
         };
-        let gsi = {
-            let routes = vm.irq.routes.lock();
-            routes.as_ref().and_then(|t| {
-                t.iter()
-                    .position(|r: &Route| r.chip.get(id as usize) == Some(&(p as u8 + 1)))
-            })
-        };
-        let Some(gsi) = gsi else { continue };
         let g = vm.irq.acks.lock();
         for e in g.as_ref().map_or(&[][..], |t| &t[..]) {
-            if let (Some(f), true) = (e.f, e.gsi == gsi as u32) {
+            if let (Some(f), true) = (e.f, e.gsi == gsi) {
                 f(e.arg, e.gsi);
             }
+        }
+    }
+}
+
+/// Irq mask notifiers (Linux `kvm_fire_mask_notifiers`): the guest flipped the mask of pins
+/// `changed` of irqchip `chip` (numbered as for [`notify`]); `masked` holds their new masks.
+/// Linux's only in-kernel listener is the PIT on GSI 0 (`pit_mask_notifer`), so instead of a
+/// registry the GSI-0 pins go straight to [`super::pitdev::irq0_mask_changed`]. Called with no
+/// irqchip lock held.
+pub(super) fn notify_mask<H: Host, B: Backend>(
+    vm: &Vm<H, B>,
+    chip: u32,
+    changed: u32,
+    masked: u32,
+) {
+    if changed == 0 || vm.pit.get().is_none() {
+        return;
+    }
+    for pin in (0..32u32).filter(|p| changed & (1 << p) != 0) {
+        if gsi_of(vm, chip, pin) == Some(0) {
+            super::pitdev::irq0_mask_changed(vm, masked & (1 << pin) != 0);
         }
     }
 }

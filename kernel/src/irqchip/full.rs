@@ -7,7 +7,7 @@
 //! Locking: the PIC and IOAPIC locks are leaves except that IOAPIC delivery takes (and drops)
 //! target vCPUs' wait locks, which are leaves themselves; neither is held while taking the
 //! routing lock or the VM lock. `KVM_CREATE_IRQCHIP` takes the VM lock, then each of them. Ack
-//! notifiers ([`super::ack`]) run after the chip lock is dropped.
+//! and mask notifiers ([`super::ack`]) run after the chip lock is dropped.
 
 use core::sync::atomic::Ordering;
 
@@ -205,8 +205,15 @@ pub fn pio<H: Host, B: Backend>(
     };
     pic_done(vm, p);
     let acked = p.take_acked();
+    let (changed, masked) = p.take_mask_changed();
     drop(g);
     ack::notify(vm, KVM_IRQCHIP_PIC_MASTER, u32::from(acked));
+    ack::notify_mask(
+        vm,
+        KVM_IRQCHIP_PIC_MASTER,
+        u32::from(changed),
+        u32::from(masked),
+    );
     Some(v)
 }
 
@@ -230,6 +237,9 @@ pub fn ioapic_mmio<H: Host, B: Backend>(
     if write {
         io.mmio_write(off, data, &mut |i: &Irq| deliver(vm, i, core::ptr::null()));
         vm.irq.publish_ioapic(io);
+        let (changed, masked) = io.take_mask_changed();
+        drop(g);
+        ack::notify_mask(vm, KVM_IRQCHIP_IOAPIC, changed, masked);
     } else {
         let v = io.mmio_read(off, data.len()).to_le_bytes();
         for (d, s) in data.iter_mut().zip(v) {

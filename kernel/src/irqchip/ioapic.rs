@@ -59,6 +59,9 @@ pub struct Ioapic {
     pub redirtbl: [u64; NUM_PINS],
     /// Per pin: the irq sources (bit `source`) asserting the line (Linux `irq_states`).
     sources: [u32; NUM_PINS],
+    /// Pins whose mask bit a guest write flipped since [`Ioapic::take_mask_changed`] (Linux
+    /// `kvm_fire_mask_notifiers` from `ioapic_write_indirect`).
+    mask_changed: u32,
 }
 
 impl Ioapic {
@@ -181,6 +184,18 @@ impl Ioapic {
         pins
     }
 
+    /// Pins whose mask bit a guest write flipped since the last call, and the current masks
+    /// (bit n = pin n masked). `KVM_SET_IRQCHIP` does not count, as in Linux.
+    pub fn take_mask_changed(&mut self) -> (u32, u32) {
+        let masked = self
+            .redirtbl
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| *e & rte::MASK != 0)
+            .fold(0u32, |m, (i, _)| m | 1 << i);
+        (core::mem::replace(&mut self.mask_changed, 0), masked)
+    }
+
     /// The register IOWIN shows for the current IOREGSEL.
     fn read_indirect(&self) -> u32 {
         match self.ioregsel {
@@ -224,6 +239,9 @@ impl Ioapic {
                     new &= !rte::REMOTE_IRR;
                 }
                 *e = new;
+                if (old ^ new) & rte::MASK != 0 {
+                    self.mask_changed |= 1 << pin;
+                }
                 if new & rte::LEVEL != 0
                     && self.irr & (1 << pin) != 0
                     && new & (rte::MASK | rte::REMOTE_IRR) == 0
@@ -335,6 +353,27 @@ mod tests {
     fn rd(a: &mut Ioapic, reg: u32) -> u32 {
         a.mmio_write(0, &reg.to_le_bytes(), &mut |_: &Irq| 0);
         a.mmio_read(0x10, 4) as u32
+    }
+
+    #[test]
+    fn mask_flips_are_reported() {
+        let mut a = ioapic();
+        let mut log = Vec::new();
+        assert_eq!(a.take_mask_changed(), (0, 0x00ff_ffff));
+        // Pin 2 unmasked (vector 0x30), its high half, then the same low value again.
+        wr(&mut a, 0x14, 0x30, &mut log);
+        wr(&mut a, 0x15, 0, &mut log);
+        assert_eq!(a.take_mask_changed(), (1 << 2, 0x00ff_fffb));
+        wr(&mut a, 0x14, 0x30, &mut log);
+        assert_eq!(a.take_mask_changed().0, 0);
+        wr(&mut a, 0x14, 0x1_0030, &mut log);
+        assert_eq!(a.take_mask_changed(), (1 << 2, 0x00ff_ffff));
+        let mut st = kvm_ioapic_state::new_zeroed();
+        a.get_state(&mut st);
+        st.redirtbl[2].raw = 0x30;
+        a.set_state(&st, &mut |_: &Irq| 0);
+        assert_eq!(a.take_mask_changed().0, 0, "KVM_SET_IRQCHIP does not count");
+        assert!(log.is_empty());
     }
 
     #[test]

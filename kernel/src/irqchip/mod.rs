@@ -12,7 +12,10 @@
 //!   `args[0]` GSIs of `KVM_ENABLE_CAP` are the userspace IOAPIC's pins, whose level-triggered
 //!   routes make a guest EOI exit with `KVM_EXIT_IOAPIC_EOI`; in full mode IRQCHIP routes to
 //!   PIC and IOAPIC pins). [`set_gsi`] is the one place where a GSI changes level.
-//! - [`ack`]: ack notifiers (the guest acknowledged a GSI's interrupt at the PIC or IOAPIC).
+//! - [`ack`]: ack notifiers (the guest acknowledged a GSI's interrupt at the PIC or IOAPIC)
+//!   and the mask notifier (the guest masked or unmasked a GSI's pin).
+//! - [`pit`], [`pitdev`]: the in-kernel 8254 PIT (full mode), driving GSI 0 as irq source
+//!   [`source::PIT`] and listening to GSI 0's acknowledgements and mask changes.
 //! - `run.rs` (this directory): the vCPU side: the run-loop hook, MMIO/MSR/HLT handling, the
 //!   vCPU ioctls.
 //!

@@ -43,6 +43,9 @@ pub struct Pic {
     /// Pins (0-15) whose interrupt the guest ended since [`Pic::take_acked`] (Linux
     /// `pic_clear_isr` → ack notifiers).
     acked: u16,
+    /// Pins (0-15) whose IMR bit an OCW1 changed since [`Pic::take_mask_changed`] (Linux
+    /// `kvm_fire_mask_notifiers` from `pic_ioport_write`).
+    mask_changed: u16,
 }
 
 /// Highest priority (0 = highest) of the bits of `mask`, rotated by `priority_add`; 8 if none.
@@ -160,6 +163,14 @@ impl Pic {
     /// poll, or the reinitialization that drops pending edges.
     pub fn take_acked(&mut self) -> u16 {
         core::mem::replace(&mut self.acked, 0)
+    }
+
+    /// Pins (bit n = pin n, slave pins 8-15) whose mask bit OCW1 flipped since the last call,
+    /// and the current masks of all 16 pins (bit set = masked). ICW1 clearing the IMR and
+    /// `KVM_SET_IRQCHIP` do not count, as in Linux.
+    pub fn take_mask_changed(&mut self) -> (u16, u16) {
+        let imr = u16::from(self.master.imr) | (u16::from(self.slave.imr) << 8);
+        (core::mem::replace(&mut self.mask_changed, 0), imr)
     }
 
     fn ack(&mut self, slave: bool, irq: u8) {
@@ -318,7 +329,9 @@ impl Pic {
                 match s.init_state {
                     // OCW1: the interrupt mask.
                     0 => {
+                        let diff = s.imr ^ val;
                         s.imr = val;
+                        self.mask_changed |= u16::from(diff) << if port == 0xa1 { 8 } else { 0 };
                         self.update();
                     }
                     // ICW2: vector base.
@@ -424,6 +437,28 @@ mod tests {
         p.write(0xa1, base1, true);
         p.write(0xa1, 0x02, true);
         p.write(0xa1, icw4, true);
+    }
+
+    #[test]
+    fn ocw1_reports_mask_changes() {
+        let mut p = pic();
+        program(&mut p, 0x20, 0x28, 0x01);
+        assert_eq!(
+            p.take_mask_changed(),
+            (0, 0),
+            "ICW1 clearing the IMR does not count"
+        );
+        p.write(0x21, 0xfe, true);
+        p.write(0xa1, 0x01, true);
+        assert_eq!(p.take_mask_changed(), (0x01fe, 0x01fe));
+        assert_eq!(p.take_mask_changed().0, 0);
+        // Unmasking IRQ0 of an all-masked master: only pin 0 flips.
+        p.write(0x21, 0xff, true);
+        p.write(0x21, 0xfe, true);
+        assert_eq!(p.take_mask_changed(), (0x0001, 0x01fe));
+        let st = p.get_state(false);
+        p.set_state(false, &kvm_pic_state { imr: 0, ..st });
+        assert_eq!(p.take_mask_changed().0, 0, "KVM_SET_IRQCHIP does not count");
     }
 
     #[test]

@@ -19,17 +19,15 @@
 //! Without reinjection, expirations that pile up before the BSP runs are coalesced into one
 //! pulse.
 //!
-//! Connection to the interrupt controllers: the PIT calls [`chip_in_kernel`] (Linux
-//! `pic_in_kernel`; with the full irqchip: `vm.irq.full()`) and [`set_gsi`] (Linux
-//! `kvm_set_irq(kvm, pit->irq_source_id, 0, level)`; with the full irqchip:
-//! `set_gsi_from(vm, source::PIT, 0, level)`, so the PIT's level is ORed with userspace's).
-//! The other way, the in-kernel PIC/IOAPIC calls [`irq0_acked`] (Linux ack notifiers on GSI
-//! 0: the master PIC clearing ISR bit 0 by EOI or auto-EOI at INTA, and a local APIC's EOI of
-//! the vector of the IOAPIC pin GSI 0 is routed to, pin 2 with QEMU's routes, edge-triggered
-//! or not) and [`irq0_mask_changed`] (Linux mask notifiers). Without the ack call, reinjection
-//! (the default) delivers a single tick. Until `KVM_CREATE_IRQCHIP` exists in this branch,
-//! `chip_in_kernel` is false (so `KVM_CREATE_PIT2` fails with `ENOENT`, as Linux without an
-//! in-kernel PIC) and host tests use a stand-in chip ([`StubChip`]).
+//! Connection to the interrupt controllers (full irqchip, `KVM_CREATE_IRQCHIP`, required:
+//! Linux `pic_in_kernel`): the PIT drives GSI 0 as its own irq source
+//! (`set_gsi_from(vm, source::PIT, 0, level)`, Linux `kvm_set_irq(kvm, pit->irq_source_id, 0,
+//! level)`), so its level is ORed with userspace's. While reinjection is on, the PIT holds an
+//! ack notifier on GSI 0 ([`super::ack`], Linux `kvm_pit_ack_irq`): the master PIC ending IRQ
+//! 0 (EOI, or auto-EOI at INTA) or a local APIC's EOI of the vector of the IOAPIC pin GSI 0 is
+//! routed to (pin 2 with QEMU's routes, edge-triggered or not) calls [`irq0_acked`]. The
+//! guest flipping the PIC IMR bit or IOAPIC mask of a GSI-0 pin calls [`irq0_mask_changed`]
+//! (Linux's mask notifier).
 
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -37,8 +35,9 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use kvm_abi::{kvm_pit_config, kvm_pit_state, kvm_pit_state2, kvm_reinject_control};
 use zerocopy::FromZeros;
 
+use super::ack::{register_ack_notifier, unregister_ack_notifier};
 use super::pit::{Pit8254, PIT_BASE_PORT, SPEAKER_PORT};
-use super::{kick, EV_PIT};
+use super::{kick, set_gsi_from, source, EV_PIT};
 use crate::backend::Backend;
 use crate::errno::{KResult, EEXIST, ENOENT, ENOMEM, ENXIO};
 use crate::hmem::HBox;
@@ -47,53 +46,6 @@ use crate::sync::HMutex;
 use crate::user;
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
-
-/// Whether the VM has the in-kernel PIC that the PIT needs (Linux `pic_in_kernel`).
-/// Connection point for `KVM_CREATE_IRQCHIP`; until it exists only the test stand-in is.
-fn chip_in_kernel<H: Host, B: Backend>(vm: &Vm<H, B>) -> bool {
-    #[cfg(test)]
-    {
-        vm.pit.stub.on.load(Ordering::SeqCst)
-    }
-    #[cfg(not(test))]
-    {
-        let _ = vm;
-        false
-    }
-}
-
-/// Drives GSI `gsi` to `level` (Linux `kvm_set_irq`). Connection point for the in-kernel
-/// PIC/IOAPIC's `irqchip::set_gsi(vm, gsi, level)`; unreachable without it (no PIT can be
-/// created while [`chip_in_kernel`] is false).
-fn set_gsi<H: Host, B: Backend>(vm: &Vm<H, B>, gsi: u32, level: bool) {
-    #[cfg(test)]
-    {
-        let s = &vm.pit.stub;
-        if gsi == 0 && level && !s.level.swap(true, Ordering::SeqCst) {
-            s.edges.fetch_add(1, Ordering::SeqCst);
-        }
-        if gsi == 0 && !level {
-            s.level.store(false, Ordering::SeqCst);
-        }
-    }
-    #[cfg(not(test))]
-    {
-        let _ = (vm, gsi, level);
-    }
-}
-
-/// Test stand-in for the in-kernel PIC/IOAPIC: whether it "exists" and the rising edges of
-/// GSI 0 it saw.
-#[cfg(test)]
-#[derive(Default)]
-pub struct StubChip {
-    /// `KVM_CREATE_IRQCHIP` happened.
-    pub on: AtomicBool,
-    /// GSI 0's level.
-    pub level: AtomicBool,
-    /// Rising edges of GSI 0.
-    pub edges: AtomicU32,
-}
 
 /// The PIT's locked state.
 struct PitState {
@@ -104,6 +56,8 @@ struct PitState {
     deadline: u64,
     /// Without reinjection: an expiry is waiting for its pulse.
     coalesced: bool,
+    /// The ack notifier on GSI 0 (registered while reinjection is on).
+    ack: Option<usize>,
 }
 
 /// One VM's PIT.
@@ -167,9 +121,6 @@ pub struct PitSlot<H: Host> {
     host: &'static H,
     /// [m] written once, [a] read.
     pit: AtomicPtr<Pit<H>>,
-    /// Test stand-in for the in-kernel PIC/IOAPIC.
-    #[cfg(test)]
-    pub stub: StubChip,
 }
 
 impl<H: Host> PitSlot<H> {
@@ -178,8 +129,6 @@ impl<H: Host> PitSlot<H> {
         Self {
             host,
             pit: AtomicPtr::new(core::ptr::null_mut()),
-            #[cfg(test)]
-            stub: StubChip::default(),
         }
     }
 
@@ -237,6 +186,20 @@ pub fn irq0_acked<H: Host, B: Backend>(vm: &Vm<H, B>) {
     if p.reinject.load(Ordering::SeqCst) && p.pending.load(Ordering::SeqCst) > 0 {
         wake_bsp(vm, true);
     }
+}
+
+/// The PIT's ack notifier on GSI 0 (`arg`: the VM).
+fn ack_notifier<H: Host, B: Backend>(arg: usize, _gsi: u32) {
+    // SAFETY: arg is the VM whose ack registry holds this notifier; the registry is part of
+    // the VM, so the VM is live whenever the notifier runs.
+    let vm = unsafe { &*(arg as *const Vm<H, B>) };
+    irq0_acked(vm);
+}
+
+/// Registers the PIT's ack notifier on GSI 0 (VM or PIT lock held by the caller).
+fn register_ack<H: Host, B: Backend>(vm: &Vm<H, B>) -> KResult<usize> {
+    let arg = vm as *const Vm<H, B> as usize;
+    register_ack_notifier(vm, 0, ack_notifier::<H, B>, arg)
 }
 
 /// The guest masked or unmasked the pin GSI 0 is routed to (Linux `pit_mask_notifer`):
@@ -306,8 +269,8 @@ fn service<H: Host, B: Backend>(vm: &Vm<H, B>, p: &Pit<H>) {
         }
     };
     if pulse {
-        set_gsi(vm, 0, true);
-        set_gsi(vm, 0, false);
+        set_gsi_from(vm, source::PIT, 0, true);
+        set_gsi_from(vm, source::PIT, 0, false);
     }
 }
 
@@ -443,12 +406,19 @@ pub fn vm_ioctl<H: Host, B: Backend>(vm: &Vm<H, B>, cmd: u32, arg: u64) -> Optio
         KVM_REINJECT_CONTROL => (|| {
             let c: kvm_reinject_control = user::read(host, arg)?;
             let p = vm.pit.get().ok_or(ENXIO)?;
-            let _s = p.st.lock();
+            let mut s = p.st.lock();
             let on = c.pit_reinject != 0;
-            if on && !p.reinject.load(Ordering::SeqCst) {
-                // Linux: the backlog starts empty whenever reinjection is switched on.
+            if on == p.reinject.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            // Linux `kvm_pit_set_reinject`: the ack notifier listens only while reinjection is
+            // on, and the backlog starts empty whenever it is switched on.
+            if on {
+                s.ack = Some(register_ack(vm)?);
                 p.pending.store(0, Ordering::SeqCst);
                 p.irq_ack.store(true, Ordering::SeqCst);
+            } else if let Some(h) = s.ack.take() {
+                unregister_ack_notifier(vm, h);
             }
             p.reinject.store(on, Ordering::SeqCst);
             Ok(0)
@@ -469,8 +439,9 @@ fn set_channels<H: Host>(p: &Pit<H>, ch: &[kvm_abi::kvm_pit_channel_state; 3], f
 }
 
 /// `KVM_CREATE_PIT2` (`KVM_CREATE_PIT`: with `KVM_PIT_SPEAKER_DUMMY`): `EEXIST` if the VM has
-/// a PIT, `ENOENT` without an in-kernel PIC; the PIT starts in its reset state with
-/// reinjection on. Unknown flags are ignored, as in Linux.
+/// a PIT, `ENOENT` without the full in-kernel irqchip (the split one has no PIC); the PIT
+/// starts in its reset state with reinjection on (its ack notifier on GSI 0 registered).
+/// Unknown flags are ignored, as in Linux.
 #[inline(never)]
 fn create<H: Host, B: Backend>(vm: &Vm<H, B>, flags: u32) -> KResult<i64> {
     let host = vm.sys.host;
@@ -478,7 +449,7 @@ fn create<H: Host, B: Backend>(vm: &Vm<H, B>, flags: u32) -> KResult<i64> {
     if vm.pit.get().is_some() {
         return Err(EEXIST);
     }
-    if !chip_in_kernel(vm) {
+    if !vm.irq.full() {
         return Err(ENOENT);
     }
     let now = host.nanotime();
@@ -487,6 +458,7 @@ fn create<H: Host, B: Backend>(vm: &Vm<H, B>, flags: u32) -> KResult<i64> {
         irq0: None,
         deadline: 0,
         coalesced: false,
+        ack: None,
     };
     let mut pit = HBox::new(
         host,
@@ -504,6 +476,8 @@ fn create<H: Host, B: Backend>(vm: &Vm<H, B>, flags: u32) -> KResult<i64> {
     )?;
     let arg = (vm as *const Vm<H, B>).cast_mut().cast::<c_void>();
     pit.timer = Some(host.timer_alloc(timer_fired::<H, B>, arg).ok_or(ENOMEM)?);
+    // Reinjection starts on (Linux `kvm_create_pit` → `kvm_pit_set_reinject(pit, true)`).
+    pit.st.get_mut().ack = Some(register_ack(vm)?);
     vm.pit.pit.store(pit.into_raw().as_ptr(), Ordering::Release);
     Ok(0)
 }

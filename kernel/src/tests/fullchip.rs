@@ -22,7 +22,7 @@ fn full_vm(v: &Vmm) -> i64 {
     vm
 }
 
-fn get_chip(v: &Vmm, vm: i64, id: u32) -> (i64, kvm_irqchip) {
+pub(super) fn get_chip(v: &Vmm, vm: i64, id: u32) -> (i64, kvm_irqchip) {
     let mut c: kvm_irqchip = zeroed();
     c.chip_id = id;
     let a = v.put(&c);
@@ -42,7 +42,7 @@ fn line_status(v: &Vmm, vm: i64, gsi: u32, level: u32) -> (i64, i32) {
     (r, v.get::<kvm_irq_level>(a).status())
 }
 
-fn chip_route(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
+pub(super) fn chip_route(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
     let mut en: kvm_irq_routing_entry = zeroed();
     en.gsi = gsi;
     en.r#type = KVM_IRQ_ROUTING_IRQCHIP;
@@ -60,7 +60,7 @@ fn msi_route(gsi: u32) -> kvm_irq_routing_entry {
     en
 }
 
-fn routing(v: &Vmm, vm: i64, entries: &[kvm_irq_routing_entry]) -> i64 {
+pub(super) fn routing(v: &Vmm, vm: i64, entries: &[kvm_irq_routing_entry]) -> i64 {
     let mut b = (entries.len() as u32).to_le_bytes().to_vec();
     b.extend(0u32.to_le_bytes());
     for en in entries {
@@ -71,7 +71,7 @@ fn routing(v: &Vmm, vm: i64, entries: &[kvm_irq_routing_entry]) -> i64 {
     v.ioctl_fd(vm, KVM_SET_GSI_ROUTING, a)
 }
 
-fn delivered(v: &Vmm, cpu: i64) -> Vec<u8> {
+pub(super) fn delivered(v: &Vmm, cpu: i64) -> Vec<u8> {
     let h = v.h(cpu)
         as *const crate::vcpu::Vcpu<
             crate::fake::host::FakeHost,
@@ -84,7 +84,7 @@ fn delivered(v: &Vmm, cpu: i64) -> Vec<u8> {
 }
 
 /// Software-enables the APIC of `cpu` with LINT0 = `lvt0`, and sets RFLAGS.IF.
-fn enable_apic(v: &Vmm, cpu: i64, lvt0: u32) {
+pub(super) fn enable_apic(v: &Vmm, cpu: i64, lvt0: u32) {
     let a = v.buf(1024);
     assert_eq!(v.ioctl_fd(cpu, KVM_GET_LAPIC, a), 0);
     let mut p = v.host.user_read(a, 1024);
@@ -97,7 +97,7 @@ fn enable_apic(v: &Vmm, cpu: i64, lvt0: u32) {
     v.set_regs(cpu, &r);
 }
 
-fn out(port: u16, val: u8) -> (Exit, u64) {
+pub(super) fn out(port: u16, val: u8) -> (Exit, u64) {
     (
         Exit::Io {
             port,
@@ -121,7 +121,7 @@ fn inb(port: u16) -> (Exit, u64) {
     )
 }
 
-fn mmio_w(gpa: u64, val: u32) -> (Exit, u64) {
+pub(super) fn mmio_w(gpa: u64, val: u32) -> (Exit, u64) {
     let mut data = [0u8; 8];
     data[..4].copy_from_slice(&val.to_le_bytes());
     (
@@ -148,7 +148,7 @@ fn mmio_r(gpa: u64) -> (Exit, u64) {
 }
 
 /// The guest's marker: an OUT to port 0x80, which exits to userspace.
-const MARK: u16 = 0x80;
+pub(super) const MARK: u16 = 0x80;
 
 #[test]
 fn create_rules_and_errnos() {

@@ -6,10 +6,12 @@ use std::sync::atomic::Ordering;
 
 use kvm_abi::*;
 
+use super::fullchip::{chip_route, delivered, enable_apic, get_chip, mmio_w, out, routing, MARK};
 use crate::backend::Exit;
 use crate::errno::{EEXIST, EFAULT, ENOENT, ENXIO};
 use crate::fake::host::FakeHost;
 use crate::fake::vmm::{zeroed, Vmm};
+use crate::irqchip::ack::{register_ack_notifier, unregister_ack_notifier, MAX_ACK_NOTIFIERS};
 use crate::irqchip::pit::{ns_to_ticks, ticks_to_ns, Pit8254, PIT_FREQ};
 use crate::irqchip::pitdev;
 use crate::soft::SoftBackend;
@@ -258,16 +260,24 @@ fn hpet_legacy_and_mode5_stop_irq0() {
 struct Fix {
     v: Vmm,
     vm: i64,
+    /// Rising edges of GSI 0 seen at the PIC so far (see [`Fix::edges`]).
+    seen: std::cell::Cell<u32>,
 }
 
 impl Fix {
+    /// A VM with the full in-kernel irqchip (`chip`) or none.
     fn new(chip: bool) -> Self {
         let v = Vmm::new();
         v.host.clock.store(T0, Ordering::SeqCst);
         let vm = v.create_vm();
-        let f = Fix { v, vm };
-        f.vmref().pit.stub.on.store(chip, Ordering::SeqCst);
-        f
+        if chip {
+            assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+        }
+        Fix {
+            v,
+            vm,
+            seen: std::cell::Cell::new(0),
+        }
     }
     fn vmref(&self) -> &TVm {
         // SAFETY: the VM handle stays live until `done`.
@@ -298,13 +308,41 @@ impl Fix {
     fn clock(&self, ns: u64) {
         self.v.host.clock.store(ns, Ordering::SeqCst);
     }
+    /// IRQ0 work as the BSP does it, then a look at the PIC ([`Fix::edges`]).
+    fn service(&self) {
+        pitdev::service_now(self.vmref());
+        self.edges();
+    }
+    /// Rising edges of GSI 0 so far, as the real master PIC latched them: IRR bit 0 (pin 0 is
+    /// edge-triggered and unmasked after creation) is counted and cleared, as an interrupt
+    /// acknowledge would, so the next pulse latches again. Call it after every pulse.
     fn edges(&self) -> u32 {
-        self.vmref().pit.stub.edges.load(Ordering::SeqCst)
+        let mut c: kvm_irqchip = zeroed();
+        c.chip_id = KVM_IRQCHIP_PIC_MASTER;
+        let a = self.v.put(&c);
+        assert_eq!(self.ioctl(KVM_GET_IRQCHIP, a), 0);
+        let mut c: kvm_irqchip = self.v.get(a);
+        if c.chip.pic().irr & 1 != 0 {
+            self.seen.set(self.seen.get() + 1);
+            c.chip.pic_mut().irr &= !1;
+            let a = self.v.put(&c);
+            assert_eq!(self.ioctl(KVM_SET_IRQCHIP, a), 0);
+        }
+        self.seen.get()
     }
     fn done(self) {
         self.v.close(self.vm);
         self.v.assert_clean();
     }
+}
+
+/// `KVM_GET_IRQCHIP` of the master PIC.
+fn pic_master(v: &Vmm, vm: i64) -> kvm_pic_state {
+    let mut c: kvm_irqchip = zeroed();
+    c.chip_id = KVM_IRQCHIP_PIC_MASTER;
+    let a = v.put(&c);
+    assert_eq!(v.ioctl_fd(vm, KVM_GET_IRQCHIP, a), 0);
+    *v.get::<kvm_irqchip>(a).chip.pic()
 }
 
 fn err(e: crate::errno::Errno) -> i64 {
@@ -334,8 +372,18 @@ fn ioctl_errno_table() {
     assert_eq!(f.ioctl(KVM_SET_PIT, bad), err(EFAULT));
     assert_eq!(f.ioctl(KVM_REINJECT_CONTROL, bad), err(EFAULT));
     assert_eq!(f.ioctl(KVM_GET_PIT2, bad), err(ENXIO));
-    // With the chip: created once, then EEXIST (for both creation ioctls).
-    f.vmref().pit.stub.on.store(true, Ordering::SeqCst);
+    // The split irqchip has no PIC: still ENOENT.
+    let split = f.v.create_vm();
+    let ec = f.v.put(&kvm_enable_cap {
+        cap: KVM_CAP_SPLIT_IRQCHIP,
+        args: [24, 0, 0, 0],
+        ..zeroed()
+    });
+    assert_eq!(f.v.ioctl_fd(split, KVM_ENABLE_CAP, ec), 0);
+    assert_eq!(f.v.ioctl_fd(split, KVM_CREATE_PIT2, cfg), err(ENOENT));
+    f.v.close(split);
+    // With the full irqchip: created once, then EEXIST (for both creation ioctls).
+    assert_eq!(f.ioctl(KVM_CREATE_IRQCHIP, 0), 0);
     assert_eq!(f.ioctl(KVM_CREATE_PIT2, cfg), 0);
     assert_eq!(f.ioctl(KVM_CREATE_PIT2, cfg), err(EEXIST));
     assert_eq!(f.ioctl(KVM_CREATE_PIT, 0), err(EEXIST));
@@ -433,12 +481,12 @@ fn irq0_periodic_with_reinjection() {
     assert_eq!(vm.pit.get().unwrap().debug_irq(), (0, true, T0 + period));
     // Nothing due before the deadline.
     f.clock(T0 + period - 1);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 0);
     // One period, the host timer fires: one pulse, timer re-armed for the next period.
     f.clock(T0 + period);
     pitdev::fire_timer(vm);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 1);
     assert_eq!(
         vm.pit.get().unwrap().debug_irq(),
@@ -448,7 +496,7 @@ fn irq0_periodic_with_reinjection() {
     // The BSP did not run for 4 more periods: 4 ticks pending, none injected before the
     // guest acknowledges the last one.
     f.clock(T0 + 5 * period + 10);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 1);
     assert_eq!(
         vm.pit.get().unwrap().debug_irq(),
@@ -457,20 +505,34 @@ fn irq0_periodic_with_reinjection() {
     // Each acknowledgement lets exactly one more through: all 5 ticks arrive.
     for n in 2..=5 {
         pitdev::irq0_acked(vm);
-        pitdev::service_now(vm);
-        pitdev::service_now(vm);
+        f.service();
+        f.service();
         assert_eq!(f.edges(), n);
     }
     pitdev::irq0_acked(vm);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 5);
     // A backlog is forgotten when the guest unmasks IRQ0.
     f.clock(T0 + 9 * period + 10);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 6);
     pitdev::irq0_mask_changed(vm, false);
     assert_eq!(vm.pit.get().unwrap().debug_irq().0, 0);
     f.done();
+}
+
+fn no_ack(_arg: usize, _gsi: u32) {}
+
+/// Free slots of the VM's ack notifier registry (filled, then emptied again).
+fn free_ack_slots(vm: &TVm) -> usize {
+    let mut h = Vec::new();
+    while let Ok(x) = register_ack_notifier(vm, 7, no_ack, 0) {
+        h.push(x);
+    }
+    for x in &h {
+        unregister_ack_notifier(vm, *x);
+    }
+    h.len()
 }
 
 #[test]
@@ -483,17 +545,26 @@ fn irq0_periodic_without_reinjection_coalesces() {
     // One pulse per service while on time (no acknowledgement needed).
     for k in 1..=3 {
         f.clock(T0 + k * period);
-        pitdev::service_now(vm);
+        f.service();
         assert_eq!(f.edges(), k as u32);
     }
     // Five periods late: one pulse, the rest are dropped.
     f.clock(T0 + 8 * period);
-    pitdev::service_now(vm);
-    pitdev::service_now(vm);
+    f.service();
+    f.service();
     assert_eq!(f.edges(), 4);
-    // Reinjection back on: starts from an empty backlog.
+    // Without reinjection the PIT holds no ack notifier (Linux unregisters it).
+    assert_eq!(free_ack_slots(vm), MAX_ACK_NOTIFIERS);
+    // Reinjection back on: starts from an empty backlog, the notifier listens again.
     f.reinject(true);
     assert_eq!(vm.pit.get().unwrap().debug_irq().0, 0);
+    assert_eq!(free_ack_slots(vm), MAX_ACK_NOTIFIERS - 1);
+    f.reinject(true);
+    assert_eq!(
+        free_ack_slots(vm),
+        MAX_ACK_NOTIFIERS - 1,
+        "switching on twice: one"
+    );
     f.done();
 }
 
@@ -507,9 +578,9 @@ fn irq0_one_shot_fires_once() {
     s.channels[0].count = 1193; // ~1 ms
     f.set2(&s);
     f.clock(T0 + 50_000_000);
-    pitdev::service_now(vm);
+    f.service();
     pitdev::irq0_acked(vm);
-    pitdev::service_now(vm);
+    f.service();
     assert_eq!(f.edges(), 1);
     assert_eq!(vm.pit.get().unwrap().debug_irq().2, 0);
     f.done();
@@ -522,7 +593,7 @@ fn guest_port_io_programs_the_pit_without_exits() {
     let vm = v.create_vm();
     // SAFETY: the VM handle stays live until it is closed below.
     let vmr = unsafe { &*(v.h(vm) as *const TVm) };
-    vmr.pit.stub.on.store(true, Ordering::SeqCst);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
     let cfg = v.put(&kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..zeroed()
@@ -549,12 +620,15 @@ fn guest_port_io_programs_the_pit_without_exits() {
             io(0x40, true, 0x2e), // 11932: 10 ms
             io(0x61, true, 0x01), // gate 2 up (speaker port in the kernel)
             io(0x40, false, 0),   // counter LSB
-            (Exit::Hlt, 1),
+            io(MARK, true, 0),
         ],
     );
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     // SAFETY: live run page.
-    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
+    assert_eq!(
+        unsafe { ((*run).exit_reason, (*run).u.io().port) },
+        (KVM_EXIT_IO, MARK)
+    );
     assert_eq!(v.regs(cpu).rax & 0xff, 0x9c);
     let m = vmr.pit.get().unwrap().model();
     assert_eq!((m.ch[0].mode, m.ch[0].count, m.ch[2].gate), (2, 11932, 1));
@@ -571,9 +645,16 @@ fn guest_port_io_programs_the_pit_without_exits() {
     v.host
         .clock
         .store(T0 + ticks_to_ns(11932), Ordering::SeqCst);
-    v.script(0, &[(Exit::Hlt, 1)]);
+    // The guest runs with IF=0: the tick waits in the PIC's IRR.
+    assert_eq!(pic_master(&v, vm).irr & 1, 0);
+    v.script(0, &[io(MARK, true, 1)]);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
-    assert_eq!(vmr.pit.stub.edges.load(Ordering::SeqCst), 1);
+    assert_eq!(pic_master(&v, vm).irr & 1, 1);
+    assert_eq!(
+        vmr.pit.get().unwrap().debug_irq().0,
+        0,
+        "nothing left pending"
+    );
     v.close(cpu);
     v.close(vm);
     v.assert_clean();
@@ -585,7 +666,7 @@ fn speaker_port_stays_in_userspace_without_speaker_dummy() {
     let vm = v.create_vm();
     // SAFETY: the VM handle stays live until it is closed below.
     let vmr = unsafe { &*(v.h(vm) as *const TVm) };
-    vmr.pit.stub.on.store(true, Ordering::SeqCst);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
     let cfg = v.put(&zeroed::<kvm_pit_config>()); // what QEMU's kvm-pit passes
     assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT2, cfg), 0);
     let cpu = v.create_vcpu(vm, 0);
@@ -638,13 +719,15 @@ fn rep_outsb_and_insb_reach_the_pit_through_the_emulator() {
     let vm = v.create_vm();
     // SAFETY: the VM handle stays live until it is closed below.
     let vmr = unsafe { &*(v.h(vm) as *const TVm) };
-    vmr.pit.stub.on.store(true, Ordering::SeqCst);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
     assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT, 0), 0);
     let cpu = v.create_vcpu(vm, 0);
     let run = v.run_page(cpu);
     let ram = v.add_slot(vm, 0, 0, 0x10000, 0);
-    // Real mode, CS = DS = ES = 0. At 0x1000: mov dx, 0x43; rep outsb (SI = 0x2000, CX = 1);
-    // mov dx, 0x42; mov cx, 2; rep outsb (the count bytes); mov cx, 2; rep insb (DI = 0x3000).
+    // Real mode, CS = DS = ES = 0. At 0x1000: rep outsb to 0x43 (SI = 0x2000, CX = 1); out
+    // 0x80 (the marker); rep outsb to 0x42 (the count bytes); out 0x80; rep insb from 0x42 (DI
+    // = 0x3000); out 0x80. The test sets DX and CX at each marker (the marker's OUT completes,
+    // and RIP moves past it, at the next KVM_RUN).
     let a = v.buf(size_of::<kvm_sregs>());
     assert_eq!(v.ioctl_fd(cpu, KVM_GET_SREGS, a), 0);
     let mut s: kvm_sregs = v.get(a);
@@ -655,35 +738,52 @@ fn rep_outsb_and_insb_reach_the_pit_through_the_emulator() {
     let a = v.put(&s);
     assert_eq!(v.ioctl_fd(cpu, KVM_SET_SREGS, a), 0);
     v.host.user_write(ram + 0x2000, &[0xb4, 0x34, 0x12]); // ch 2, word, mode 2; 0x1234
-    v.host.user_write(ram + 0x1000, &[0xf3, 0x6e]); // rep outsb
+    v.host.user_write(
+        ram + 0x1000,
+        &[
+            0xf3, 0x6e, 0xe6, 0x80, 0xf3, 0x6e, 0xe6, 0x80, 0xf3, 0x6c, 0xe6, 0x80,
+        ],
+    );
     let mut r = v.regs(cpu);
     (r.rip, r.rsi, r.rcx, r.rdx, r.rdi) = (0x1000, 0x2000, 1, 0x43, 0x3000);
     v.set_regs(cpu, &r);
+    let mark = || Exit::Io {
+        port: MARK,
+        size: 1,
+        out: true,
+        data: 0,
+    };
     let outs = |port| Exit::IoString {
         port,
         size: 1,
         out: true,
     };
-    v.script(0, &[(outs(0x43), 0), (Exit::Hlt, 1)]);
+    v.script(0, &[(outs(0x43), 0), (mark(), 2)]);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     // SAFETY: live run page.
-    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
-    assert_eq!(v.regs(cpu).rip, 0x1002 + 1);
+    assert_eq!(
+        unsafe { ((*run).exit_reason, (*run).u.io().port) },
+        (KVM_EXIT_IO, MARK)
+    );
+    assert_eq!(v.regs(cpu).rip, 0x1002, "REP OUTSB done, at the marker");
     // The two count bytes in one REP OUTSB.
     let mut r = v.regs(cpu);
-    (r.rip, r.rcx, r.rdx) = (0x1000, 2, 0x42);
+    (r.rcx, r.rdx) = (2, 0x42);
     v.set_regs(cpu, &r);
-    v.script(0, &[(outs(0x42), 0), (Exit::Hlt, 1)]);
+    v.script(0, &[(outs(0x42), 0), (mark(), 2)]);
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     // SAFETY: live run page.
-    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
+    assert_eq!(
+        unsafe { ((*run).exit_reason, (*run).u.io().port) },
+        (KVM_EXIT_IO, MARK)
+    );
     let m = vmr.pit.get().unwrap().model();
     assert_eq!((m.ch[2].mode, m.ch[2].count), (2, 0x1234));
     // REP INSB of the live counter, 0x10 ticks later: LSB then MSB.
     v.host.clock.store(at(0x10), Ordering::SeqCst);
-    v.host.user_write(ram + 0x1000, &[0xf3, 0x6c]); // rep insb
     let mut r = v.regs(cpu);
-    (r.rip, r.rcx, r.rdx, r.rdi) = (0x1000, 2, 0x42, 0x3000);
+    assert_eq!(r.rip, 0x1006);
+    (r.rcx, r.rdx) = (2, 0x42);
     v.set_regs(cpu, &r);
     v.script(
         0,
@@ -696,12 +796,15 @@ fn rep_outsb_and_insb_reach_the_pit_through_the_emulator() {
                 },
                 0,
             ),
-            (Exit::Hlt, 1),
+            (mark(), 2),
         ],
     );
     assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
     // SAFETY: live run page.
-    assert_eq!(unsafe { (*run).exit_reason }, KVM_EXIT_HLT);
+    assert_eq!(
+        unsafe { ((*run).exit_reason, (*run).u.io().port) },
+        (KVM_EXIT_IO, MARK)
+    );
     assert_eq!(
         v.host.user_read(ram + 0x3000, 2),
         (0x1234u16 - 0x10).to_le_bytes()
@@ -713,14 +816,8 @@ fn rep_outsb_and_insb_reach_the_pit_through_the_emulator() {
 
 #[test]
 fn timer_callback_wakes_only_the_bsp_which_owns_irq0() {
+    // The full irqchip puts the local APICs in the kernel: the vCPUs have an event word.
     let f = Fix::new(true);
-    // Local APICs in the kernel (split mode) so the vCPUs have an event word to post to.
-    let cap = f.v.put(&kvm_enable_cap {
-        cap: KVM_CAP_SPLIT_IRQCHIP,
-        args: [24, 0, 0, 0],
-        ..zeroed()
-    });
-    assert_eq!(f.ioctl(KVM_ENABLE_CAP, cap), 0);
     f.create();
     let c0 = f.v.create_vcpu(f.vm, 0);
     let c1 = f.v.create_vcpu(f.vm, 1);
@@ -744,7 +841,222 @@ fn timer_callback_wakes_only_the_bsp_which_owns_irq0() {
     assert_eq!(f.edges(), 0);
     v0.pit_service();
     assert_eq!(f.edges(), 1);
+    assert_eq!(f.edges(), 1, "one pulse, one edge");
     f.v.close(c0);
     f.v.close(c1);
     f.done();
+}
+
+// ----- end to end: a guest takes the ticks through the real PIC and IOAPIC -----
+
+/// A VM with the full irqchip, the PIT (QEMU's flags: 0) and vCPU 0 with its local APIC
+/// software-enabled, LINT0 = `lvt0`, IF = 1; the fake clock at `T0`. Returns (VM, vCPU).
+fn guest_vm(v: &Vmm, lvt0: u32) -> (i64, i64) {
+    v.host.clock.store(T0, Ordering::SeqCst);
+    let vm = v.create_vm();
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+    let cfg = v.put(&zeroed::<kvm_pit_config>());
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT2, cfg), 0);
+    let cpu = v.create_vcpu(vm, 0);
+    enable_apic(v, cpu, lvt0);
+    (vm, cpu)
+}
+
+/// Runs the guest through `steps` up to its marker OUT `m` (asserted); returns the vectors
+/// delivered so far.
+fn run_to(v: &Vmm, cpu: i64, steps: &[(Exit, u64)], m: u8) -> Vec<u8> {
+    let mut s = steps.to_vec();
+    s.push(out(MARK, m));
+    v.script(0, &s);
+    assert_eq!(v.ioctl_fd(cpu, KVM_RUN, 0), 0);
+    // SAFETY: the run page lives as long as the vCPU.
+    let r = unsafe { &*v.run_page(cpu) };
+    assert_eq!((r.exit_reason, r.u.io().port), (KVM_EXIT_IO, MARK));
+    delivered(v, cpu)
+}
+
+/// The guest's PIT programming: channel 0, LSB+MSB, mode 2, 11932 (10 ms).
+const PIT_10MS: [(u16, u8); 3] = [(0x43, 0x34), (0x40, 0x9c), (0x40, 0x2e)];
+
+#[test]
+fn guest_takes_pit_ticks_through_the_pic_one_per_eoi() {
+    let v = Vmm::new();
+    let (vm, cpu) = guest_vm(&v, 0x700); // LINT0: ExtINT
+    let vmr = {
+        // SAFETY: the VM handle stays live until it is closed below.
+        unsafe { &*(v.h(vm) as *const TVm) }
+    };
+    let p = ticks_to_ns(11932);
+    let eoi = out(0x20, 0x20);
+    // The guest programs the PIC as Linux's init_8259A does (vectors 0x20/0x28, normal EOI),
+    // unmasks only IRQ0, and starts the PIT: all in the kernel.
+    let init: Vec<_> = [
+        (0x20, 0x11),
+        (0x21, 0x20),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0xa0, 0x11),
+        (0xa1, 0x28),
+        (0xa1, 0x02),
+        (0xa1, 0x01),
+        (0x21, 0xfe),
+        (0xa1, 0xff),
+    ]
+    .iter()
+    .chain(PIT_10MS.iter())
+    .map(|&(port, val)| out(port, val))
+    .collect();
+    assert_eq!(run_to(&v, cpu, &init, 0), vec![]);
+    // On time: the first tick arrives as the PIC's vector 0x20 through LINT0.
+    v.host.clock.store(T0 + p, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 1), vec![0x20]);
+    // The guest falls 4 periods behind before it EOIs: nothing more until it does ...
+    v.host.clock.store(T0 + 5 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 2), vec![0x20]);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 4);
+    // ... then each EOI (the PIC's ack notifier on GSI 0) lets exactly one late tick through.
+    for n in 2..=5 {
+        assert_eq!(run_to(&v, cpu, &[eoi], n as u8 + 1).len(), n);
+        assert_eq!(run_to(&v, cpu, &[], 9).len(), n, "only one per EOI");
+    }
+    assert_eq!(run_to(&v, cpu, &[eoi], 10).len(), 5, "backlog empty");
+    // 7 periods late: one tick now, 6 pending. The guest masks IRQ0 (OCW1), EOIs (the next
+    // tick latches in the masked PIC), unmasks (the mask notifier drops the backlog; the
+    // latched tick arrives) and EOIs: nothing follows.
+    v.host.clock.store(T0 + 12 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 11).len(), 6);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 6);
+    let d = run_to(&v, cpu, &[out(0x21, 0xff), eoi, out(0x21, 0xfe), eoi], 12);
+    assert_eq!(d.len(), 7);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 0);
+    assert_eq!(run_to(&v, cpu, &[eoi], 13).len(), 7);
+    // The next period's tick comes on time again.
+    v.host.clock.store(T0 + 13 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 14), vec![0x20; 8]);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}
+
+#[test]
+fn guest_takes_pit_ticks_through_an_edge_ioapic_pin_one_per_lapic_eoi() {
+    ioapic_ticks(false);
+}
+
+#[test]
+fn guest_takes_pit_ticks_through_a_level_ioapic_pin_one_per_lapic_eoi() {
+    ioapic_ticks(true);
+}
+
+/// QEMU's routes (GSI 0 → IOAPIC pin 2), the PIC masked: the ticks arrive as pin 2's vector,
+/// one per local APIC EOI (which reaches the IOAPIC: level-triggered for remote IRR, edge
+/// only for the ack notifier); masking and unmasking the pin drops the backlog.
+fn ioapic_ticks(level: bool) {
+    let v = Vmm::new();
+    let (vm, cpu) = guest_vm(&v, 0x10700); // LINT0 masked: the PIC is not used
+    let vmr = {
+        // SAFETY: the VM handle stays live until it is closed below.
+        unsafe { &*(v.h(vm) as *const TVm) }
+    };
+    // QEMU's routes: GSI 0 to PIC pin 0 and IOAPIC pin 2.
+    let mut t: Vec<_> = (0..8)
+        .filter(|&i| i != 2)
+        .map(|i| chip_route(i, KVM_IRQCHIP_PIC_MASTER, i))
+        .collect();
+    t.extend((8..16).map(|i| chip_route(i, KVM_IRQCHIP_PIC_SLAVE, i - 8)));
+    t.push(chip_route(0, KVM_IRQCHIP_IOAPIC, 2));
+    t.extend(
+        (1..24)
+            .filter(|&i| i != 2)
+            .map(|i| chip_route(i, KVM_IRQCHIP_IOAPIC, i)),
+    );
+    assert_eq!(routing(&v, vm, &t), 0);
+    let p = ticks_to_ns(11932);
+    let io = 0xfec0_0000u64;
+    let lapic_eoi = mmio_w(0xfee0_00b0, 0);
+    // IOAPIC pin 2: low dword (vector 0x30, fixed, edge, `mask` bit 16) by IOREGSEL 0x14.
+    let trig = if level { 1 << 15 } else { 0 };
+    let pin2 = |low: u32| [mmio_w(io, 0x14), mmio_w(io + 0x10, low | trig)];
+    // The guest masks the PICs, points pin 2 at APIC 0 (high dword 0) with vector 0x30,
+    // unmasked, and starts the PIT.
+    let mut init = vec![
+        out(0x21, 0xff),
+        out(0xa1, 0xff),
+        mmio_w(io, 0x15),
+        mmio_w(io + 0x10, 0),
+    ];
+    init.extend(pin2(0x30));
+    init.extend(PIT_10MS.iter().map(|&(port, val)| out(port, val)));
+    assert_eq!(run_to(&v, cpu, &init, 0), vec![]);
+    v.host.clock.store(T0 + p, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 1), vec![0x30]);
+    let remote_irr = || {
+        *get_chip(&v, vm, KVM_IRQCHIP_IOAPIC)
+            .1
+            .chip
+            .ioapic()
+            .redirtbl[2]
+            .bits()
+            & (1 << 14)
+            != 0
+    };
+    assert_eq!(remote_irr(), level, "level pin: waiting for the EOI");
+    // Four periods late: one more tick per local APIC EOI of vector 0x30.
+    v.host.clock.store(T0 + 5 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 2).len(), 1);
+    for n in 2..=5 {
+        assert_eq!(run_to(&v, cpu, &[lapic_eoi], n as u8 + 1).len(), n);
+        assert_eq!(run_to(&v, cpu, &[], 9).len(), n, "only one per EOI");
+    }
+    assert_eq!(run_to(&v, cpu, &[lapic_eoi], 10).len(), 5, "backlog empty");
+    assert!(!remote_irr());
+    assert_eq!(vmr.pit.get().unwrap().debug_irq(), (0, true, T0 + 6 * p));
+    // 7 periods late: one tick, 6 pending. The guest masks pin 2, EOIs (the next tick hits
+    // the masked pin: lost, and nobody will acknowledge it), then unmasks:
+    // the mask notifier drops the backlog and re-arms the acknowledgement, so the next
+    // period's tick arrives (without it the PIT would wait for an ack forever).
+    v.host.clock.store(T0 + 12 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 11).len(), 6);
+    let mut s = pin2(0x1_0030).to_vec();
+    s.push(lapic_eoi);
+    assert_eq!(run_to(&v, cpu, &s, 12).len(), 6);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 5);
+    assert_eq!(run_to(&v, cpu, &pin2(0x30), 13).len(), 6);
+    assert_eq!(vmr.pit.get().unwrap().debug_irq().0, 0);
+    v.host.clock.store(T0 + 13 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 14), vec![0x30; 7]);
+    assert_eq!(run_to(&v, cpu, &[lapic_eoi], 15).len(), 7);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}
+
+#[test]
+fn auto_eoi_acknowledges_each_tick_at_inta() {
+    let v = Vmm::new();
+    let (vm, cpu) = guest_vm(&v, 0x700);
+    let p = ticks_to_ns(11932);
+    // ICW4 0x03: 8086 mode with auto-EOI; only IRQ0 unmasked.
+    let init: Vec<_> = [
+        (0x20, 0x11),
+        (0x21, 0x20),
+        (0x21, 0x04),
+        (0x21, 0x03),
+        (0x21, 0xfe),
+    ]
+    .iter()
+    .chain(PIT_10MS.iter())
+    .map(|&(port, val)| out(port, val))
+    .collect();
+    assert_eq!(run_to(&v, cpu, &init, 0), vec![]);
+    v.host.clock.store(T0 + p, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[], 1), vec![0x20]);
+    // Four periods late: the interrupt acknowledge itself ends each tick, so the backlog
+    // drains one tick per guest entry with no EOI from the guest.
+    v.host.clock.store(T0 + 5 * p + 10, Ordering::SeqCst);
+    assert_eq!(run_to(&v, cpu, &[(Exit::Continue, 0); 4], 2), vec![0x20; 5]);
+    assert_eq!(run_to(&v, cpu, &[(Exit::Continue, 0); 2], 3).len(), 5);
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
 }

@@ -1,8 +1,8 @@
 //! QEMU start-up replay: the ioctl sequence of QEMU 7.2 (`-machine kernel-irqchip=off`) and
 //! QEMU 7.2/10 (`-machine kernel-irqchip=split`, and the default `kernel-irqchip=on`, the full
-//! in-kernel irqchip, up to the PIT) from `kvm_init` to the first `KVM_RUN`, each reply
-//! checked the way QEMU checks it (accel/kvm/kvm-all.c, target/i386/kvm/kvm.c,
-//! hw/i386/kvm/apic.c, hw/intc/ioapic.c).
+//! in-kernel irqchip with the in-kernel PIT) from `kvm_init` to the first `KVM_RUN`, each
+//! reply checked the way QEMU checks it (accel/kvm/kvm-all.c, target/i386/kvm/kvm.c,
+//! hw/i386/kvm/apic.c, hw/intc/ioapic.c, hw/i386/kvm/i8254.c).
 //!
 //! QEMU ≥ 8.2 (Linux ≥ 4.4 required) also insists on capabilities okvm does not implement yet:
 //! [`QEMU10_MISSING`] lists them, and the QEMU 10 replay checks that exactly these are absent,
@@ -133,7 +133,8 @@ fn kvm_init(v: &Vmm, qemu10: bool) -> i64 {
             v.host.eventfd_close(fd);
         }
     }
-    assert_eq!(cap(v, vmh, KVM_CAP_PIT_STATE2), 0);
+    // kvm_has_pit_state2: kvm-pit then uses KVM_GET/SET_PIT2 (with the HPET-legacy flag).
+    assert_eq!(cap(v, vmh, KVM_CAP_PIT_STATE2), 1);
     assert_eq!(cap(v, vmh, KVM_CAP_SET_GUEST_DEBUG), 0);
     assert_eq!(
         cap(v, vmh, KVM_CAP_XSAVE2),
@@ -766,6 +767,99 @@ fn chip_route(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
     e
 }
 
+fn pio_out(port: u16, val: u8) -> (Exit, u64) {
+    (
+        Exit::Io {
+            port,
+            size: 1,
+            out: true,
+            data: u32::from(val),
+        },
+        2,
+    )
+}
+
+fn pio_in(port: u16) -> (Exit, u64) {
+    (
+        Exit::Io {
+            port,
+            size: 1,
+            out: false,
+            data: 0,
+        },
+        2,
+    )
+}
+
+fn get_pit2(v: &Vmm, vm: i64) -> kvm_pit_state2 {
+    let a = v.put(&zeroed::<kvm_pit_state2>());
+    assert_eq!(v.ioctl_fd(vm, KVM_GET_PIT2, a), 0, "QEMU aborts");
+    v.get(a)
+}
+
+fn set_pit2(v: &Vmm, vm: i64, s: &kvm_pit_state2) {
+    let a = v.put(s);
+    assert_eq!(v.ioctl_fd(vm, KVM_SET_PIT2, a), 0, "QEMU aborts");
+}
+
+/// kvm-pit (hw/i386/kvm/i8254.c, default `lost_tick_policy=delay`) and SeaBIOS's first use
+/// of the PIT, up to an `IN 0x61` that QEMU answers: `kvm_pit_realizefn` (KVM_CAP_PIT2, then
+/// KVM_CREATE_PIT2 with flags 0: port 0x61 stays with QEMU's pcspk; no KVM_REINJECT_CONTROL
+/// for `delay`), `kvm_pit_reset` (`pit_reset_common` + `kvm_pit_put`: KVM_SET_PIT2), then
+/// SeaBIOS `timer_setup` raises gate 2 through port 0x61 (pcspk → `kvm_pit_set_gate`:
+/// KVM_GET_PIT2, restart on the rising edge, KVM_SET_PIT2), loads channel 2 in mode 0 in the
+/// kernel and polls OUT 2 through port 0x61 (pcspk → `kvm_pit_get_channel_info`:
+/// KVM_GET_PIT2).
+fn kvm_pit_startup(v: &Vmm, vm: i64, bsp: i64, r: &kvm_run) {
+    use crate::host::Host as _;
+    assert_eq!(cap(v, v.h(vm), KVM_CAP_PIT2), 1);
+    let cfg = v.put(&zeroed::<kvm_pit_config>());
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT2, cfg), 0);
+    // pit_reset_common: every channel mode 3, count 0x10000, gate 2 low; HPET not in legacy
+    // mode (flags 0). count_load_time: QEMU's virtual clock minus its offset to the host's.
+    let mut s: kvm_pit_state2 = zeroed();
+    for (i, c) in s.channels.iter_mut().enumerate() {
+        (c.mode, c.gate, c.count) = (3, u8::from(i != 2), 0x10000);
+        c.count_load_time = v.host.nanotime() as i64;
+    }
+    set_pit2(v, vm, &s);
+    let g = get_pit2(v, vm);
+    assert_eq!(
+        g.channels.map(|c| (c.mode, c.gate, c.count)),
+        [(3, 1, 0x10000), (3, 1, 0x10000), (3, 0, 0x10000)]
+    );
+    assert_eq!(g.flags, 0);
+    // SeaBIOS: gate 2 up, speaker off, by port 0x61: QEMU's.
+    v.script(0, &[pio_out(0x61, 0x01)]);
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    assert_eq!((r.exit_reason, r.u.io().port), (KVM_EXIT_IO, 0x61));
+    let mut s = get_pit2(v, vm);
+    assert_eq!(s.channels[2].gate, 0);
+    s.channels[2].gate = 1;
+    s.channels[2].count_load_time = v.host.nanotime() as i64;
+    set_pit2(v, vm, &s);
+    // Channel 2: mode 0, LSB+MSB, count 0x800 (the kernel's), then OUT 2 by port 0x61.
+    v.script(
+        0,
+        &[
+            pio_out(0x43, 0xb0),
+            pio_out(0x42, 0x00),
+            pio_out(0x42, 0x08),
+            pio_in(0x61),
+        ],
+    );
+    assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
+    assert_eq!(
+        (r.exit_reason, r.u.io().port, r.u.io().direction),
+        (KVM_EXIT_IO, 0x61, KVM_EXIT_IO_IN)
+    );
+    let c = get_pit2(v, vm).channels[2];
+    assert_eq!((c.mode, c.rw_mode, c.count, c.gate), (0, 3, 0x800, 1));
+    // QEMU answers with OUT 2 (bit 5) set: the count has run out.
+    // SAFETY: page 1 of the vCPU mapping is the PIO page (data_offset 4096).
+    unsafe { *(v.mmap(bsp, 1) as *mut u8) = 0x21 };
+}
+
 /// QEMU's default `-machine kernel-irqchip=on` start-up (`-smp 1`, pc machine) through the
 /// first `KVM_RUN`: `kvm_irqchip_create` creates the full irqchip, `kvm_pc_setup_irq_routing`
 /// commits the PC's IRQCHIP routes, kvm-i8259 and kvm-ioapic put their reset states
@@ -837,7 +931,6 @@ fn full_irqchip_startup(qemu10: bool) {
     });
     assert_eq!(v.ioctl_fd(vm, KVM_GET_IRQCHIP, g), 0);
     assert_eq!(v.get::<kvm_irqchip>(g), c);
-    // Next: the in-kernel PIT (hw/i386/kvm/i8254.c, KVM_CREATE_PIT2), built separately.
     v.add_slot(vm, 0, 0, 0xa0000, 0);
     v.add_slot(vm, 2, 0x10_0000, 0x80_0000, 0);
     v.add_slot(vm, 3, 0xfffc_0000, 0x4_0000, KVM_MEM_READONLY);
@@ -845,8 +938,6 @@ fn full_irqchip_startup(qemu10: bool) {
     let bsp = init_vcpu(&v, vm, 0, &sup, 0xfee0_0900, KVM_MP_STATE_RUNNABLE, |c| {
         kvm_apic_put(&v, c, 0, 0xfee0_0900, true)
     });
-    // SeaBIOS pic_setup (vectors 0x08/0x70, everything masked but the cascade), then it
-    // unmasks the keyboard's IRQ1 and reads the mask back, and talks to fw_cfg.
     let outb = |port: u16, val: u8| {
         (
             Exit::Io {
@@ -858,6 +949,25 @@ fn full_irqchip_startup(qemu10: bool) {
             2,
         )
     };
+    let inb = |port: u16| {
+        (
+            Exit::Io {
+                port,
+                size: 1,
+                out: false,
+                data: 0,
+            },
+            2,
+        )
+    };
+    let run = v.run_page(bsp);
+    // SAFETY: the run page lives as long as the vCPU.
+    unsafe { (*run).cr8 = 0 };
+    // SAFETY: as above.
+    let r = unsafe { &*run };
+    kvm_pit_startup(&v, vm, bsp, r);
+    // then pic_setup (vectors 0x08/0x70, everything masked but the cascade); it unmasks the
+    // keyboard's IRQ1, reads the mask back, and talks to fw_cfg.
     let fw_cfg = (
         Exit::Io {
             port: 0x510,
@@ -867,9 +977,13 @@ fn full_irqchip_startup(qemu10: bool) {
         },
         3,
     );
+    // SeaBIOS pit_setup (channel 0: mode 2, count 0x10000, the 18.2 Hz tick; in the kernel),
     v.script(
         0,
         &[
+            outb(0x43, 0x34),
+            outb(0x40, 0x00),
+            outb(0x40, 0x00),
             outb(0x20, 0x11),
             outb(0x21, 0x08),
             outb(0x21, 0x04),
@@ -881,28 +995,18 @@ fn full_irqchip_startup(qemu10: bool) {
             outb(0x21, 0xfb),
             outb(0xa1, 0xff),
             outb(0x21, 0xf9),
-            (
-                Exit::Io {
-                    port: 0x21,
-                    size: 1,
-                    out: false,
-                    data: 0,
-                },
-                2,
-            ),
+            inb(0x21),
             fw_cfg,
         ],
     );
-    let run = v.run_page(bsp);
-    // SAFETY: the run page lives as long as the vCPU.
-    unsafe { (*run).cr8 = 0 };
     assert_eq!(v.ioctl_fd(bsp, KVM_RUN, 0), 0);
-    // SAFETY: as above.
-    let r = unsafe { &*run };
     assert_eq!(r.exit_reason, KVM_EXIT_IO, "only fw_cfg reaches QEMU");
     assert_eq!(r.u.io().port, 0x510);
     assert_eq!(v.regs(bsp).rax & 0xff, 0xf9);
     assert_eq!(r.ready_for_interrupt_injection, 1);
+    // Channel 0 was programmed in the kernel (QEMU's vm-stop kvm_pit_get reads it back).
+    let c = get_pit2(&v, vm).channels[0];
+    assert_eq!((c.mode, c.rw_mode, c.count, c.gate), (2, 3, 0x10000, 1));
     // A key press: kvm_pc_gsi_handler raises GSI 1 through kvm-i8259 and kvm-ioapic, each a
     // kvm_set_irq (KVM_IRQ_LINE_STATUS): PIC 1 + masked IOAPIC pin (-1), then the PIC's pin is
     // already high (1) and the IOAPIC's edge coalesces (0).
@@ -930,6 +1034,34 @@ fn full_irqchip_startup(qemu10: bool) {
     assert_eq!(&st.b.delivered[..st.b.ndelivered as usize], &[0x09]);
     drop(st);
     v.close(bsp);
+    v.close(vm);
+    v.assert_clean();
+}
+
+/// kvm-pit with `-global kvm-pit.lost_tick_policy=discard` (`kvm_pit_realizefn`): after
+/// KVM_CREATE_PIT2, KVM_CAP_REINJECT_CONTROL, then KVM_REINJECT_CONTROL with `pit_reinject`
+/// 0, whose failure stops QEMU ("Can't disable in-kernel PIT reinjection"). Without
+/// KVM_CAP_PIT2 QEMU would fall back to KVM_CREATE_PIT, which works too.
+#[test]
+fn qemu_kvm_pit_discard_policy() {
+    let v = Vmm::new();
+    let vm = v.create_vm();
+    let vmh = v.h(vm);
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_IRQCHIP, 0), 0);
+    assert_eq!(cap(&v, vmh, KVM_CAP_PIT), 1);
+    assert_eq!(cap(&v, vmh, KVM_CAP_PIT2), 1);
+    let cfg = v.put(&zeroed::<kvm_pit_config>());
+    assert_eq!(v.ioctl_fd(vm, KVM_CREATE_PIT2, cfg), 0);
+    assert_eq!(cap(&v, vmh, KVM_CAP_REINJECT_CONTROL), 1);
+    let rc = v.put(&zeroed::<kvm_reinject_control>());
+    assert_eq!(v.ioctl_fd(vm, KVM_REINJECT_CONTROL, rc), 0);
+    // The device reset that follows: KVM_SET_PIT2 as in the default policy.
+    let mut s: kvm_pit_state2 = zeroed();
+    for (i, c) in s.channels.iter_mut().enumerate() {
+        (c.mode, c.gate, c.count) = (3, u8::from(i != 2), 0x10000);
+    }
+    set_pit2(&v, vm, &s);
+    assert_eq!(get_pit2(&v, vm).channels[0].mode, 3);
     v.close(vm);
     v.assert_clean();
 }

@@ -389,14 +389,17 @@ impl<H: Host, B: Backend> Vm<H, B> {
         let slot = self.vcpus.get(idx as usize).ok_or(EINVAL)?;
         slot.store(p.as_ptr(), Ordering::Release);
         st.created_vcpus += 1;
-        self.online.store(idx + 1, Ordering::Release);
         // The descriptor's reference on the VM, taken before the fd can be closed.
         self.get();
         match host.install_fd(FdKind::Vcpu, p.as_ptr().cast()) {
-            Ok(fd) => Ok(i64::from(fd)),
+            Ok(fd) => {
+                // Like Linux (online_vcpus after create_vcpu_fd): `Vm::vcpu` (timer and irqfd
+                // callbacks, other vCPUs) sees only vCPUs that can no longer be freed here.
+                self.online.store(idx + 1, Ordering::Release);
+                Ok(i64::from(fd))
+            }
             Err(e) => {
                 // Like Linux: unpublish and destroy the vCPU, give the count back.
-                self.online.store(idx, Ordering::Release);
                 slot.store(core::ptr::null_mut(), Ordering::Release);
                 st.created_vcpus -= 1;
                 self.refs.fetch_sub(1, Ordering::SeqCst);

@@ -154,6 +154,8 @@ pub struct FakeHost {
     /// Installed descriptors: fd -> (kind, handle).
     pub fds: Mutex<BTreeMap<i32, (FdKind, usize)>>,
     next_fd: AtomicU32,
+    /// Test probe run inside `install_fd` (before the descriptor exists) with its handle.
+    pub install_fd_probe: Mutex<Option<fn(FdKind, usize)>>,
     sleep_cv: Condvar,
     sleep_mx: Mutex<u64>,
     /// Kicks sent.
@@ -200,6 +202,7 @@ impl FakeHost {
             fail_heap_after: AtomicI64::new(-1),
             fds: Mutex::new(BTreeMap::new()),
             next_fd: AtomicU32::new(10),
+            install_fd_probe: Mutex::new(None),
             sleep_cv: Condvar::new(),
             sleep_mx: Mutex::new(0),
             kicks: AtomicU32::new(0),
@@ -635,6 +638,10 @@ impl Host for FakeHost {
         self.vmx_disables.fetch_add(1, Ordering::SeqCst);
     }
     fn install_fd(&self, kind: FdKind, handle: *mut c_void) -> KResult<i32> {
+        let probe = *self.install_fd_probe.lock().unwrap();
+        if let Some(f) = probe {
+            f(kind, handle as usize);
+        }
         let fd = self.next_fd.fetch_add(1, Ordering::SeqCst) as i32;
         if fd > 100_000 {
             return Err(EMFILE);

@@ -145,3 +145,36 @@ fn concurrent_runs_and_memslot_churn() {
     v.close(vm);
     v.assert_clean();
 }
+
+/// Whether the vCPU being installed was already reachable through `Vm::vcpu` (by timer,
+/// irqfd or other vCPU threads) while its descriptor could still fail.
+static SEEN_EARLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn probe_vcpu_visible(kind: crate::host::FdKind, handle: usize) {
+    if kind != crate::host::FdKind::Vcpu {
+        return;
+    }
+    // SAFETY: the handle is the vCPU being created; the creating thread keeps it alive.
+    let v = unsafe {
+        &*(handle as *const crate::vcpu::Vcpu<crate::fake::host::FakeHost, crate::soft::SoftBackend<crate::fake::host::FakeHost>>)
+    };
+    if v.vm().vcpu(0).is_some() {
+        SEEN_EARLY.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_vcpu_is_not_published_before_its_descriptor_cannot_fail() {
+    // Linux increments online_vcpus only after create_vcpu_fd succeeded: a vCPU that
+    // kvm_get_vcpu can return is never freed by a failing KVM_CREATE_VCPU (use-after-free from
+    // the PIT timer callback, an irqfd or another vCPU's IPI otherwise).
+    let v = Vmm::new();
+    let vm = v.create_vm();
+    *v.host.install_fd_probe.lock().unwrap() = Some(probe_vcpu_visible);
+    let cpu = v.create_vcpu(vm, 0);
+    *v.host.install_fd_probe.lock().unwrap() = None;
+    assert!(!SEEN_EARLY.load(std::sync::atomic::Ordering::SeqCst));
+    v.close(cpu);
+    v.close(vm);
+    v.assert_clean();
+}

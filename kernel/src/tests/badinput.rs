@@ -297,6 +297,17 @@ fn fuzz_dispatcher_bounded() {
     ec.args[0] = 24;
     let a = v.put(&ec);
     assert_eq!(v.ioctl_fd(vm2, KVM_ENABLE_CAP, a), 0);
+    // A third VM with the full in-kernel irqchip, a PIT and a vCPU, so KVM_SET_IRQCHIP,
+    // KVM_SET_PIT2, KVM_IRQ_LINE_STATUS, IRQCHIP routes and KVM_RUN with guest-visible PIC,
+    // IOAPIC and PIT state all see hostile input.
+    let vm3 = v.create_vm();
+    assert_eq!(v.ioctl_fd(vm3, KVM_CREATE_IRQCHIP, 0), 0);
+    let pc = v.put(&kvm_pit_config {
+        flags: 0,
+        ..zeroed()
+    });
+    assert_eq!(v.ioctl_fd(vm3, KVM_CREATE_PIT2, pc), 0);
+    let cpu3 = v.create_vcpu(vm3, 0);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let start = std::time::Instant::now();
     let mut calls = 0u64;
@@ -355,13 +366,24 @@ fn fuzz_dispatcher_bounded() {
                 (*run).cr8 = 0;
             }
         }
-        let h = match rng.next() % 4 {
+        let h = match rng.next() % 6 {
             0 => v.kvm,
             1 => v.h(vm),
             2 if cmd == KVM_IOEVENTFD || cmd == KVM_IRQFD => v.h(vm2),
+            3 => v.h(vm3),
+            4 => v.h(cpu3),
             _ => v.h(cpu),
         };
+        // A vCPU of the full-irqchip VM halts in the kernel until an interrupt or a signal
+        // (as on Linux): a pending signal ends each of its KVM_RUNs.
+        let halts_in_kernel = h == v.h(cpu3) && cmd == KVM_RUN;
+        if halts_in_kernel {
+            v.host.signal.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let r = v.ioctl(h, cmd, arg);
+        if halts_in_kernel {
+            v.host.signal.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         assert!(r >= -4095, "bogus return {r}");
     }
     // The new ioctls reached their success paths, and what they hold goes at teardown.

@@ -3,6 +3,7 @@
 
 mod badinput;
 mod clock;
+mod devfuzz;
 mod emulation;
 mod eventfd;
 mod exits;

@@ -141,6 +141,24 @@ l2_boot() {
 	fi
 }
 
+# l2_virtio HV NAME [QEMU ARGS]: QEMU 10.0 with virtio-rng-pci and virtio-blk-pci (a null block
+# device) on an iothread: QEMU serves their queue notifies with ioeventfds and sends virtio-blk's
+# MSI-X interrupts through irqfds. The L2 reads 64 random bytes and 4 KiB of the disk; QEMU's
+# own trace must show ioeventfds and irqfds assigned, interrupts sent through an irqfd, and no
+# notify that reached QEMU as an MMIO exit.
+l2_virtio() {
+	vhv=$1 vname=$2
+	shift 2
+	L2ADD="okvm.virtio"
+	L2WANT="mods=7/7 rng=64 blk=4096 msi_irqs=[1-9][0-9]* ioeventfd_ioctls=[1-9][0-9]*"
+	L2WANT="$L2WANT irqfd_ioctls=[1-9][0-9]* irqfd_notifies=[1-9][0-9]* user_notifies=0"
+	l2_boot $vhv $vname /qemu10/bin/qemu-system-x86_64 -L /qemu10/share "$@" \
+	    -device virtio-rng-pci \
+	    -object iothread,id=io0 -blockdev driver=null-co,node-name=nul0,read-zeroes=on \
+	    -device virtio-blk-pci,drive=nul0,iothread=io0 $L2TRACE
+	L2ADD="" L2WANT=""
+}
+
 for hv in $HVS; do
 	if hv_load $hv; then
 		for w in $WORK; do
@@ -159,27 +177,21 @@ for hv in $HVS; do
 				L2SMP=1
 				;;
 			l2_qemu10) l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share ;;
+			l2_qemu10_smp2)
+				# QEMU's default kernel-irqchip=on: LAPICs, PICs, IOAPIC and PIT in the
+				# kernel, 2 vCPUs.
+				L2SMP=2
+				l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share
+				L2SMP=1
+				;;
 			l2_qemu10_split)
 				# QEMU >= 8.2 with the split irqchip needs KVM_IOEVENTFD and KVM_IRQFD.
 				l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share \
 				    -machine kernel-irqchip=split
 				;;
-			l2_qemu10_split_virtio)
-				# virtio-rng-pci and virtio-blk-pci (a null block device) on an
-				# iothread: QEMU serves their queue notifies with ioeventfds and sends
-				# virtio-blk's MSI-X interrupts through irqfds. The L2 reads 64 random
-				# bytes and 4 KiB of the disk; QEMU's own trace must show ioeventfds
-				# and irqfds assigned, interrupts sent through an irqfd, and no
-				# notify that reached QEMU as an MMIO exit.
-				L2ADD="okvm.virtio"
-				L2WANT="mods=7/7 rng=64 blk=4096 msi_irqs=[1-9][0-9]* ioeventfd_ioctls=[1-9][0-9]*"
-				L2WANT="$L2WANT irqfd_ioctls=[1-9][0-9]* irqfd_notifies=[1-9][0-9]* user_notifies=0"
-				l2_boot $hv $w /qemu10/bin/qemu-system-x86_64 -L /qemu10/share \
-				    -machine kernel-irqchip=split -device virtio-rng-pci \
-				    -object iothread,id=io0 -blockdev driver=null-co,node-name=nul0,read-zeroes=on \
-				    -device virtio-blk-pci,drive=nul0,iothread=io0 $L2TRACE
-				L2ADD="" L2WANT=""
-				;;
+			l2_qemu10_split_virtio) l2_virtio $hv $w -machine kernel-irqchip=split ;;
+			# The same with QEMU's default full in-kernel irqchip.
+			l2_qemu10_virtio) l2_virtio $hv $w ;;
 			*) echo "@@ RESULT hv=$hv name=$w status=FAIL msg=\"unknown workload\"" ;;
 			esac
 		done

@@ -86,13 +86,13 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "svm-okvm-l2",
-        about: "SVM+NPT: L2 boot with QEMU 7.2 (kernel-irqchip=off) on okvm only",
+        about: "SVM+NPT: L2 boots on okvm only: QEMU 7.2 (kernel-irqchip=off), QEMU 10.0 (default full irqchip), QEMU 10.0 + virtio",
         platform: EPYC,
         hvs: &["okvm"],
-        work: &["l2_qemu72"],
+        work: &["l2_qemu72", "l2_qemu10", "l2_qemu10_virtio"],
         tests: &[],
         linux_params: &[],
-        timeout_s: 150,
+        timeout_s: 300,
     },
     Case {
         name: "svm-okvm-smp",
@@ -106,13 +106,13 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "svm-okvm-split",
-        about: "SVM+NPT: L2 boot with QEMU 7.2, kernel-irqchip=split (okvm's LAPIC) and 2 vCPUs on okvm",
+        about: "SVM+NPT: 2-vCPU L2 boots on okvm: QEMU 7.2 kernel-irqchip=split, QEMU 10.0 default full irqchip",
         platform: EPYC,
         hvs: &["okvm"],
-        work: &["l2_qemu72_split_smp2"],
+        work: &["l2_qemu72_split_smp2", "l2_qemu10_smp2"],
         tests: &[],
         linux_params: &[],
-        timeout_s: 120,
+        timeout_s: 240,
     },
     Case {
         name: "svm-ev",

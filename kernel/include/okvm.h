@@ -222,7 +222,11 @@ int32_t	okvm_host_install_fd(uint32_t kind, okvm_handle_t h);
  * core compares handles to find "the same eventfd".
  */
 int32_t	okvm_host_eventfd_get(int32_t fd, okvm_eventfd_t *e);
-/* Drop a reference from okvm_host_eventfd_get (thread context, may sleep). */
+/*
+ * Drop a reference from okvm_host_eventfd_get (thread context, may sleep). Like unwatch, the
+ * last put may wait for any running watch callback (OpenBSD: a barrier on kvm(4)'s one task
+ * queue), so the core calls it with no okvm lock held.
+ */
 void	okvm_host_eventfd_put(okvm_eventfd_t e);
 /*
  * Signal e once (ioeventfd): Linux eventfd_signal (counter += 1); OpenBSD: make the pipe's read
@@ -243,7 +247,8 @@ int32_t	okvm_host_eventfd_watch(okvm_eventfd_t e, okvm_fn_t fn, void *arg,
 	    okvm_eventfd_watch_t *w);
 /*
  * Stop watch w: on return fn(arg) is not running and will not be called again for w (waits for
- * a running call). Thread context, may sleep; never called from fn itself.
+ * a running call, possibly any watch's). Thread context, may sleep; never called from fn itself
+ * nor with an okvm lock held (a callback takes the routing and irqchip locks).
  */
 void	okvm_host_eventfd_unwatch(okvm_eventfd_watch_t w);
 

@@ -70,7 +70,8 @@ const KVM_CAP_PIT2: u64 = kvm_abi::KVM_CAP_PIT2 as u64;
 const KVM_CAP_PIT_STATE2: u64 = kvm_abi::KVM_CAP_PIT_STATE2 as u64;
 const KVM_CAP_REINJECT_CONTROL: u64 = kvm_abi::KVM_CAP_REINJECT_CONTROL as u64;
 
-/// Every capability answered nonzero, for tests and documentation.
+/// Every capability answered nonzero, for tests and documentation (`KVM_CAP_XCRS` only on a
+/// host with XSAVE enabled).
 pub const SUPPORTED: [u64; 41] = [
     KVM_CAP_USER_MEMORY,
     KVM_CAP_SET_TSS_ADDR,
@@ -117,8 +118,12 @@ pub const SUPPORTED: [u64; 41] = [
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)` (system or VM descriptor): 0 = unsupported.
 /// `online_cpus` sizes `KVM_CAP_NR_VCPUS` (Linux: recommended = online CPUs, capped).
-pub fn check_extension(cap: u64, online_cpus: u32) -> i64 {
+/// `host_xsave`: the host runs with XSAVE enabled; without it `KVM_CAP_XCRS` is 0, as Linux
+/// answers (`boot_cpu_has(X86_FEATURE_XSAVE)`), and userspace then leaves `KVM_SET_XCRS` alone
+/// (which fails with `EINVAL` there). `KVM_CAP_XSAVE` stays: the area is then in FXSAVE format.
+pub fn check_extension(cap: u64, online_cpus: u32, host_xsave: bool) -> i64 {
     match cap {
+        KVM_CAP_XCRS => i64::from(host_xsave),
         KVM_CAP_NR_VCPUS => i64::from(online_cpus.clamp(1, KVM_MAX_VCPUS)),
         KVM_CAP_MAX_VCPUS => i64::from(KVM_MAX_VCPUS),
         KVM_CAP_MAX_VCPU_ID => i64::from(KVM_MAX_VCPU_IDS),

@@ -74,6 +74,8 @@ const L7_EBX: u32 = (1 << 0)
 const E1_ECX: u32 = (1 << 0) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8);
 /// Leaf 8000_0001h EDX: SYSCALL NX MMXEXT FXSR_OPT RDTSCP LM (and the leaf-1 aliases AMD repeats).
 const E1_EDX: u32 = (1 << 11) | (1 << 20) | (1 << 22) | (1 << 25) | (1 << 27) | (1 << 29);
+/// Leaf 1 ECX: XSAVE (cleared in the host leaf when the host runs without XSAVE).
+pub const L1_ECX_XSAVE: u32 = 1 << 26;
 /// XCR0 components okvm context-switches: x87, SSE, AVX.
 pub const SUPPORTED_XCR0: u64 = 0x7;
 
@@ -95,7 +97,6 @@ fn entry(function: u32, index: u32, flags: u32, r: CpuidResult) -> kvm_cpuid_ent
 /// host context, so it can only name components the host enabled: without host XSAVE there is no
 /// XSAVE at all, without host AVX state no AVX (Linux: `supported_xcr0 = host_xcr0 & ...`).
 pub fn limit_to_host_xcr0(leaf: u32, subleaf: u32, mut r: CpuidResult, host_xcr0: u64) -> CpuidResult {
-    const L1_ECX_XSAVE: u32 = 1 << 26;
     const L1_ECX_OSXSAVE: u32 = 1 << 27;
     const L1_ECX_AVX_FAMILY: u32 = (1 << 12) | (1 << 28) | (1 << 29); // FMA, AVX, F16C
     const L7_EBX_AVX2: u32 = 1 << 5;
@@ -165,7 +166,7 @@ pub fn supported<B: Backend>(b: &B, out: &mut [kvm_cpuid_entry2; 32]) -> usize {
             },
         ));
     }
-    if max_basic >= 0xd && l1.ecx & (1 << 26) != 0 {
+    if max_basic >= 0xd && l1.ecx & L1_ECX_XSAVE != 0 {
         let d0 = b.host_cpuid(0xd, 0);
         let xcr0 = u64::from(d0.eax) & SUPPORTED_XCR0;
         let size = if xcr0 & 4 != 0 { 832 } else { 576 };

@@ -104,6 +104,16 @@ impl<H: Host, B: Backend> System<H, B> {
         }
     }
 
+    /// Whether the host runs with XSAVE enabled: the XSAVE bit of the supported leaf 1, which
+    /// the backend clears when the host's CR4.OSXSAVE is off (Linux
+    /// `boot_cpu_has(X86_FEATURE_XSAVE)`, cleared when the kernel disables XSAVE).
+    pub fn host_xsave(&self) -> bool {
+        self.cpuid
+            .get(..self.ncpuid)
+            .and_then(|t| t.iter().find(|e| e.function == 1))
+            .is_some_and(|e| e.ecx & cpuid::L1_ECX_XSAVE != 0)
+    }
+
     /// The handle of `/dev/kvm` (`okvm_open`).
     pub fn handle(&'static self) -> *mut c_void {
         (self as *const Self).cast_mut().cast()
@@ -191,7 +201,11 @@ impl<H: Host, B: Backend> System<H, B> {
                 Ok(i64::from(KVM_API_VERSION))
             }
             KVM_CREATE_VM => Vm::create(self, arg),
-            KVM_CHECK_EXTENSION => Ok(caps::check_extension(arg, self.host.cpu_count())),
+            KVM_CHECK_EXTENSION => Ok(caps::check_extension(
+                arg,
+                self.host.cpu_count(),
+                self.host_xsave(),
+            )),
             KVM_GET_VCPU_MMAP_SIZE => {
                 if arg != 0 {
                     return Err(EINVAL);

@@ -217,7 +217,11 @@ impl<H: Host, B: Backend> Vm<H, B> {
         }
         match cmd {
             KVM_CREATE_VCPU => self.create_vcpu(arg),
-            KVM_CHECK_EXTENSION => Ok(caps::check_extension(arg, host.cpu_count())),
+            KVM_CHECK_EXTENSION => Ok(caps::check_extension(
+                arg,
+                host.cpu_count(),
+                self.sys.host_xsave(),
+            )),
             KVM_SET_USER_MEMORY_REGION => {
                 let r: kvm_userspace_memory_region = user::read(host, arg)?;
                 self.set_memory_region(&Region {

@@ -888,7 +888,7 @@ impl<H: Host, W: SvmHw + Sync + 'static> Backend for SvmBackend<H, W> {
     }
 
     fn get_xcrs(&self, v: &mut SvmVcpu<H>, out: &mut kvm_xcrs) {
-        state::get_xcrs(v.st.xcr0, out);
+        state::get_xcrs(self.host_xcr0, v.st.xcr0, out);
     }
 
     fn set_xcrs(&self, v: &mut SvmVcpu<H>, xcrs: &kvm_xcrs) -> KResult<()> {

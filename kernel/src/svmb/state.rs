@@ -154,9 +154,13 @@ pub fn xcr0_valid(host_xcr0: u64, fpu_mask: u64, guest_xcr0: u64, value: u64) ->
     host_xcr0 != 0 && value & 1 != 0 && value & !allowed == 0 && (value & 4 == 0 || value & 2 != 0)
 }
 
-/// `KVM_GET_XCRS`: one entry, XCR0.
-pub fn get_xcrs(xcr0: u64, out: &mut kvm_xcrs) {
+/// `KVM_GET_XCRS`: one entry, XCR0; none when the host runs without XSAVE (`host_xcr0` 0), as
+/// Linux answers there.
+pub fn get_xcrs(host_xcr0: u64, xcr0: u64, out: &mut kvm_xcrs) {
     *out = FromZeros::new_zeroed();
+    if host_xcr0 == 0 {
+        return;
+    }
     out.nr_xcrs = 1;
     if let Some(x) = out.xcrs.get_mut(0) {
         x.xcr = 0;
@@ -375,7 +379,9 @@ mod xcr_tests {
         assert!(!xcr0_valid(0, 7, 7, 1)); // no host XSAVE at all
         let mut x: kvm_xcrs = FromZeros::new_zeroed();
         assert_eq!(xcr0_of(&x), None);
-        get_xcrs(3, &mut x);
+        get_xcrs(0, 1, &mut x); // host without XSAVE: no XCRs to report (Linux)
+        assert_eq!((x.nr_xcrs, xcr0_of(&x)), (0, None));
+        get_xcrs(7, 3, &mut x);
         assert_eq!((x.nr_xcrs, xcr0_of(&x)), (1, Some(3)));
         x.nr_xcrs = u32::MAX; // userspace count beyond the array: ignored, no panic
         assert_eq!(xcr0_of(&x), None);

@@ -683,3 +683,52 @@ fn the_in_kernel_apic_page_comes_before_ioeventfds() {
     f.v.assert_clean();
     f.v.host.eventfd_close(n);
 }
+
+#[test]
+fn one_notifier_as_ioeventfd_and_irqfd_loops_a_guest_out_back_as_an_msi() {
+    // Hostile wiring (review): the same notifier is an ioeventfd and an irqfd of one VM, so a
+    // guest OUT signals the notifier the irqfd watches. The vCPU signals under the ioeventfd
+    // lock; the watch callback must run later, from the host, and fire the GSI once.
+    let f = split_fix();
+    let v = &f.v;
+    let n = v.host.eventfd_create();
+    routes(v, f.vm, &[(30, 0, 0x61)]);
+    assert_eq!(ioev(v, f.vm, n, 0x600, 1, PIO, 0), 0);
+    assert_eq!(irqfd(v, f.vm, n, 30, 0), 0);
+    v.script(
+        0,
+        &[
+            Fix::out(0x600, 1, 7),
+            Fix::out(0x600, 1, 8),
+            Fix::out(0x80, 1, 0),
+        ],
+    );
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.r().exit_reason, KVM_EXIT_IO);
+    assert_eq!(
+        f.r().u.io().port,
+        0x80,
+        "both OUTs to the ioeventfd stayed in the kernel"
+    );
+    assert!(!irr(v, f.cpu, 0x61), "no callback on the vCPU path");
+    assert_eq!(
+        v.host.eventfd_pump(),
+        1,
+        "the two signals coalesce into one call"
+    );
+    assert!(irr(v, f.cpu, 0x61));
+    assert_eq!(v.host.eventfd_read(n), 0, "the watch consumed the signals");
+    // Deassigning the ioeventfd leaves the irqfd; userspace signals still fire it.
+    assert_eq!(ioev(v, f.vm, n, 0x600, 1, PIO | DEASSIGN, 0), 0);
+    assert_eq!(v.host.eventfd_watchers(n), 1);
+    v.host.eventfd_write(n);
+    assert_eq!(v.host.eventfd_pump(), 1);
+    // Teardown with a pending signal: no callback afterwards, every reference put.
+    v.host.eventfd_write(n);
+    v.close(f.cpu);
+    v.close(f.vm);
+    assert_eq!(v.host.eventfd_pump(), 0);
+    v.assert_clean();
+    assert_eq!(v.host.eventfd_watchers(n), 0);
+    v.host.eventfd_close(n);
+}

@@ -871,3 +871,64 @@ fn single_step_over_instructions_the_backend_skips() {
     b.get_events(&mut v, &mut ev);
     assert_eq!(ev.exception.injected, 0);
 }
+
+/// CPUID of the Bochs `corei7_skylake_x` L1 as okvm found it under Debian's 6.1 kernel: the CPU
+/// has XSAVE (leaf 1 ECX bit 26, leaf 0xD EAX 0xe7) but the kernel runs with XSAVE disabled
+/// (OSXSAVE, bit 27, clear), so there is no host XCR0 to switch from.
+fn bochs_l1_cpuid(leaf: u32, sub: u32) -> CpuidResult {
+    match leaf {
+        1 => CpuidResult {
+            eax: 0x50654,
+            ecx: 0x77fa_f3bf,
+            ..Default::default()
+        },
+        _ => cpuid(leaf, sub),
+    }
+}
+
+/// What QEMU does with XCR0 from `kvm_arch_init` to the first `KVM_RUN` (target/i386/kvm/kvm.c:
+/// `has_xcrs` from `KVM_CAP_XCRS`, `kvm_put_xcrs` with the reset XCR0 = x87 only when it is
+/// set, and QEMU ≥ 9 stops on a failure: "Putting registers after init: Failed to set XCRs"),
+/// plus Linux's answers to the XCR ioctls. Returns `has_xcrs`.
+fn qemu_xcr_replay(cpuid_fn: fn(u32, u32) -> CpuidResult) -> bool {
+    use crate::errno::EINVAL;
+    use crate::fake::vmm::Vmm;
+    use kvm_abi::{kvm_xcrs, KVM_CAP_XCRS, KVM_CAP_XSAVE, KVM_CHECK_EXTENSION};
+    use kvm_abi::{KVM_GET_XCRS, KVM_SET_XCRS};
+    let host = FakeHost::leak();
+    let b = B::new(host, FakeVmx::new(&BOCHS_SKYLAKE_X), cpuid_fn).unwrap();
+    let v = Vmm::with_backend(host, b);
+    let has_xcrs = v.ioctl(v.kvm, KVM_CHECK_EXTENSION, u64::from(KVM_CAP_XCRS));
+    assert_eq!(v.ioctl(v.kvm, KVM_CHECK_EXTENSION, u64::from(KVM_CAP_XSAVE)), 1);
+    let vm = v.create_vm();
+    assert_eq!(
+        v.ioctl_fd(vm, KVM_CHECK_EXTENSION, u64::from(KVM_CAP_XCRS)),
+        has_xcrs,
+        "the VM descriptor answers as /dev/kvm"
+    );
+    let cpu = v.create_vcpu(vm, 0);
+    let mut x: kvm_xcrs = FromZeros::new_zeroed();
+    x.nr_xcrs = 1;
+    x.xcrs[0].value = 1; // QEMU's reset XCR0
+    let set = v.ioctl_fd(cpu, KVM_SET_XCRS, v.put(&x));
+    let out = v.buf(std::mem::size_of::<kvm_xcrs>());
+    assert_eq!(v.ioctl_fd(cpu, KVM_GET_XCRS, out), 0);
+    let got: kvm_xcrs = v.get(out);
+    if has_xcrs != 0 {
+        assert_eq!(set, 0, "kvm_put_xcrs must succeed when KVM_CAP_XCRS is offered");
+        assert_eq!((got.nr_xcrs, got.xcrs[0].value), (1, 1));
+    } else {
+        // Linux without host XSAVE: KVM_SET_XCRS is EINVAL, KVM_GET_XCRS reports none.
+        assert_eq!(set, -i64::from(EINVAL.0));
+        assert_eq!(got.nr_xcrs, 0);
+    }
+    has_xcrs != 0
+}
+
+#[test]
+fn xcrs_are_not_offered_when_the_host_runs_without_xsave() {
+    // The Bochs L1: QEMU 10 stopped at KVM_SET_XCRS (EINVAL) because KVM_CAP_XCRS said 1.
+    assert!(!qemu_xcr_replay(bochs_l1_cpuid), "KVM_CAP_XCRS must be 0 (Linux)");
+    // A host with XSAVE enabled (XCR0 = x87|SSE|AVX): offered, and QEMU's XCR0 accepted.
+    assert!(qemu_xcr_replay(cpuid));
+}

@@ -1209,7 +1209,7 @@ impl<H: Host, W: VmxHw + Sync + 'static> Backend for VmxBackend<H, W> {
     }
 
     fn get_xcrs(&self, v: &mut VmxVcpu<H>, out: &mut kvm_xcrs) {
-        fpu::get_xcrs(v.st.xcr0, out);
+        fpu::get_xcrs(self.host_xcr0, v.st.xcr0, out);
     }
 
     fn set_xcrs(&self, v: &mut VmxVcpu<H>, xcrs: &kvm_xcrs) -> KResult<()> {
